@@ -1,0 +1,114 @@
+"""One circuit breaker per external service (pybreaker), shared by every adapter in the process.
+
+Only transient failures (lost connections, timeouts) count towards opening a circuit; a permanent
+error such as a bad SQL statement or bad input is the caller's fault and passes straight through.
+While a circuit is open, calls fail fast with :class:`CircuitOpenError`, which is transient.
+"""
+
+import threading
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import pybreaker
+from prometheus_client import Counter, Gauge
+
+from rof_pipelines.errors import CircuitOpenError, PermanentError, RofError, StoreUnavailableError
+from rof_pipelines.settings import CircuitBreakerConfig
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+BREAKER_STATE = Gauge(
+    "circuit_breaker_state",
+    "Circuit breaker state per service: 0 closed, 1 half-open, 2 open",
+    ["service"],
+)
+BREAKER_FAILURES = Counter(
+    "circuit_breaker_failures_total", "Transient failures seen by a circuit breaker", ["service"]
+)
+_STATE_VALUE = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
+
+
+class _MetricsListener(pybreaker.CircuitBreakerListener):
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state, new_state) -> None:  # type: ignore[no-untyped-def]
+        BREAKER_STATE.labels(cb.name).set(_STATE_VALUE.get(new_state.name, 0))
+
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        BREAKER_FAILURES.labels(cb.name).inc()
+
+
+_registry: dict[str, pybreaker.CircuitBreaker] = {}
+_lock = threading.Lock()
+
+
+def breaker_for(
+    service: str, config: CircuitBreakerConfig | None = None
+) -> pybreaker.CircuitBreaker:
+    """The process-wide breaker of a service; thresholds come from the first config seen (or defaults)
+    and are updated when a later call passes a different config (hot reload)."""
+    config = config or CircuitBreakerConfig()
+    with _lock:
+        breaker = _registry.get(service)
+        if breaker is None:
+            breaker = pybreaker.CircuitBreaker(
+                fail_max=config.fail_max,
+                reset_timeout=config.reset_timeout.total_seconds(),
+                exclude=[PermanentError],
+                listeners=[_MetricsListener()],
+                name=service,
+            )
+            BREAKER_STATE.labels(service).set(0)
+            _registry[service] = breaker
+        else:
+            breaker.fail_max = config.fail_max
+            breaker.reset_timeout = config.reset_timeout.total_seconds()
+        return breaker
+
+
+def reset_breakers() -> None:
+    """Close every circuit (tests, and an operator's manual reset)."""
+    with _lock:
+        for breaker in _registry.values():
+            breaker.close()
+
+
+def guarded_call(
+    service: str,
+    config: CircuitBreakerConfig | None,
+    translate: Callable[[BaseException], RofError],
+    fn: Callable[P, R],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> R:
+    """Run ``fn`` through the service's breaker; driver errors become the project's own errors.
+
+    ``translate`` maps a driver exception to a TransientError or PermanentError subclass.
+    """
+    breaker = breaker_for(service, config)
+
+    def call() -> R:
+        try:
+            return fn(*args, **kwargs)
+        except RofError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    try:
+        return breaker.call(call)
+    except pybreaker.CircuitBreakerError as exc:
+        raise CircuitOpenError(
+            f"{service}: circuit open after {breaker.fail_counter} consecutive failures; "
+            f"calls are refused for {breaker.reset_timeout:.0f}s before a trial call"
+        ) from exc
+
+
+def generic_translate(service: str) -> Callable[[BaseException], RofError]:
+    """Fallback mapping: OS / connection level errors are transient, anything else permanent."""
+
+    def translate(exc: BaseException) -> RofError:
+        if isinstance(exc, OSError | TimeoutError | ConnectionError):
+            return StoreUnavailableError(f"{service}: {type(exc).__name__}: {exc}")
+        return PermanentError(f"{service}: {type(exc).__name__}: {exc}")
+
+    return translate

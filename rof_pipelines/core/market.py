@@ -1,0 +1,63 @@
+"""Markets (``exchange:PAIR``) and the canonical quote-snapshot schema shared by every store."""
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+MARKET_RE = re.compile(r"^[a-z0-9_.-]+:[A-Z0-9_.-]+$")
+
+# Canonical in-memory layout of quote snapshots: UTC microsecond timestamps, float64 values.
+QUOTE_COLUMNS: tuple[str, ...] = ("ts", "price", "bid", "ask", "volume")
+TS_DTYPE = "datetime64[us, UTC]"
+
+
+@dataclass(frozen=True, order=True)
+class Market:
+    exchange: str
+    pair: str
+
+    @classmethod
+    def parse(cls, key: str) -> "Market":
+        """``"binance:TONUSDT"`` -> Market; case is normalised, anything else is refused."""
+        if not isinstance(key, str) or key.count(":") != 1:
+            raise ValueError(f"market must look like 'exchange:PAIR', got {key!r}")
+        exchange, pair = (part.strip() for part in key.split(":"))
+        market = cls(exchange.lower(), pair.upper())
+        if not MARKET_RE.match(market.key):
+            raise ValueError(
+                f"market must look like 'exchange:PAIR' (letters, digits, _ . -), got {key!r}"
+            )
+        return market
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.pair}"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def empty_quotes() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "ts": pd.Series([], dtype=TS_DTYPE),
+            **{col: pd.Series([], dtype="float64") for col in QUOTE_COLUMNS[1:]},
+        }
+    )
+
+
+def to_canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    """Coerce a frame to the canonical schema (column order, dtypes, UTC microseconds)."""
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    ts = pd.to_datetime(frame["ts"].to_numpy() if "ts" in frame else [], utc=True)
+    out["ts"] = pd.Series(ts, index=out.index).astype(TS_DTYPE)
+    for col in QUOTE_COLUMNS[1:]:
+        if col in frame:
+            out[col] = pd.to_numeric(pd.Series(frame[col].to_numpy()), errors="raise").astype(
+                "float64"
+            )
+        else:
+            out[col] = np.nan
+    return out

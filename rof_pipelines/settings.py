@@ -1,0 +1,562 @@
+"""Configuration: ``config.yaml`` overridden by the seed's environment variables, validated by pydantic.
+
+Precedence (highest first): explicit overrides passed to :func:`load_settings`, the seed's environment
+variables (``DB_HOST``, ``STATE_STORAGE_SCHEMA``, ... see :data:`ENV_OVERRIDES`), then the YAML file.
+An invalid value raises :class:`~rof_pipelines.errors.ConfigError` naming the key path, the reason and,
+where it came from the environment, the variable. Passwords are ``SecretStr``: they print as stars.
+"""
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from rof_pipelines.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config.yaml"
+CONFIG_PATH_ENV = "ROF_CONFIG"
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {
+    "ms": 0.001,
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 604800,
+    None: 1,
+}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Accept the seed's Go-style durations ("30s", "1200s", "24h", "7d") as well as numbers (seconds)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=float(value))
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            return timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
+    raise ValueError(f"not a duration: {value!r} (use e.g. '30s', '5m', '24h', '7d')")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+MARKET_RE = re.compile(r"^[a-z0-9_.-]+:[A-Z0-9_.-]+$")
+SQL_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def normalise_market(value: str) -> str:
+    """``Binance:tonusdt`` -> ``binance:TONUSDT``; refuses anything that is not ``exchange:pair``."""
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ValueError(f"market must look like 'exchange:PAIR', got {value!r}")
+    exchange, pair = value.split(":")
+    key = f"{exchange.strip().lower()}:{pair.strip().upper()}"
+    if not MARKET_RE.match(key):
+        raise ValueError(
+            f"market must look like 'exchange:PAIR' (letters, digits, _ . -), got {value!r}"
+        )
+    return key
+
+
+def validate_sql_identifier(value: str) -> str:
+    if not SQL_IDENTIFIER_RE.match(value or ""):
+        raise ValueError(
+            f"{value!r} is not a plain SQL identifier (letters, digits, underscore; max 63 chars)"
+        )
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+
+
+def _split_host(host: str, default_port: int) -> tuple[str, int]:
+    if host.startswith("[") and "]" in host:  # [::1]:5432
+        name, _, rest = host[1:].partition("]")
+        return name, int(rest.lstrip(":") or default_port)
+    name, sep, port = host.rpartition(":")
+    if not sep:
+        return host, default_port
+    return name, int(port)
+
+
+def _validate_host(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("host must not be empty")
+    _, port = _split_host(value, 1)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range in {value!r}")
+    return value
+
+
+# --- system_setup ---------------------------------------------------------------------------------
+
+
+class PoolConfig(_Section):
+    max_workers: int = Field(ge=1, le=1024)
+    queue_size: int = Field(ge=1)
+    task_timeout: Duration
+
+
+class WorkerPoolConfig(_Section):
+    task_worker: PoolConfig = PoolConfig(max_workers=5, queue_size=50, task_timeout="30s")
+    ab_optimizer: PoolConfig = PoolConfig(max_workers=12, queue_size=200, task_timeout="1200s")
+
+
+class CircuitBreakerConfig(_Section):
+    """Thresholds shared by every external service's breaker."""
+
+    fail_max: int = Field(default=5, ge=1, description="consecutive failures that open the circuit")
+    reset_timeout: Duration = Field(default="30s", description="how long the circuit stays open")
+    call_timeout: Duration = Field(default="60s", description="statement / request timeout")
+
+
+class SystemSetup(_Section):
+    log_level: Literal["debug", "info", "warning", "warn", "error", "critical"] = "info"
+    metrics_port: int = Field(default=8080, ge=1, le=65535)
+    pprof_port: int = Field(default=9080, ge=1, le=65535)
+    worker_pool: WorkerPoolConfig = WorkerPoolConfig()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+# --- storage --------------------------------------------------------------------------------------
+
+
+class PostgresConfig(_Section):
+    db_user: str = "quotes"
+    db_password: SecretStr = SecretStr("1qazxsw2")
+    db_host: str = "localhost:5432"
+    db_name: str = "quotes"
+    table: str = "quotes"
+
+    _host = field_validator("db_host")(classmethod(lambda cls, v: _validate_host(v)))
+    _table = field_validator("table")(classmethod(lambda cls, v: validate_sql_identifier(v)))
+
+    @property
+    def host(self) -> str:
+        return _split_host(self.db_host, 5432)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_host(self.db_host, 5432)[1]
+
+    def conninfo_kwargs(self) -> dict[str, Any]:
+        """psycopg keyword arguments; the password is only revealed here, at connect time."""
+        kwargs: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.db_user,
+            "dbname": self.db_name,
+        }
+        password = self.db_password.get_secret_value()
+        if password:
+            kwargs["password"] = password
+        return kwargs
+
+    def describe(self) -> str:
+        """A safe, password-free description for logs and metadata."""
+        return f"postgresql://{self.db_user}@{self.db_host}/{self.db_name}"
+
+
+class ClickHouseConfig(_Section):
+    db_user: str = "default"
+    db_password: SecretStr = SecretStr("")
+    db_host: str = "localhost:9000"
+    db_name: str = "quotes"
+    table: str = "quotes"
+    # clickhouse-connect speaks HTTP; the seed's 9000 is the native port, so the HTTP port is separate.
+    http_port: int = Field(default=8123, ge=1, le=65535)
+    secure: bool = False
+    # When set (e.g. "chdb:///var/lib/rof/chdb"), the store runs on chDB, ClickHouse in-process.
+    dsn: str | None = None
+
+    _host = field_validator("db_host")(classmethod(lambda cls, v: _validate_host(v)))
+    _table = field_validator("table")(classmethod(lambda cls, v: validate_sql_identifier(v)))
+    _db = field_validator("db_name")(classmethod(lambda cls, v: validate_sql_identifier(v)))
+
+    @property
+    def host(self) -> str:
+        return _split_host(self.db_host, 9000)[0]
+
+    def describe(self) -> str:
+        if self.dsn:
+            return self.dsn
+        return f"clickhouse://{self.db_user}@{self.host}:{self.http_port}/{self.db_name}"
+
+
+class RabbitMQConfig(_Section):
+    url: SecretStr = SecretStr("amqp://user:user@localhost:5672/")
+
+    def describe(self) -> str:
+        """The URL with the password replaced, for logs."""
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.url.get_secret_value())
+
+
+class StorageConfig(_Section):
+    quote_store: Literal["parquet", "postgres", "clickhouse"] = "parquet"
+    data_dir: Path = Path("data")
+    bar_interval: Duration = "1m"
+    markets: list[str] = ["binance:TONUSDT", "binance:BTCUSDT"]
+    postgres: PostgresConfig = PostgresConfig()
+    clickhouse: ClickHouseConfig = ClickHouseConfig()
+    rabbitmq: RabbitMQConfig = RabbitMQConfig()
+
+    @field_validator("markets", mode="before")
+    @classmethod
+    def _markets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in re.split(r"[,\s]+", value) if part]
+        return value
+
+    @field_validator("markets")
+    @classmethod
+    def _normalise_markets(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(normalise_market(m) for m in value))
+
+    @field_validator("bar_interval")
+    @classmethod
+    def _interval(cls, value: timedelta) -> timedelta:
+        seconds = value.total_seconds()
+        if seconds < 1 or seconds > 86400 or 86400 % seconds:
+            raise ValueError("bar_interval must divide a day evenly, between 1s and 1d")
+        return value
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir if self.data_dir.is_absolute() else PROJECT_ROOT / self.data_dir
+
+
+# --- state_storage --------------------------------------------------------------------------------
+
+
+class StateStorageConfig(_Section):
+    db_user: str = "states"
+    db_password: SecretStr = SecretStr("password")
+    db_host: str = "localhost:5432"
+    db_name: str = "ml_states"
+    schema_: str = Field(default="public", alias="schema")
+    migrations_path: Path = Path("migrations")
+    auto_migrate: bool = True
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, validate_assignment=True, validate_default=True
+    )
+
+    _host = field_validator("db_host")(classmethod(lambda cls, v: _validate_host(v)))
+    _schema = field_validator("schema_")(classmethod(lambda cls, v: validate_sql_identifier(v)))
+
+    @property
+    def schema_name(self) -> str:
+        return self.schema_
+
+    @property
+    def host(self) -> str:
+        return _split_host(self.db_host, 5432)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_host(self.db_host, 5432)[1]
+
+    def sqlalchemy_url(self) -> Any:
+        from sqlalchemy.engine import URL
+
+        password = self.db_password.get_secret_value() or None
+        return URL.create(
+            "postgresql+psycopg",
+            username=self.db_user,
+            password=password,
+            host=self.host,
+            port=self.port,
+            database=self.db_name,
+        )
+
+    def resolved_migrations_path(self) -> Path:
+        path = self.migrations_path
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def describe(self) -> str:
+        return f"postgresql://{self.db_user}@{self.db_host}/{self.db_name} schema={self.schema_}"
+
+
+# --- ab_tests -------------------------------------------------------------------------------------
+
+
+class GAConfig(_Section):
+    generations: int = Field(default=20, ge=1)
+    population_size: int = Field(default=50, ge=2)
+    mutation_rate: float = Field(default=0.15, ge=0, le=1)
+
+
+class ExperimentConfig(_Section):
+    id: str = "test_experiment"
+    parallelism: int = Field(default=5, ge=1)
+    ga: GAConfig = GAConfig()
+
+
+class MetaLearningConfig(_Section):
+    enabled: bool = False
+    knowledge_retention_days: int = Field(default=30, ge=1)
+    min_tasks_for_learning: int = Field(default=5, ge=1)
+
+
+class TransferLearningConfig(_Section):
+    enabled: bool = False
+    use_similar_exchanges: bool = True
+    use_similar_pairs: bool = True
+    max_source_tasks: int = Field(default=10, ge=0)
+
+
+class StateManagementConfig(_Section):
+    enabled: bool = True
+    checkpoint_interval: int = Field(default=5, ge=1)
+    retention_days: int = Field(default=7, ge=1)
+
+
+class ABTestsConfig(_Section):
+    enabled: bool = True
+    exchange: str = "binance"
+    pair: str = "TONUSDT"
+    data_period: Duration = "24h"
+    experiment: ExperimentConfig = ExperimentConfig()
+    meta_learning: MetaLearningConfig = MetaLearningConfig()
+    transfer_learning: TransferLearningConfig = TransferLearningConfig()
+    state_management: StateManagementConfig = StateManagementConfig()
+
+    @property
+    def market(self) -> str:
+        return normalise_market(f"{self.exchange}:{self.pair}")
+
+    @model_validator(mode="after")
+    def _check_market(self) -> "ABTestsConfig":
+        normalise_market(f"{self.exchange}:{self.pair}")
+        if self.data_period < timedelta(hours=1):
+            raise ValueError("data_period must be at least 1h")
+        return self
+
+
+# --- ai_config ------------------------------------------------------------------------------------
+
+
+class KellyConfig(_Section):
+    use_kelly: bool = True
+    window_type: Literal["trades", "time"] = "trades"
+    # The seed writes "200" (trades); for window_type "time" it is a duration such as "7d".
+    window_size: str = "200"
+    max_fraction: float = Field(default=0.25, gt=0, le=1, description="cap on the Kelly fraction")
+
+    @field_validator("window_size", mode="before")
+    @classmethod
+    def _as_str(cls, value: Any) -> Any:
+        return (
+            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        )
+
+    @model_validator(mode="after")
+    def _check_window(self) -> "KellyConfig":
+        if self.window_type == "trades":
+            if not self.window_size.strip().isdigit() or int(self.window_size) < 1:
+                raise ValueError(
+                    f"window_size must be a positive whole number of trades, got {self.window_size!r}"
+                )
+        else:
+            parse_duration(self.window_size)
+        return self
+
+    @property
+    def window_trades(self) -> int | None:
+        return int(self.window_size) if self.window_type == "trades" else None
+
+    @property
+    def window_duration(self) -> timedelta | None:
+        return parse_duration(self.window_size) if self.window_type == "time" else None
+
+
+class RLConfig(_Section):
+    alpha: float = Field(default=0.2, gt=0, le=1)
+    gamma: float = Field(default=0.85, ge=0, lt=1)
+    epsilon: float = Field(default=0.3, ge=0, le=1)
+
+
+class AIConfig(_Section):
+    allow_trading: bool = False
+    kelly: KellyConfig = KellyConfig()
+    rl: RLConfig = RLConfig()
+
+
+# --- the whole file -------------------------------------------------------------------------------
+
+# The seed's environment variables, each mapped to its key path in config.yaml.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "LOG_LEVEL": ("system_setup", "log_level"),
+    "METRICS_PORT": ("system_setup", "metrics_port"),
+    "PPROF_PORT": ("system_setup", "pprof_port"),
+    "DB_USER": ("storage", "postgres", "db_user"),
+    "DB_PASSWORD": ("storage", "postgres", "db_password"),
+    "DB_HOST": ("storage", "postgres", "db_host"),
+    "DB_NAME": ("storage", "postgres", "db_name"),
+    "CLICKHOUSE_DB_USER": ("storage", "clickhouse", "db_user"),
+    "CLICKHOUSE_DB_PASSWORD": ("storage", "clickhouse", "db_password"),
+    "CLICKHOUSE_DB_HOST": ("storage", "clickhouse", "db_host"),
+    "CLICKHOUSE_DB_NAME": ("storage", "clickhouse", "db_name"),
+    "RABBITMQ_URL": ("storage", "rabbitmq", "url"),
+    "ENABLE_AB_TESTS": ("ab_tests", "enabled"),
+    "AB_TEST_EXCHANGE": ("ab_tests", "exchange"),
+    "AB_TEST_PAIR": ("ab_tests", "pair"),
+    "STATE_STORAGE_DB_USER": ("state_storage", "db_user"),
+    "STATE_STORAGE_DB_PASSWORD": ("state_storage", "db_password"),
+    "STATE_STORAGE_DB_HOST": ("state_storage", "db_host"),
+    "STATE_STORAGE_DB_NAME": ("state_storage", "db_name"),
+    "STATE_STORAGE_SCHEMA": ("state_storage", "schema"),
+    "STATE_STORAGE_MIGRATIONS_PATH": ("state_storage", "migrations_path"),
+    "STATE_STORAGE_AUTO_MIGRATE": ("state_storage", "auto_migrate"),
+    # Beyond the seed: what this project adds.
+    "ROF_QUOTE_STORE": ("storage", "quote_store"),
+    "ROF_DATA_DIR": ("storage", "data_dir"),
+    "ROF_BAR_INTERVAL": ("storage", "bar_interval"),
+    "ROF_MARKETS": ("storage", "markets"),
+    "CLICKHOUSE_DSN": ("storage", "clickhouse", "dsn"),
+    "CLICKHOUSE_HTTP_PORT": ("storage", "clickhouse", "http_port"),
+}
+SECRET_ENV = {"DB_PASSWORD", "CLICKHOUSE_DB_PASSWORD", "STATE_STORAGE_DB_PASSWORD", "RABBITMQ_URL"}
+
+
+def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        node = target.get(key)
+        if not isinstance(node, dict):
+            node = {}
+            target[key] = node
+        target = node
+    target[path[-1]] = value
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The seed's flat variable names, placed at their nested key paths."""
+    data: dict[str, Any] = {}
+    for name, path in ENV_OVERRIDES.items():
+        if name in environ:
+            _set_path(data, path, environ[name])
+    return data
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class Settings(_Section):
+    """The whole configuration; build it with :func:`load_settings`."""
+
+    system_setup: SystemSetup = SystemSetup()
+    storage: StorageConfig = StorageConfig()
+    state_storage: StateStorageConfig = StateStorageConfig()
+    ab_tests: ABTestsConfig = ABTestsConfig()
+    ai_config: AIConfig = AIConfig()
+
+    # Where it came from, for logs and for hot reload; not part of the file.
+    source_path: Path | None = Field(default=None, exclude=True)
+    source_hash: str | None = Field(default=None, exclude=True)
+
+    def redacted(self) -> dict[str, Any]:
+        """A JSON-able dump with every secret starred; safe for logs and Dagster metadata."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _format_error(exc: ValidationError, environ: Mapping[str, str], source: str) -> str:
+    env_by_path = {path: name for name, path in ENV_OVERRIDES.items() if name in environ}
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = tuple(str(part) for part in err["loc"])
+        loc = tuple("schema" if part == "schema_" else part for part in loc)
+        path = ".".join(loc) or "<root>"
+        message = err["msg"].removeprefix("Value error, ")
+        origin = ""
+        for length in range(len(loc), 0, -1):
+            if loc[:length] in env_by_path:
+                origin = f" (from environment variable {env_by_path[loc[:length]]})"
+                break
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        shown = "" if any(secret in path for secret in ("password", "url")) else err.get("input")
+        detail = (
+            f"; got {shown!r}" if shown not in ("", None) and not isinstance(shown, dict) else ""
+        )
+        lines.append(f"  {path}: {message}{detail}{origin}")
+    return "\n".join(lines)
+
+
+def config_path_from_env(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Read, merge and validate the configuration; raise ConfigError with key paths if it is wrong.
+
+    ``environ`` defaults to ``os.environ`` *at call time*, so a changed environment is seen on the next
+    call without reloading modules. ``overrides`` is a nested dict that wins over everything.
+    """
+    environ = os.environ if environ is None else environ
+    config_path = Path(path) if path is not None else config_path_from_env(environ)
+    file_data: dict[str, Any] = {}
+    digest = None
+    if config_path.exists():
+        raw = config_path.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        try:
+            loaded = yaml.safe_load(raw) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"invalid configuration ({config_path}): not valid YAML: {exc}"
+            ) from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"invalid configuration ({config_path}): the top level must be a mapping"
+            )
+        file_data = loaded
+    elif path is not None:
+        raise ConfigError(f"configuration file not found: {config_path}")
+    merged = _deep_merge(_deep_merge(file_data, _env_layer(environ)), overrides or {})
+    for reserved in ("source_path", "source_hash"):
+        if reserved in merged:
+            raise ConfigError(f"invalid configuration ({config_path}): {reserved}: unknown key")
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, environ, str(config_path))) from None
+    settings.source_path = config_path if config_path.exists() else None
+    settings.source_hash = digest
+    return settings
