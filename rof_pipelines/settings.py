@@ -70,9 +70,7 @@ def normalise_market(value: str) -> str:
     exchange, pair = value.split(":")
     key = f"{exchange.strip().lower()}:{pair.strip().upper()}"
     if not MARKET_RE.match(key):
-        raise ValueError(
-            f"market must look like 'exchange:PAIR' (letters, digits, _ . -), got {value!r}"
-        )
+        raise ValueError(f"market must look like 'exchange:PAIR' (letters, digits, _ . -), got {value!r}")
     return key
 
 
@@ -370,9 +368,7 @@ class KellyConfig(_Section):
     @field_validator("window_size", mode="before")
     @classmethod
     def _as_str(cls, value: Any) -> Any:
-        return (
-            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-        )
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _check_window(self) -> "KellyConfig":
@@ -506,9 +502,7 @@ def _format_error(exc: ValidationError, environ: Mapping[str, str], source: str)
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         shown = "" if any(secret in path for secret in ("password", "url")) else err.get("input")
-        detail = (
-            f"; got {shown!r}" if shown not in ("", None) and not isinstance(shown, dict) else ""
-        )
+        detail = f"; got {shown!r}" if shown not in ("", None) and not isinstance(shown, dict) else ""
         lines.append(f"  {path}: {message}{detail}{origin}")
     return "\n".join(lines)
 
@@ -539,13 +533,9 @@ def load_settings(
         try:
             loaded = yaml.safe_load(raw) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"invalid configuration ({config_path}): not valid YAML: {exc}"
-            ) from exc
+            raise ConfigError(f"invalid configuration ({config_path}): not valid YAML: {exc}") from exc
         if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"invalid configuration ({config_path}): the top level must be a mapping"
-            )
+            raise ConfigError(f"invalid configuration ({config_path}): the top level must be a mapping")
         file_data = loaded
     elif path is not None:
         raise ConfigError(f"configuration file not found: {config_path}")

@@ -71,9 +71,7 @@ def _drop_database(admin_dsn: str, name: str) -> None:
     from psycopg import sql
 
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
@@ -121,9 +119,7 @@ def rabbitmq_url() -> str:
 def make_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Build validated Settings for a test: data under tmp_path, no process environment leaking in."""
 
-    def build(
-        overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None
-    ) -> Settings:
+    def build(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
         base: dict[str, Any] = {"storage": {"data_dir": str(tmp_path / "data")}}
         from rof_pipelines.settings import _deep_merge
 

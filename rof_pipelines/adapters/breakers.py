@@ -41,9 +41,7 @@ _registry: dict[str, pybreaker.CircuitBreaker] = {}
 _lock = threading.Lock()
 
 
-def breaker_for(
-    service: str, config: CircuitBreakerConfig | None = None
-) -> pybreaker.CircuitBreaker:
+def breaker_for(service: str, config: CircuitBreakerConfig | None = None) -> pybreaker.CircuitBreaker:
     """The process-wide breaker of a service; thresholds come from the first config seen (or defaults)
     and are updated when a later call passes a different config (hot reload)."""
     config = config or CircuitBreakerConfig()

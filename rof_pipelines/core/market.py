@@ -26,9 +26,7 @@ class Market:
         exchange, pair = (part.strip() for part in key.split(":"))
         market = cls(exchange.lower(), pair.upper())
         if not MARKET_RE.match(market.key):
-            raise ValueError(
-                f"market must look like 'exchange:PAIR' (letters, digits, _ . -), got {key!r}"
-            )
+            raise ValueError(f"market must look like 'exchange:PAIR' (letters, digits, _ . -), got {key!r}")
         return market
 
     @property
@@ -55,9 +53,7 @@ def to_canonical(frame: pd.DataFrame) -> pd.DataFrame:
     out["ts"] = pd.Series(ts, index=out.index).astype(TS_DTYPE)
     for col in QUOTE_COLUMNS[1:]:
         if col in frame:
-            out[col] = pd.to_numeric(pd.Series(frame[col].to_numpy()), errors="raise").astype(
-                "float64"
-            )
+            out[col] = pd.to_numeric(pd.Series(frame[col].to_numpy()), errors="raise").astype("float64")
         else:
             out[col] = np.nan
     return out
