@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ MARKET_RE = re.compile(r"^[a-z0-9_.-]+:[A-Z0-9_.-]+$")
 # Canonical in-memory layout of quote snapshots: UTC microsecond timestamps, float64 values.
 QUOTE_COLUMNS: tuple[str, ...] = ("ts", "price", "bid", "ask", "volume")
 TS_DTYPE = "datetime64[us, UTC]"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, order=True)
@@ -57,3 +59,20 @@ def to_canonical(frame: pd.DataFrame) -> pd.DataFrame:
         else:
             out[col] = np.nan
     return out
+
+
+def ts_to_us(ts: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """UTC epoch microseconds of a tz-aware timestamp column (no copy when already in us)."""
+    values = ts.dt.as_unit("us") if isinstance(ts, pd.Series) else ts.as_unit("us")
+    return np.asarray(values.astype("int64"))
+
+
+def datetime_to_us(moment: datetime) -> int:
+    """A datetime (naive means UTC) as epoch microseconds, exactly."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def us_to_datetime(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=int(value))

@@ -1,0 +1,194 @@
+"""The embedded default quote store: a local Parquet dataset, one file per market and day.
+
+Layout: ``{root}/exchange={exchange}/pair={PAIR}/date={YYYY-MM-DD}/part-0.parquet`` (hive-style, so
+pyarrow, DuckDB or pandas can read it directly). It needs no server, which is why ``rof demo`` and
+``dagster dev`` use it out of the box.
+"""
+
+import fcntl
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rof_pipelines.adapters.quote_stores.base import QuoteStore
+from rof_pipelines.core.market import (
+    QUOTE_COLUMNS,
+    TS_DTYPE,
+    Market,
+    datetime_to_us,
+    empty_quotes,
+    ts_to_us,
+    us_to_datetime,
+)
+from rof_pipelines.errors import DataValidationError, PermanentError
+
+US_PER_DAY = 86_400 * 1_000_000
+_SCHEMA = pa.schema(
+    [("ts", pa.timestamp("us", tz="UTC"))] + [(col, pa.float64()) for col in QUOTE_COLUMNS[1:]]
+)
+
+
+def validate_quotes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Check a frame against the canonical schema before any store touches its data."""
+    missing = [col for col in QUOTE_COLUMNS if col not in frame.columns]
+    if missing:
+        raise DataValidationError(f"quotes frame lacks column(s): {', '.join(missing)}")
+    if str(frame["ts"].dtype) != TS_DTYPE:
+        raise DataValidationError(f"column 'ts' must be {TS_DTYPE}, got {frame['ts'].dtype}")
+    if frame["ts"].isna().any():
+        row = int(np.flatnonzero(frame["ts"].isna().to_numpy())[0])
+        raise DataValidationError(f"row {row}: column 'ts' is missing")
+    for col in QUOTE_COLUMNS[1:]:
+        if not pd.api.types.is_float_dtype(frame[col].dtype):
+            raise DataValidationError(f"column {col!r} must be float64, got {frame[col].dtype}")
+    return frame.loc[:, list(QUOTE_COLUMNS)]
+
+
+class ParquetQuoteStore(QuoteStore):
+    name = "parquet"
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return f"parquet:{self.root}"
+
+    def ensure_schema(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- paths --
+
+    def _market_dir(self, market: Market) -> Path:
+        return self.root / f"exchange={market.exchange}" / f"pair={market.pair}"
+
+    def _day_file(self, market: Market, day: date) -> Path:
+        return self._market_dir(market) / f"date={day.isoformat()}" / "part-0.parquet"
+
+    @contextmanager
+    def _locked(self, market: Market) -> Iterator[None]:
+        """One writer per market at a time, across processes."""
+        directory = self._market_dir(market)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read_file(self, path: Path) -> pd.DataFrame:
+        try:
+            table = pq.read_table(path, schema=_SCHEMA)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise PermanentError(f"{self.describe()}: cannot read {path}: {exc}") from exc
+        return table.to_pandas()
+
+    # -- interface --
+
+    def write(self, market: Market, quotes: pd.DataFrame) -> int:
+        frame = validate_quotes(quotes)
+        if frame.empty:
+            return 0
+        ts_us = ts_to_us(frame["ts"])
+        low, high = int(ts_us.min()), int(ts_us.max())
+        day_of_row = ts_us // US_PER_DAY
+        staged: list[tuple[Path, Path]] = []
+        with self._locked(market):
+            try:
+                for day_number in np.unique(day_of_row):
+                    day = date(1970, 1, 1) + timedelta(days=int(day_number))
+                    target = self._day_file(market, day)
+                    fresh = frame.loc[day_of_row == day_number]
+                    if target.exists():
+                        kept = self._read_file(target)
+                        kept_us = ts_to_us(kept["ts"])
+                        kept = kept.loc[(kept_us < low) | (kept_us > high)]
+                        fresh = pd.concat([kept, fresh], ignore_index=True)
+                    fresh = fresh.sort_values("ts", kind="stable")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                    pq.write_table(
+                        pa.Table.from_pandas(fresh, schema=_SCHEMA, preserve_index=False),
+                        temp,
+                        compression="zstd",
+                    )
+                    staged.append((temp, target))
+                # Days inside the replaced range that the new frame does not touch lose their rows too.
+                for path in self._day_files(market, us_to_datetime(low), us_to_datetime(high + 1)):
+                    if path not in {target for _, target in staged}:
+                        kept = self._read_file(path)
+                        kept_us = ts_to_us(kept["ts"])
+                        kept = kept.loc[(kept_us < low) | (kept_us > high)]
+                        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                        pq.write_table(pa.Table.from_pandas(kept, schema=_SCHEMA, preserve_index=False), temp)
+                        staged.append((temp, path))
+            except BaseException:
+                for temp, _ in staged:
+                    temp.unlink(missing_ok=True)
+                raise
+            for temp, target in staged:  # every file is complete before any replaces its target
+                os.replace(temp, target)
+        return len(frame)
+
+    def _day_files(self, market: Market, start: datetime, end: datetime) -> list[Path]:
+        directory = self._market_dir(market)
+        if not directory.exists():
+            return []
+        first = _as_utc(start).date()
+        last = (_as_utc(end) - timedelta(microseconds=1)).date()
+        files = []
+        for child in sorted(directory.glob("date=*/part-0.parquet")):
+            try:
+                day = date.fromisoformat(child.parent.name.removeprefix("date="))
+            except ValueError:
+                continue
+            if first <= day <= last:
+                files.append(child)
+        return files
+
+    def read(self, market: Market, start: datetime, end: datetime) -> pd.DataFrame:
+        low, high = datetime_to_us(start), datetime_to_us(end)
+        parts = []
+        for path in self._day_files(market, start, end):
+            frame = self._read_file(path)
+            ts_us = ts_to_us(frame["ts"])
+            parts.append(frame.loc[(ts_us >= low) & (ts_us < high)])
+        if not parts:
+            return empty_quotes()
+        return pd.concat(parts, ignore_index=True).sort_values("ts", kind="stable").reset_index(drop=True)
+
+    def markets(self) -> list[Market]:
+        found = []
+        for pair_dir in self.root.glob("exchange=*/pair=*"):
+            if any(pair_dir.glob("date=*/part-0.parquet")):
+                exchange = pair_dir.parent.name.removeprefix("exchange=")
+                found.append(Market(exchange, pair_dir.name.removeprefix("pair=")))
+        return sorted(found)
+
+    def time_range(self, market: Market) -> tuple[datetime, datetime] | None:
+        files = self._day_files(market, datetime(1970, 1, 2, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+        first = next((ts.min() for ts in self._ts_columns(files) if len(ts)), None)
+        last = next((ts.max() for ts in self._ts_columns(reversed(files)) if len(ts)), None)
+        if first is None or last is None:
+            return None
+        return first.to_pydatetime(), last.to_pydatetime()
+
+    def _ts_columns(self, files: Iterable[Path]) -> Iterator[pd.Series]:
+        for path in files:
+            yield self._read_file(path)["ts"]
+
+    def drop_market(self, market: Market) -> None:
+        """Remove everything stored for a market (used by tests and by operators)."""
+        shutil.rmtree(self._market_dir(market), ignore_errors=True)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -1,0 +1,250 @@
+"""The ``rof`` command: demo, quotes generate/import, db upgrade, bench, ui."""
+
+import json
+import os
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rof_pipelines.errors import RofError
+from rof_pipelines.settings import PROJECT_ROOT, Settings, load_settings, parse_duration
+
+app = typer.Typer(help="rof_pipelines: market quotes to tested trading-strategy configurations.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+quotes_app = typer.Typer(help="Put quotes into the configured store.", no_args_is_help=True)
+db_app = typer.Typer(help="The state store's schema (alembic migrations).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks; each prints one JSON line.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(quotes_app, name="quotes")
+app.add_typer(db_app, name="db")
+app.add_typer(bench_app, name="bench")
+app.add_typer(config_app, name="config")
+
+DEFAULT_DAGSTER_HOME = PROJECT_ROOT / ".dagster_home"
+StoreOption = Annotated[
+    str | None, typer.Option("--store", help="parquet | postgres | clickhouse (default: config)")
+]
+
+
+def _settings(store: str | None = None) -> Settings:
+    overrides: dict[str, Any] = {"storage": {"quote_store": store}} if store else {}
+    return load_settings(overrides=overrides)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def main() -> None:
+    try:
+        app()
+    except RofError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+# --- quotes ---------------------------------------------------------------------------------------
+
+
+def _utc_day(value: str) -> datetime:
+    return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
+
+
+@quotes_app.command("generate")
+def quotes_generate(
+    market: Annotated[list[str] | None, typer.Option("--market", "-m", help="exchange:PAIR; repeatable")] = None,
+    days: Annotated[int, typer.Option(help="whole UTC days ending today 00:00")] = 3,
+    start: Annotated[str | None, typer.Option(help="first day YYYY-MM-DD (instead of --days)")] = None,
+    end: Annotated[str | None, typer.Option(help="day after the last, YYYY-MM-DD")] = None,
+    seed: int = 0,
+    store: StoreOption = None,
+) -> None:
+    """Realistic synthetic snapshots (deterministic by seed) into the configured store."""
+    from rof_pipelines.adapters.quote_stores import open_quote_store
+    from rof_pipelines.core.market import Market
+    from rof_pipelines.core.quotes import generate_quotes
+
+    settings = _settings(store)
+    markets = [Market.parse(m) for m in (market or settings.storage.markets)]
+    end_at = _utc_day(end) if end else datetime.combine(date.today(), datetime.min.time(), tzinfo=UTC)
+    start_at = _utc_day(start) if start else end_at - timedelta(days=days)
+    with open_quote_store(settings) as quote_store:
+        quote_store.ensure_schema()
+        for item in markets:
+            frame = generate_quotes(item, start_at, end_at, seed=seed)
+            written = quote_store.write(item, frame)
+            typer.echo(f"{item}: {written} snapshots {start_at:%Y-%m-%d}..{end_at:%Y-%m-%d} -> {quote_store.describe()}")
+
+
+@quotes_app.command("import")
+def quotes_import(
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet: snapshots (ts, price, ...) or OHLCV candles")],
+    market: Annotated[str, typer.Option("--market", "-m", help="exchange:PAIR, e.g. binance:TONUSDT")],
+    kind: Annotated[str, typer.Option(help="auto | snapshots | candles")] = "auto",
+    interval: Annotated[str | None, typer.Option(help="candle interval, e.g. 1m (default: inferred)")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Import a user's quotes. The file is validated completely before anything is written."""
+    from rof_pipelines.adapters.quote_files import import_quote_file
+    from rof_pipelines.adapters.quote_stores import open_quote_store
+    from rof_pipelines.core.market import Market
+
+    if kind not in ("auto", "snapshots", "candles"):
+        _fail(f"--kind must be auto, snapshots or candles, got {kind!r}")
+    try:
+        parsed_market = Market.parse(market)
+        candle_interval = parse_duration(interval) if interval else None
+    except ValueError as exc:
+        _fail(str(exc))
+    settings = _settings(store)
+    with open_quote_store(settings) as quote_store:
+        quote_store.ensure_schema()
+        result = import_quote_file(quote_store, parsed_market, file, kind, candle_interval)
+        typer.echo(
+            f"{result.market}: {result.rows_in_file} {result.kind} rows -> {result.snapshots_written} "
+            f"snapshots {result.first_ts} .. {result.last_ts} in {quote_store.describe()}"
+            + (f" (candle interval {result.candle_interval})" if result.candle_interval else "")
+        )
+
+
+# --- db -------------------------------------------------------------------------------------------
+
+
+def _state_store():  # type: ignore[no-untyped-def]
+    from rof_pipelines.adapters.state_store import StateStore
+
+    settings = load_settings()
+    return StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply the state store's migrations up to REVISION (default head)."""
+    store = _state_store()
+    try:
+        store.upgrade(revision)
+        typer.echo(f"{store.describe()}: at {store.current_revision()}")
+    finally:
+        store.dispose()
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str) -> None:
+    """Revert the state store's migrations down to REVISION (e.g. base)."""
+    store = _state_store()
+    try:
+        store.downgrade(revision)
+        typer.echo(f"{store.describe()}: at {store.current_revision()}")
+    finally:
+        store.dispose()
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the state store's current migration revision."""
+    store = _state_store()
+    try:
+        typer.echo(f"{store.describe()}: at {store.current_revision()}")
+    finally:
+        store.dispose()
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """The effective configuration (file + environment), secrets starred."""
+    typer.echo(json.dumps(load_settings().redacted(), indent=2, default=str))
+
+
+# --- bench ----------------------------------------------------------------------------------------
+
+
+def _emit(result: dict[str, Any]) -> None:
+    typer.echo(json.dumps(result, default=float))
+
+
+@bench_app.command("load-postgres")
+def bench_load_postgres(rows: int = 1_000_000) -> None:
+    """PostgreSQL store read into a DataFrame vs. psql \\copy over the same rows."""
+    from rof_pipelines.bench.load import bench_load_postgres as run
+
+    _emit(run(rows))
+
+
+@bench_app.command("load-clickhouse")
+def bench_load_clickhouse(rows: int = 1_000_000) -> None:
+    """ClickHouse store write and read (chDB unless CLICKHOUSE_DB_HOST names a server)."""
+    from rof_pipelines.bench.load import bench_load_clickhouse as run
+
+    _emit(run(rows))
+
+
+@bench_app.command("indicators")
+def bench_indicators(rows: int = 1_000_000) -> None:
+    """Indicator frame for ROWS one-minute bars."""
+    from rof_pipelines.bench.indicators import bench_indicators as run
+
+    _emit(run(rows))
+
+
+@bench_app.command("rl")
+def bench_rl(bars: int = 1_000_000, episodes: int = 20) -> None:
+    """RL training kernel steps/s, and the ratio to the C yardstick (../shared/bench/ref-rl)."""
+    from rof_pipelines.bench.rl import bench_rl as run
+
+    _emit(run(bars, episodes))
+
+
+# --- demo and ui ----------------------------------------------------------------------------------
+
+
+def _dagster_home() -> Path:
+    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME)
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("# Local instance for `rof demo` and `rof ui` (SQLite in this folder).\ntelemetry:\n  enabled: false\n")
+    return home
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(help="whole UTC days ending yesterday")] = 3,
+    seed: int = 0,
+) -> None:
+    """The main job on the configured store (the embedded Parquet store by default): generate quotes
+    for the configured markets if the store has none, then materialise every asset for each market
+    and day through Dagster, recorded in a persistent local instance the UI shows afterwards."""
+    from rof_pipelines.demo import run_demo
+
+    home = _dagster_home()
+    started = time.perf_counter()
+    summary = run_demo(load_settings(), days=days, seed=seed)
+    typer.echo(summary.render())
+    typer.echo(f"\n{summary.runs} runs in {time.perf_counter() - started:.1f}s, recorded in DAGSTER_HOME={home}")
+    typer.echo("open the UI with: .venv/bin/rof ui   (then http://127.0.0.1:3000)")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ui(port: int = 3000, host: str = "127.0.0.1") -> None:
+    """``dagster dev`` on the same local instance as ``rof demo``."""
+    home = _dagster_home()
+    typer.echo(f"DAGSTER_HOME={home}")
+    os.execvp(
+        sys.executable,
+        [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", host, "-p", str(port)],
+    )
+
+
+if __name__ == "__main__":
+    main()
