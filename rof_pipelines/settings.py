@@ -364,6 +364,8 @@ class KellyConfig(_Section):
     # The seed writes "200" (trades); for window_type "time" it is a duration such as "7d".
     window_size: str = "200"
     max_fraction: float = Field(default=0.25, gt=0, le=1, description="cap on the Kelly fraction")
+    min_trades: int = Field(default=20, ge=1, description="closed trades in the window before Kelly sizes")
+    warmup_fraction: float = Field(default=0.0, ge=0, le=1, description="size used before min_trades")
 
     @field_validator("window_size", mode="before")
     @classmethod
@@ -379,6 +381,10 @@ class KellyConfig(_Section):
                 )
         else:
             parse_duration(self.window_size)
+        if self.warmup_fraction > self.max_fraction:
+            raise ValueError(
+                f"warmup_fraction ({self.warmup_fraction}) must not exceed max_fraction ({self.max_fraction})"
+            )
         return self
 
     @property
@@ -391,9 +397,40 @@ class KellyConfig(_Section):
 
 
 class RLConfig(_Section):
+    """Starting values of the Q-learning agent (core.rl.RLParams.from_settings); the optimiser tunes them."""
+
     alpha: float = Field(default=0.2, gt=0, le=1)
     gamma: float = Field(default=0.85, ge=0, lt=1)
     epsilon: float = Field(default=0.3, ge=0, le=1)
+    epsilon_decay: float = Field(default=0.95, gt=0, le=1, description="epsilon *= this per episode")
+    epsilon_min: float = Field(default=0.01, ge=0, le=1, description="floor of the epsilon decay")
+    alpha_decay: float = Field(default=0.001, ge=0, description="alpha = alpha / (1 + this * visits)")
+    episodes: int = Field(default=20, ge=1, le=100_000)
+    fee: float = Field(default=0.001, ge=0, lt=0.5, description="per unit of notional traded")
+    slippage: float = Field(default=0.0005, ge=0, lt=0.5, description="per unit of notional traded")
+    allow_short: bool = False
+    risk_aversion: float = Field(default=0.0, ge=0, description="reward -= this * (position return)^2")
+    seed: int = Field(default=0, ge=0)
+    # State bins: fixed edges for RSI and Bollinger position (empty list drops the feature), sign x
+    # strength levels per side for MACD histogram and trend (0 drops), quantile bins for volatility.
+    rsi_edges: list[float] = [30.0, 70.0]
+    macd_levels: int = Field(default=2, ge=0, le=8)
+    bb_edges: list[float] = [0.0, 0.5, 1.0]
+    vol_bins: int = Field(default=3, ge=1, le=10)
+    trend_levels: int = Field(default=1, ge=0, le=8)
+
+    @field_validator("rsi_edges", "bb_edges")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(f"bin edges must be strictly increasing, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_epsilon(self) -> "RLConfig":
+        if self.epsilon_min > self.epsilon:
+            raise ValueError(f"epsilon_min ({self.epsilon_min}) must not exceed epsilon ({self.epsilon})")
+        return self
 
 
 class AIConfig(_Section):
@@ -502,7 +539,8 @@ def _format_error(exc: ValidationError, environ: Mapping[str, str], source: str)
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         shown = "" if any(secret in path for secret in ("password", "url")) else err.get("input")
-        detail = f"; got {shown!r}" if shown not in ("", None) and not isinstance(shown, dict) else ""
+        quiet = shown in ("", None) or isinstance(shown, dict) or "got " in message
+        detail = "" if quiet else f"; got {shown!r}"
         lines.append(f"  {path}: {message}{detail}{origin}")
     return "\n".join(lines)
 

@@ -1,0 +1,96 @@
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rof_pipelines.adapters.quote_stores.parquet import ParquetQuoteStore
+from rof_pipelines.core.market import Market
+from rof_pipelines.core.quotes import generate_quotes
+from rof_pipelines.errors import DataValidationError
+
+TON = Market.parse("binance:TONUSDT")
+BTC = Market.parse("okx:BTCUSDT")
+DAY = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = ParquetQuoteStore(tmp_path / "quotes")
+    store.ensure_schema()
+    return store
+
+
+def sorted_quotes(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def test_round_trip_across_days(store):
+    quotes = generate_quotes(TON, DAY, DAY + timedelta(days=2), seed=3)
+    assert store.write(TON, quotes) == len(quotes)
+    back = store.read(TON, DAY, DAY + timedelta(days=2))
+    pd.testing.assert_frame_equal(back, sorted_quotes(quotes))
+    one_day = store.read(TON, DAY + timedelta(days=1), DAY + timedelta(days=2))
+    assert one_day["ts"].min() >= pd.Timestamp(DAY + timedelta(days=1))
+    assert len(one_day) + len(store.read(TON, DAY, DAY + timedelta(days=1))) == len(quotes)
+    assert store.markets() == [TON]
+    first, last = store.time_range(TON)
+    assert first == quotes["ts"].min() and last == quotes["ts"].max()
+
+
+def test_reads_are_half_open(store):
+    quotes = generate_quotes(TON, DAY, DAY + timedelta(hours=1), seed=3)
+    store.write(TON, quotes)
+    pivot = sorted_quotes(quotes)["ts"].iloc[10].to_pydatetime()
+    before = store.read(TON, DAY, pivot)
+    after = store.read(TON, pivot, DAY + timedelta(hours=1))
+    assert before["ts"].max() < pd.Timestamp(pivot) and after["ts"].min() == pd.Timestamp(pivot)
+
+
+def test_rewrite_replaces_the_range_instead_of_duplicating(store):
+    quotes = generate_quotes(TON, DAY, DAY + timedelta(days=2), seed=3)
+    store.write(TON, quotes)
+    store.write(TON, quotes)
+    assert len(store.read(TON, DAY, DAY + timedelta(days=2))) == len(quotes)
+    # A narrower overlapping write replaces only its own range.
+    middle = generate_quotes(TON, DAY + timedelta(hours=20), DAY + timedelta(hours=28), seed=99)
+    store.write(TON, middle)
+    back = store.read(TON, DAY, DAY + timedelta(days=2))
+    lo, hi = middle["ts"].min(), middle["ts"].max()
+    inside = back.loc[(back["ts"] >= lo) & (back["ts"] <= hi)]
+    pd.testing.assert_frame_equal(inside.reset_index(drop=True), sorted_quotes(middle))
+    outside_before = quotes.loc[(quotes["ts"] < lo) | (quotes["ts"] > hi)]
+    assert len(back) == len(outside_before) + len(middle)
+
+
+def test_markets_are_kept_apart(store):
+    store.write(TON, generate_quotes(TON, DAY, DAY + timedelta(hours=2)))
+    store.write(BTC, generate_quotes(BTC, DAY, DAY + timedelta(hours=2)))
+    assert store.markets() == [TON, BTC] or store.markets() == sorted([TON, BTC])
+    assert store.read(BTC, DAY, DAY + timedelta(hours=2))["price"].median() > 1000
+
+
+def test_invalid_frame_writes_nothing(store):
+    good = generate_quotes(TON, DAY, DAY + timedelta(hours=2), seed=1)
+    store.write(TON, good)
+    bad = good.copy()
+    bad["price"] = bad["price"].astype(object)
+    bad.loc[5, "price"] = "oops"
+    with pytest.raises(DataValidationError, match="column 'price' must be float64"):
+        store.write(TON, bad)
+    pd.testing.assert_frame_equal(store.read(TON, DAY, DAY + timedelta(hours=2)), sorted_quotes(good))
+    with pytest.raises(DataValidationError, match="lacks column"):
+        store.write(TON, good.drop(columns=["volume"]))
+
+
+def test_empty_store_answers(store):
+    assert store.markets() == []
+    assert store.time_range(TON) is None
+    assert store.read(TON, DAY, DAY + timedelta(days=1)).empty
+
+
+def test_nan_optional_columns_survive(store):
+    quotes = generate_quotes(TON, DAY, DAY + timedelta(hours=1), seed=2)
+    quotes.loc[::7, ["bid", "ask", "volume"]] = np.nan
+    store.write(TON, quotes)
+    pd.testing.assert_frame_equal(store.read(TON, DAY, DAY + timedelta(hours=1)), sorted_quotes(quotes))

@@ -1,0 +1,61 @@
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from ta.momentum import RSIIndicator
+
+from rof_pipelines.core.indicators import (
+    INDICATOR_COLUMNS,
+    IndicatorWindows,
+    build_indicator_frame,
+    composite_signal,
+)
+from rof_pipelines.core.market import Market
+from rof_pipelines.core.quotes import clean_quotes, generate_quotes, resample_bars
+
+DAY = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def bars() -> pd.DataFrame:
+    quotes, _ = clean_quotes(generate_quotes(Market.parse("binance:TONUSDT"), DAY, DAY + timedelta(days=1), seed=1))
+    return resample_bars(quotes, timedelta(minutes=1))
+
+
+def test_every_column_present_and_defined_after_warmup(bars):
+    frame = build_indicator_frame(bars)
+    assert set(INDICATOR_COLUMNS) <= set(frame.columns)
+    after = frame.iloc[IndicatorWindows().warmup_bars:]
+    assert not after[list(INDICATOR_COLUMNS)].isna().any().any()
+    assert len(frame) == 1440
+
+
+def test_values_are_the_ta_library_and_consistent(bars):
+    frame = build_indicator_frame(bars)
+    pd.testing.assert_series_equal(frame["rsi"], RSIIndicator(bars["close"], 14).rsi(), check_names=False)
+    np.testing.assert_allclose(frame["macd_hist"], frame["macd"] - frame["macd_signal"], equal_nan=True)
+    defined = frame.dropna()
+    assert ((defined["rsi"] >= 0) & (defined["rsi"] <= 100)).all()
+    assert (defined["bb_low"] <= defined["bb_mid"]).all() and (defined["bb_mid"] <= defined["bb_high"]).all()
+    np.testing.assert_allclose(defined["atr_pct"], defined["atr"] / defined["close"])
+    assert set(defined["signal"].unique()) <= {-1.0, 0.0, 1.0}
+
+
+def test_signal_is_a_two_of_three_vote():
+    rows = pd.DataFrame(
+        {   # rsi, macd_hist, bb_pband -> expected
+            "rsi": [25, 25, 75, 50, 75, 50, np.nan],
+            "macd_hist": [0.1, -0.1, -0.1, 0.1, 0.1, 0.0, 0.1],
+            "bb_pband": [-0.1, -0.1, 1.2, 0.5, 0.5, 0.5, 0.5],
+        }
+    )
+    expected = [1.0, 0.0, -1.0, 0.0, 0.0, 0.0, np.nan]
+    np.testing.assert_array_equal(composite_signal(rows).to_numpy(), expected)
+
+
+def test_short_input_does_not_crash():
+    bars = pd.DataFrame({"open": [1.0, 1.1], "high": [1.2, 1.2], "low": [0.9, 1.0], "close": [1.1, 1.15], "volume": 1.0, "n_ticks": 1.0},
+                        index=pd.date_range(DAY, periods=2, freq="1min", name="ts"))
+    frame = build_indicator_frame(bars)
+    assert len(frame) == 2 and frame["rsi"].isna().all()
