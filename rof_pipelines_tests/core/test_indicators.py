@@ -59,3 +59,22 @@ def test_short_input_does_not_crash():
                         index=pd.date_range(DAY, periods=2, freq="1min", name="ts"))
     frame = build_indicator_frame(bars)
     assert len(frame) == 2 and frame["rsi"].isna().all()
+
+
+@pytest.mark.parametrize(("n", "seed"), [(40, 0), (500, 1), (5000, 2)])
+def test_compiled_atr_and_adx_equal_the_ta_library(n, seed):
+    from ta.trend import ADXIndicator
+    from ta.volatility import AverageTrueRange
+
+    from rof_pipelines.core.indicators import adx, atr
+
+    rng = np.random.default_rng(seed)
+    close = pd.Series(100 * np.exp(np.cumsum(rng.normal(0, 0.01, n))))
+    high = close * (1 + rng.uniform(0, 0.01, n))
+    low = close * (1 - rng.uniform(0, 0.01, n))
+    expected_atr = AverageTrueRange(high, low, close, 14).average_true_range().to_numpy()
+    expected_adx = ADXIndicator(high, low, close, 14).adx().to_numpy()
+    got_atr, got_adx = atr(high, low, close, 14).to_numpy(), adx(high, low, close, 14).to_numpy()
+    np.testing.assert_allclose(got_atr[13:], expected_atr[13:], rtol=1e-12)
+    np.testing.assert_allclose(got_adx[27:], expected_adx[27:], rtol=1e-10)
+    assert np.isnan(got_atr[:13]).all() and np.isnan(got_adx[:27]).all()
