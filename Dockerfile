@@ -1,0 +1,26 @@
+# One image for the Dagster webserver, the daemon and the code location.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    DAGSTER_HOME=/opt/dagster/dagster_home \
+    ROF_CONFIG=/opt/rof/config.yaml
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client build-essential \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/rof
+COPY pyproject.toml README.md ./
+COPY rof_pipelines ./rof_pipelines
+RUN pip install --no-cache-dir -e .
+
+COPY config.yaml workspace.yaml alembic.ini ./
+COPY migrations ./migrations
+COPY sql ./sql
+RUN mkdir -p "$DAGSTER_HOME" /opt/rof/data
+COPY dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+
+EXPOSE 3000
+# docker-compose picks the role: webserver (default), daemon, or a one-off `rof ...` command.
+CMD ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "/opt/rof/workspace.yaml"]
