@@ -13,8 +13,11 @@ import typer
 from rof_pipelines.errors import RofError
 from rof_pipelines.settings import PROJECT_ROOT, Settings, load_settings, parse_duration
 
-app = typer.Typer(help="rof_pipelines: market quotes to tested trading-strategy configurations.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="rof_pipelines: market quotes to tested trading-strategy configurations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 quotes_app = typer.Typer(help="Put quotes into the configured store.", no_args_is_help=True)
 db_app = typer.Typer(help="The state store's schema (alembic migrations).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON line.", no_args_is_help=True)
@@ -57,7 +60,9 @@ def _utc_day(value: str) -> datetime:
 
 @quotes_app.command("generate")
 def quotes_generate(
-    market: Annotated[list[str] | None, typer.Option("--market", "-m", help="exchange:PAIR; repeatable")] = None,
+    market: Annotated[
+        list[str] | None, typer.Option("--market", "-m", help="exchange:PAIR; repeatable")
+    ] = None,
     days: Annotated[int, typer.Option(help="whole UTC days ending today 00:00")] = 3,
     start: Annotated[str | None, typer.Option(help="first day YYYY-MM-DD (instead of --days)")] = None,
     end: Annotated[str | None, typer.Option(help="day after the last, YYYY-MM-DD")] = None,
@@ -78,7 +83,9 @@ def quotes_generate(
         for item in markets:
             frame = generate_quotes(item, start_at, end_at, seed=seed)
             written = quote_store.write(item, frame)
-            typer.echo(f"{item}: {written} snapshots {start_at:%Y-%m-%d}..{end_at:%Y-%m-%d} -> {quote_store.describe()}")
+            typer.echo(
+                f"{item}: {written} snapshots {start_at:%Y-%m-%d}..{end_at:%Y-%m-%d} -> {quote_store.describe()}"
+            )
 
 
 @quotes_app.command("import")
@@ -211,7 +218,9 @@ def _dagster_home() -> Path:
     os.environ["DAGSTER_HOME"] = str(home)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text("# Local instance for `rof demo` and `rof ui` (SQLite in this folder).\ntelemetry:\n  enabled: false\n")
+        config.write_text(
+            "# Local instance for `rof demo` and `rof ui` (SQLite in this folder).\ntelemetry:\n  enabled: false\n"
+        )
     return home
 
 
@@ -229,7 +238,9 @@ def demo(
     started = time.perf_counter()
     summary = run_demo(load_settings(), days=days, seed=seed)
     typer.echo(summary.render())
-    typer.echo(f"\n{summary.runs} runs in {time.perf_counter() - started:.1f}s, recorded in DAGSTER_HOME={home}")
+    typer.echo(
+        f"\n{summary.runs} runs in {time.perf_counter() - started:.1f}s, recorded in DAGSTER_HOME={home}"
+    )
     typer.echo("open the UI with: .venv/bin/rof ui   (then http://127.0.0.1:3000)")
     if summary.failed:
         raise typer.Exit(1)
@@ -242,7 +253,18 @@ def ui(port: int = 3000, host: str = "127.0.0.1") -> None:
     typer.echo(f"DAGSTER_HOME={home}")
     os.execvp(
         sys.executable,
-        [sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", host, "-p", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-w",
+            str(PROJECT_ROOT / "workspace.yaml"),
+            "-h",
+            host,
+            "-p",
+            str(port),
+        ],
     )
 
 

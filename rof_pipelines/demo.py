@@ -63,7 +63,9 @@ def demo_days(days: int, today: date | None = None) -> list[date]:
     return [today - timedelta(days=offset) for offset in range(days, 0, -1)]
 
 
-def run_demo(settings: Settings, days: int = 3, seed: int = 0, instance: DagsterInstance | None = None) -> DemoSummary:
+def run_demo(
+    settings: Settings, days: int = 3, seed: int = 0, instance: DagsterInstance | None = None
+) -> DemoSummary:
     from rof_pipelines.definitions import defs
 
     day_list = demo_days(days)

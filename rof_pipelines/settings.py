@@ -422,7 +422,7 @@ class RLConfig(_Section):
     @field_validator("rsi_edges", "bb_edges")
     @classmethod
     def _increasing(cls, value: list[float]) -> list[float]:
-        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+        if sorted(set(value)) != list(value):
             raise ValueError(f"bin edges must be strictly increasing, got {value}")
         return value
 

@@ -25,19 +25,41 @@ def test_project_config_has_every_seed_section_and_defaults():
 
 def test_every_seed_variable_overrides_its_key():
     environ = {
-        "LOG_LEVEL": "DEBUG", "METRICS_PORT": "9100", "PPROF_PORT": "9101",
-        "DB_USER": "u1", "DB_PASSWORD": "p1", "DB_HOST": "db.example:6543", "DB_NAME": "n1",
-        "CLICKHOUSE_DB_USER": "u2", "CLICKHOUSE_DB_PASSWORD": "p2", "CLICKHOUSE_DB_HOST": "ch:9000",
-        "CLICKHOUSE_DB_NAME": "n2", "RABBITMQ_URL": "amqp://a:b@mq:5672/", "ENABLE_AB_TESTS": "false",
-        "AB_TEST_EXCHANGE": "okx", "AB_TEST_PAIR": "btcusdt", "STATE_STORAGE_DB_USER": "u3",
-        "STATE_STORAGE_DB_PASSWORD": "p3", "STATE_STORAGE_DB_HOST": "st:5433", "STATE_STORAGE_DB_NAME": "n3",
-        "STATE_STORAGE_SCHEMA": "ml", "STATE_STORAGE_MIGRATIONS_PATH": "/opt/migrations",
+        "LOG_LEVEL": "DEBUG",
+        "METRICS_PORT": "9100",
+        "PPROF_PORT": "9101",
+        "DB_USER": "u1",
+        "DB_PASSWORD": "p1",
+        "DB_HOST": "db.example:6543",
+        "DB_NAME": "n1",
+        "CLICKHOUSE_DB_USER": "u2",
+        "CLICKHOUSE_DB_PASSWORD": "p2",
+        "CLICKHOUSE_DB_HOST": "ch:9000",
+        "CLICKHOUSE_DB_NAME": "n2",
+        "RABBITMQ_URL": "amqp://a:b@mq:5672/",
+        "ENABLE_AB_TESTS": "false",
+        "AB_TEST_EXCHANGE": "okx",
+        "AB_TEST_PAIR": "btcusdt",
+        "STATE_STORAGE_DB_USER": "u3",
+        "STATE_STORAGE_DB_PASSWORD": "p3",
+        "STATE_STORAGE_DB_HOST": "st:5433",
+        "STATE_STORAGE_DB_NAME": "n3",
+        "STATE_STORAGE_SCHEMA": "ml",
+        "STATE_STORAGE_MIGRATIONS_PATH": "/opt/migrations",
         "STATE_STORAGE_AUTO_MIGRATE": "false",
     }
     assert set(environ) <= set(ENV_OVERRIDES)
     s = load_settings(DEFAULT_CONFIG_PATH, environ=environ)
-    assert (s.system_setup.log_level, s.system_setup.metrics_port, s.system_setup.pprof_port) == ("debug", 9100, 9101)
-    assert (s.storage.postgres.db_user, s.storage.postgres.host, s.storage.postgres.port) == ("u1", "db.example", 6543)
+    assert (s.system_setup.log_level, s.system_setup.metrics_port, s.system_setup.pprof_port) == (
+        "debug",
+        9100,
+        9101,
+    )
+    assert (s.storage.postgres.db_user, s.storage.postgres.host, s.storage.postgres.port) == (
+        "u1",
+        "db.example",
+        6543,
+    )
     assert s.storage.postgres.db_password.get_secret_value() == "p1"
     assert (s.storage.clickhouse.db_user, s.storage.clickhouse.db_name) == ("u2", "n2")
     assert s.storage.rabbitmq.url.get_secret_value() == "amqp://a:b@mq:5672/"
@@ -49,17 +71,24 @@ def test_every_seed_variable_overrides_its_key():
 
 def test_invalid_file_value_is_refused_with_key_path(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("system_setup:\n  worker_pool:\n    ab_optimizer:\n      max_workers: 0\n      queue_size: 1\n      task_timeout: 'soon'\n")
+    path.write_text(
+        "system_setup:\n  worker_pool:\n    ab_optimizer:\n      max_workers: 0\n      queue_size: 1\n      task_timeout: 'soon'\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_settings(path, environ={})
     text = str(err.value)
-    assert "system_setup.worker_pool.ab_optimizer.max_workers: Input should be greater than or equal to 1" in text
+    assert (
+        "system_setup.worker_pool.ab_optimizer.max_workers: Input should be greater than or equal to 1"
+        in text
+    )
     assert "system_setup.worker_pool.ab_optimizer.task_timeout: not a duration: 'soon'" in text
 
 
 def test_unknown_key_and_bad_types_are_refused(tmp_path):
     path = tmp_path / "config.yaml"
-    path.write_text("storage:\n  quote_store: mongo\n  markts: []\nai_config:\n  kelly:\n    window_size: 'lots'\n")
+    path.write_text(
+        "storage:\n  quote_store: mongo\n  markts: []\nai_config:\n  kelly:\n    window_size: 'lots'\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_settings(path, environ={})
     text = str(err.value)
@@ -69,25 +98,41 @@ def test_unknown_key_and_bad_types_are_refused(tmp_path):
 
 
 def test_invalid_environment_value_names_the_variable():
-    with pytest.raises(ConfigError, match=r"state_storage.schema: .* \(from environment variable STATE_STORAGE_SCHEMA\)"):
+    with pytest.raises(
+        ConfigError, match=r"state_storage.schema: .* \(from environment variable STATE_STORAGE_SCHEMA\)"
+    ):
         load_settings(DEFAULT_CONFIG_PATH, environ={"STATE_STORAGE_SCHEMA": "x; drop table y"})
     with pytest.raises(ConfigError, match=r"storage.postgres.db_host: port out of range"):
         load_settings(DEFAULT_CONFIG_PATH, environ={"DB_HOST": "localhost:99999"})
 
 
 def test_markets_are_normalised_and_validated():
-    s = load_settings(DEFAULT_CONFIG_PATH, environ={"ROF_MARKETS": "Binance:tonusdt, okx:BTCUSDT binance:TONUSDT"})
+    s = load_settings(
+        DEFAULT_CONFIG_PATH, environ={"ROF_MARKETS": "Binance:tonusdt, okx:BTCUSDT binance:TONUSDT"}
+    )
     assert s.storage.markets == ["binance:TONUSDT", "okx:BTCUSDT"]
-    with pytest.raises(ConfigError, match="storage.markets: market must look like 'exchange:PAIR'"):
+    with pytest.raises(ConfigError, match=r"storage\.markets: market must look like 'exchange:PAIR'"):
         load_settings(DEFAULT_CONFIG_PATH, environ={"ROF_MARKETS": "nonsense"})
 
 
 def test_secrets_never_print():
-    environ = {"DB_PASSWORD": SECRET, "STATE_STORAGE_DB_PASSWORD": SECRET, "CLICKHOUSE_DB_PASSWORD": SECRET,
-               "RABBITMQ_URL": f"amqp://user:{SECRET}@mq:5672/"}
+    environ = {
+        "DB_PASSWORD": SECRET,
+        "STATE_STORAGE_DB_PASSWORD": SECRET,
+        "CLICKHOUSE_DB_PASSWORD": SECRET,
+        "RABBITMQ_URL": f"amqp://user:{SECRET}@mq:5672/",
+    }
     s = load_settings(DEFAULT_CONFIG_PATH, environ=environ)
-    for text in (repr(s), str(s), str(s.redacted()), s.storage.postgres.describe(), s.state_storage.describe(),
-                 s.storage.rabbitmq.describe(), s.storage.clickhouse.describe(), s.model_dump_json()):
+    for text in (
+        repr(s),
+        str(s),
+        str(s.redacted()),
+        s.storage.postgres.describe(),
+        s.state_storage.describe(),
+        s.storage.rabbitmq.describe(),
+        s.storage.clickhouse.describe(),
+        s.model_dump_json(),
+    ):
         assert SECRET not in text
     assert s.storage.postgres.conninfo_kwargs()["password"] == SECRET
     # ... nor in a validation error about the same section

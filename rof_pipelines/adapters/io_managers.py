@@ -34,7 +34,9 @@ class ParquetFrameIOManager(ConfigurableIOManager):
         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         obj.to_parquet(temp, compression="zstd")
         os.replace(temp, path)
-        context.add_output_metadata({"path": MetadataValue.path(str(path)), "file_bytes": path.stat().st_size})
+        context.add_output_metadata(
+            {"path": MetadataValue.path(str(path)), "file_bytes": path.stat().st_size}
+        )
 
     def load_input(self, context: InputContext) -> pd.DataFrame:
         asset_key = list(context.asset_key.path)

@@ -13,7 +13,9 @@ def bench_indicators(rows: int) -> dict[str, float | int | str]:
     start = datetime(2024, 1, 1, tzinfo=UTC)
     # ~4 snapshots per bar keeps generation cheap while every bar has ticks.
     config = GeneratorConfig(mean_interval_seconds=15.0)
-    quotes = generate_quotes(Market.parse("bench:BTCUSDT"), start, start + timedelta(minutes=rows), config=config)
+    quotes = generate_quotes(
+        Market.parse("bench:BTCUSDT"), start, start + timedelta(minutes=rows), config=config
+    )
     began = time.perf_counter()
     clean, _ = clean_quotes(quotes)
     cleaned = time.perf_counter()

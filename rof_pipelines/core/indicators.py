@@ -151,7 +151,9 @@ def _wilder_sum(values: np.ndarray, window: int, length: int) -> np.ndarray:  # 
 
 
 @njit(cache=True)
-def _ta_adx(high: np.ndarray, low: np.ndarray, close: np.ndarray, window: int) -> np.ndarray:  # pragma: no cover
+def _ta_adx(
+    high: np.ndarray, low: np.ndarray, close: np.ndarray, window: int
+) -> np.ndarray:  # pragma: no cover
     n = len(close)
     length = n - (window - 1)
     movement = np.full(n, np.nan)

@@ -148,8 +148,8 @@ def _add_feed_dirt(frame: pd.DataFrame, rng: np.random.Generator, config: Genera
     frame = frame.copy()
     outliers = rng.random(n) < config.outlier_rate
     frame.loc[outliers, "price"] *= rng.choice([0.8, 1.25], int(outliers.sum()))
-    nans = rng.random(n) < config.nan_rate
-    frame.loc[nans, "price"] = np.nan
+    nans = rng.random(n) < config.nan_rate  # a missing side of the book; stores refuse NaN prices
+    frame.loc[nans, ["bid", "ask"]] = np.nan
     dup_idx = np.flatnonzero(rng.random(n) < config.duplicate_rate)
     order = np.arange(n, dtype=np.float64)
     swaps = np.flatnonzero(rng.random(n - 1) < config.out_of_order_rate)
@@ -446,7 +446,10 @@ def candles_from_table(frame: pd.DataFrame, source: str = "input", row_offset: i
     if missing:
         raise DataValidationError(f"{source}: candle file lacks column(s) {', '.join(missing)}")
     ts_us = parse_timestamps(frame[ts_col], source, ts_col, row_offset)
-    values = {c: _numeric_column(frame, c, source, row_offset, required=True) for c in ("open", "high", "low", "close")}
+    values = {
+        c: _numeric_column(frame, c, source, row_offset, required=True)
+        for c in ("open", "high", "low", "close")
+    }
     volume = (
         _numeric_column(frame, "volume", source, row_offset, required=False)
         if "volume" in frame.columns
@@ -473,9 +476,9 @@ def candles_from_table(frame: pd.DataFrame, source: str = "input", row_offset: i
     if dup.any():
         row = int(np.flatnonzero(dup)[0])
         _fail(row, ts_col, "duplicate candle open time", source, row_offset)
-    return pd.DataFrame(
-        {"ts_us": ts_us, **values, "volume": np.nan_to_num(volume)}
-    ).sort_values("ts_us", kind="stable")
+    return pd.DataFrame({"ts_us": ts_us, **values, "volume": np.nan_to_num(volume)}).sort_values(
+        "ts_us", kind="stable"
+    )
 
 
 def infer_candle_interval(candles: pd.DataFrame) -> timedelta:
@@ -495,9 +498,7 @@ def candles_to_snapshots(candles: pd.DataFrame, interval: timedelta) -> pd.DataF
     t0 = candles["ts_us"].to_numpy()
     n = len(t0)
     ts = np.stack([t0, t0 + step // 4, t0 + step // 2, t0 + step - 1], axis=1).ravel()
-    price = np.stack(
-        [candles["open"], candles["high"], candles["low"], candles["close"]], axis=1
-    ).ravel()
+    price = np.stack([candles["open"], candles["high"], candles["low"], candles["close"]], axis=1).ravel()
     volume = np.zeros((n, 4))
     volume[:, 3] = candles["volume"].to_numpy()
     return pd.DataFrame(

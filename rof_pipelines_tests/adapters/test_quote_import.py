@@ -36,8 +36,15 @@ def store(request, make_settings):
 def snapshot_csv(tmp_path, rows: int = 500):
     quotes = generate_quotes(TON, DAY, DAY + timedelta(hours=2), seed=4).head(rows)
     quotes, _ = clean_quotes(quotes)
-    table = pd.DataFrame({"timestamp": quotes["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                          "price": quotes["price"], "bid": quotes["bid"], "ask": quotes["ask"], "volume": quotes["volume"]})
+    table = pd.DataFrame(
+        {
+            "timestamp": quotes["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "price": quotes["price"],
+            "bid": quotes["bid"],
+            "ask": quotes["ask"],
+            "volume": quotes["volume"],
+        }
+    )
     path = tmp_path / "snapshots.csv"
     table.to_csv(path, index=False)
     return path, quotes
@@ -57,8 +64,13 @@ def kline_csv(tmp_path, n: int = 300, minutes: int = 5):
     ]
     path = tmp_path / "TONUSDT-5m-2026-11-20.csv"
     path.write_text("\n".join(lines) + "\n")  # header-less, as exchanges export klines
-    as_written = {"open": open_.round(8), "high": high.round(8), "low": low.round(8), "close": close.round(8),
-                  "volume": volume.round(4)}
+    as_written = {
+        "open": open_.round(8),
+        "high": high.round(8),
+        "low": low.round(8),
+        "close": close.round(8),
+        "volume": volume.round(4),
+    }
     return path, pd.DataFrame(as_written, index=pd.to_datetime(t0, unit="ms", utc=True))
 
 
@@ -89,7 +101,9 @@ def test_bad_file_is_refused_and_nothing_is_written(store, tmp_path):
     fields[1] = "12,5"[:2] + "x"  # a broken number in the price column, line 301 of the file
     lines[300] = ",".join(fields)
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataValidationError, match=r"row 300 \(file line 301\), column 'price': '12x' is not a number"):
+    with pytest.raises(
+        DataValidationError, match=r"row 300 \(file line 301\), column 'price': '12x' is not a number"
+    ):
         import_quote_file(store, TON, path)
     assert store.read(TON, DAY, DAY + timedelta(days=1)).empty
     assert TON not in store.markets()
@@ -127,9 +141,24 @@ def test_cli_import_reports_the_bad_row_and_exits_nonzero(tmp_path):
     bad.write_text("ts,price\n2026-11-20T00:00:00Z,5.5\n2026-11-20T00:00:10Z,abc\n")
     env = {"ROF_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
-        [sys.executable, "-m", "rof_pipelines.cli", "quotes", "import", str(bad), "--market", "binance:TONUSDT"],
-        capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "rof_pipelines.cli",
+            "quotes",
+            "import",
+            str(bad),
+            "--market",
+            "binance:TONUSDT",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_ROOT,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "row 2 (file line 3), column 'price': 'abc' is not a number" in proc.stderr
-    assert not (tmp_path / "data" / "quotes").exists() or not any((tmp_path / "data" / "quotes").rglob("*.parquet"))
+    assert not (tmp_path / "data" / "quotes").exists() or not any(
+        (tmp_path / "data" / "quotes").rglob("*.parquet")
+    )

@@ -19,14 +19,16 @@ DAY = datetime(2026, 11, 20, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def bars() -> pd.DataFrame:
-    quotes, _ = clean_quotes(generate_quotes(Market.parse("binance:TONUSDT"), DAY, DAY + timedelta(days=1), seed=1))
+    quotes, _ = clean_quotes(
+        generate_quotes(Market.parse("binance:TONUSDT"), DAY, DAY + timedelta(days=1), seed=1)
+    )
     return resample_bars(quotes, timedelta(minutes=1))
 
 
 def test_every_column_present_and_defined_after_warmup(bars):
     frame = build_indicator_frame(bars)
     assert set(INDICATOR_COLUMNS) <= set(frame.columns)
-    after = frame.iloc[IndicatorWindows().warmup_bars:]
+    after = frame.iloc[IndicatorWindows().warmup_bars :]
     assert not after[list(INDICATOR_COLUMNS)].isna().any().any()
     assert len(frame) == 1440
 
@@ -44,7 +46,7 @@ def test_values_are_the_ta_library_and_consistent(bars):
 
 def test_signal_is_a_two_of_three_vote():
     rows = pd.DataFrame(
-        {   # rsi, macd_hist, bb_pband -> expected
+        {  # rsi, macd_hist, bb_pband -> expected
             "rsi": [25, 25, 75, 50, 75, 50, np.nan],
             "macd_hist": [0.1, -0.1, -0.1, 0.1, 0.1, 0.0, 0.1],
             "bb_pband": [-0.1, -0.1, 1.2, 0.5, 0.5, 0.5, 0.5],
@@ -55,8 +57,17 @@ def test_signal_is_a_two_of_three_vote():
 
 
 def test_short_input_does_not_crash():
-    bars = pd.DataFrame({"open": [1.0, 1.1], "high": [1.2, 1.2], "low": [0.9, 1.0], "close": [1.1, 1.15], "volume": 1.0, "n_ticks": 1.0},
-                        index=pd.date_range(DAY, periods=2, freq="1min", name="ts"))
+    bars = pd.DataFrame(
+        {
+            "open": [1.0, 1.1],
+            "high": [1.2, 1.2],
+            "low": [0.9, 1.0],
+            "close": [1.1, 1.15],
+            "volume": 1.0,
+            "n_ticks": 1.0,
+        },
+        index=pd.date_range(DAY, periods=2, freq="1min", name="ts"),
+    )
     frame = build_indicator_frame(bars)
     assert len(frame) == 2 and frame["rsi"].isna().all()
 

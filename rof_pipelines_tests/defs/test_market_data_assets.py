@@ -65,8 +65,7 @@ def assert_materialised(instance: DagsterInstance, results) -> None:
     assert all(result.success for result in results)
     last = results[-1]
     by_asset = {
-        event.step_materialization_data.materialization.asset_key.to_user_string():
-            event.step_materialization_data.materialization.metadata
+        event.step_materialization_data.materialization.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
         for event in last.get_asset_materialization_events()
     }
     assert set(by_asset) == {"quote_snapshots", "indicator_frame"}
@@ -77,8 +76,12 @@ def assert_materialised(instance: DagsterInstance, results) -> None:
     assert 0 <= by_asset["indicator_frame"]["last_rsi"].value <= 100
     checks = {e.check_name: e.passed for e in last.get_asset_check_evaluations()}
     assert checks == {
-        "unique_ordered_timestamps": True, "price_sanity": True, "gaps": True,
-        "ohlc_consistent": True, "indicators_defined": True, "bars_complete": True,
+        "unique_ordered_timestamps": True,
+        "price_sanity": True,
+        "gaps": True,
+        "ohlc_consistent": True,
+        "indicators_defined": True,
+        "bars_complete": True,
     }
     # The second day's frame is warmed up by the first day's snapshots (read via the partition mapping).
     frame_path = Path(by_asset["indicator_frame"]["path"].value)
@@ -98,8 +101,12 @@ def test_materialise_on_the_embedded_store(tmp_path):
 
 def test_materialise_on_postgres_without_leaking_the_password(tmp_path, pg_database, capfd):
     # Trust auth accepts any password, so a real secret travels the whole path without being needed.
-    db = {"db_host": pg_database["db_host"], "db_user": pg_database["db_user"],
-          "db_name": pg_database["db_name"], "db_password": SECRET}
+    db = {
+        "db_host": pg_database["db_host"],
+        "db_user": pg_database["db_user"],
+        "db_name": pg_database["db_name"],
+        "db_password": SECRET,
+    }
     config_path = write_config(tmp_path, {"quote_store": "postgres", "postgres": db})
     fill_store(config_path)
     with instance_for_test() as instance:
@@ -119,12 +126,17 @@ def test_missing_quotes_fail_with_a_clear_message(tmp_path):
     with instance_for_test() as instance:
         instance.add_dynamic_partitions(markets_partitions.name, [TON.key])
         result = materialize(
-            [quote_snapshots], partition_key=market_day_key(TON, DAYS[0]), instance=instance,
-            resources=resources(config_path), raise_on_error=False,
+            [quote_snapshots],
+            partition_key=market_day_key(TON, DAYS[0]),
+            instance=instance,
+            resources=resources(config_path),
+            raise_on_error=False,
         )
         assert not result.success
-        failure = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"][0]
-        assert "no quote snapshots for binance:TONUSDT on 2026-11-19" in str(failure.event_specific_data.error)
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        assert "no quote snapshots for binance:TONUSDT on 2026-11-19" in str(
+            failure.event_specific_data.error
+        )
 
 
 @pytest.mark.parametrize("key", ["2026-11-20|binance:TONUSDT"])

@@ -62,7 +62,9 @@ def indicator_frame(
     start, end = day_bounds(day)
     try:
         interval = (
-            parse_duration(config.bar_interval) if config.bar_interval else settings.load().storage.bar_interval
+            parse_duration(config.bar_interval)
+            if config.bar_interval
+            else settings.load().storage.bar_interval
         )
     except (ValueError, ConfigError) as exc:
         raise Failure(description=f"bar_interval: {exc}", allow_retries=False) from exc

@@ -76,8 +76,9 @@ def quote_snapshots(context: AssetExecutionContext, quote_store: QuoteStoreResou
             "preview": MetadataValue.md(clean.head(10).to_markdown(index=False)),
         },
     )
-    yield from snapshot_checks(clean, report.duplicates, report.outliers, report.gaps,
-                               report.max_gap_seconds, gap_starts)
+    yield from snapshot_checks(
+        clean, report.duplicates, report.outliers, report.gaps, report.max_gap_seconds, gap_starts
+    )
 
 
 def snapshot_checks(
