@@ -51,8 +51,9 @@ def empty_quotes() -> pd.DataFrame:
 def to_canonical(frame: pd.DataFrame) -> pd.DataFrame:
     """Coerce a frame to the canonical schema (column order, dtypes, UTC microseconds)."""
     out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
-    ts = pd.to_datetime(frame["ts"].to_numpy() if "ts" in frame else [], utc=True)
-    out["ts"] = pd.Series(ts, index=out.index).astype(TS_DTYPE)
+    ts = pd.to_datetime(frame["ts"], utc=True) if "ts" in frame else pd.Series([], dtype=TS_DTYPE)
+    # Stay tz-aware all the way: .to_numpy() on a tz-aware column would build Python objects.
+    out["ts"] = ts.astype(TS_DTYPE).reset_index(drop=True)
     for col in QUOTE_COLUMNS[1:]:
         if col in frame:
             out[col] = pd.to_numeric(pd.Series(frame[col].to_numpy()), errors="raise").astype("float64")

@@ -76,11 +76,16 @@ def test_invalid_frame_writes_nothing(store):
     bad = good.copy()
     bad["price"] = bad["price"].astype(object)
     bad.loc[5, "price"] = "oops"
-    with pytest.raises(DataValidationError, match="column 'price' must be float64"):
+    with pytest.raises(DataValidationError, match="column 'price' is not valid"):
         store.write(TON, bad)
     pd.testing.assert_frame_equal(store.read(TON, DAY, DAY + timedelta(hours=2)), sorted_quotes(good))
-    with pytest.raises(DataValidationError, match="lacks column"):
-        store.write(TON, good.drop(columns=["volume"]))
+    with pytest.raises(DataValidationError, match="lack required column"):
+        store.write(TON, good.drop(columns=["price"]))
+    nan_price = good.copy()
+    nan_price.loc[7, "price"] = float("nan")
+    with pytest.raises(DataValidationError, match="row 7: price must be a finite number"):
+        store.write(TON, nan_price)
+    pd.testing.assert_frame_equal(store.read(TON, DAY, DAY + timedelta(hours=2)), sorted_quotes(good))
 
 
 def test_empty_store_answers(store):

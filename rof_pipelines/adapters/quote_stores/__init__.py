@@ -1,24 +1,23 @@
 """Quote stores behind one interface, chosen by ``storage.quote_store``.
 
-Backends are imported lazily so the parquet path never loads a database driver. The input checks every
-store shares live here, so each backend refuses the same frames with the same messages.
+Backends are imported lazily so the parquet path never loads a database driver. The input checks of the
+database stores live here, so both refuse the same frames with the same messages.
 """
-
-from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
 from rof_pipelines.adapters.quote_stores.base import QuoteStore
-from rof_pipelines.core.market import MARKET_RE, QUOTE_COLUMNS, Market, to_canonical
+from rof_pipelines.core.market import MARKET_RE, QUOTE_COLUMNS, TS_DTYPE, Market, to_canonical
 from rof_pipelines.errors import ConfigError, DataValidationError
 from rof_pipelines.settings import Settings
 
-__all__ = ["QuoteStore", "open_quote_store", "utc_timestamp", "validated_quotes"]
+__all__ = ["QuoteStore", "open_quote_store", "validated_quotes"]
 
 
 def open_quote_store(settings: Settings) -> QuoteStore:
-    """The configured store; the caller owns it and should ``close()`` it (or use ``with``)."""
+    """The configured store; drivers are imported only for the store in use. The caller owns it and
+    should ``close()`` it (or use ``with``)."""
     kind = settings.storage.quote_store
     breaker = settings.system_setup.circuit_breaker
     if kind == "postgres":
@@ -32,14 +31,8 @@ def open_quote_store(settings: Settings) -> QuoteStore:
     if kind == "parquet":
         from rof_pipelines.adapters.quote_stores.parquet import ParquetQuoteStore
 
-        return ParquetQuoteStore(settings)
+        return ParquetQuoteStore(settings.storage.resolved_data_dir() / "quotes")
     raise ConfigError(f"storage.quote_store: unknown store {kind!r}")
-
-
-def utc_timestamp(value: datetime) -> pd.Timestamp:
-    """A read bound as a UTC timestamp; naive datetimes are taken as UTC, like ``to_canonical`` does."""
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _first_bad_row(mask: np.ndarray) -> int:
@@ -59,7 +52,7 @@ def validated_quotes(market: Market, quotes: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise DataValidationError(f"{market}: quotes lack required column(s) {missing}")
     try:
-        frame = to_canonical(quotes)
+        frame = _canonical(quotes)
     except (ValueError, TypeError, OverflowError) as exc:
         column = _failing_column(quotes)
         raise DataValidationError(f"{market}: column {column!r} is not valid: {exc}") from None
@@ -77,6 +70,18 @@ def validated_quotes(market: Market, quotes: pd.DataFrame) -> pd.DataFrame:
         if np.isinf(values).any():
             raise DataValidationError(f"{market}: row {_first_bad_row(np.isinf(values))}: {col} is infinite")
     return frame
+
+
+def _canonical(quotes: pd.DataFrame) -> pd.DataFrame:
+    """``to_canonical``, skipped when the frame already is canonical: converting a tz-aware column
+    goes through Python objects and costs seconds per million rows."""
+    canonical = all(col in quotes.columns for col in QUOTE_COLUMNS) and (
+        str(quotes["ts"].dtype) == TS_DTYPE
+        and all(quotes[col].dtype == np.float64 for col in QUOTE_COLUMNS[1:])
+    )
+    if canonical:
+        return quotes.loc[:, list(QUOTE_COLUMNS)].reset_index(drop=True)
+    return to_canonical(quotes)
 
 
 def _failing_column(quotes: pd.DataFrame) -> str:

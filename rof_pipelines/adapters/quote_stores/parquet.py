@@ -18,38 +18,22 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rof_pipelines.adapters.quote_stores import validated_quotes
 from rof_pipelines.adapters.quote_stores.base import QuoteStore
 from rof_pipelines.core.market import (
     QUOTE_COLUMNS,
-    TS_DTYPE,
     Market,
     datetime_to_us,
     empty_quotes,
     ts_to_us,
     us_to_datetime,
 )
-from rof_pipelines.errors import DataValidationError, PermanentError
+from rof_pipelines.errors import PermanentError
 
 US_PER_DAY = 86_400 * 1_000_000
 _SCHEMA = pa.schema(
     [("ts", pa.timestamp("us", tz="UTC"))] + [(col, pa.float64()) for col in QUOTE_COLUMNS[1:]]
 )
-
-
-def validate_quotes(frame: pd.DataFrame) -> pd.DataFrame:
-    """Check a frame against the canonical schema before any store touches its data."""
-    missing = [col for col in QUOTE_COLUMNS if col not in frame.columns]
-    if missing:
-        raise DataValidationError(f"quotes frame lacks column(s): {', '.join(missing)}")
-    if str(frame["ts"].dtype) != TS_DTYPE:
-        raise DataValidationError(f"column 'ts' must be {TS_DTYPE}, got {frame['ts'].dtype}")
-    if frame["ts"].isna().any():
-        row = int(np.flatnonzero(frame["ts"].isna().to_numpy())[0])
-        raise DataValidationError(f"row {row}: column 'ts' is missing")
-    for col in QUOTE_COLUMNS[1:]:
-        if not pd.api.types.is_float_dtype(frame[col].dtype):
-            raise DataValidationError(f"column {col!r} must be float64, got {frame[col].dtype}")
-    return frame.loc[:, list(QUOTE_COLUMNS)]
 
 
 class ParquetQuoteStore(QuoteStore):
@@ -94,7 +78,7 @@ class ParquetQuoteStore(QuoteStore):
     # -- interface --
 
     def write(self, market: Market, quotes: pd.DataFrame) -> int:
-        frame = validate_quotes(quotes)
+        frame = validated_quotes(market, quotes)
         if frame.empty:
             return 0
         ts_us = ts_to_us(frame["ts"])
