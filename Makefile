@@ -14,6 +14,7 @@ $(BIN)/rof: pyproject.toml
 setup: $(BIN)/rof
 
 demo: setup           ## generate quotes (embedded store) and materialise every asset through Dagster
+	@scripts/ensure-local-databases.sh
 	$(BIN)/rof demo
 
 ui: setup             ## the Dagster UI on the demo's instance: http://127.0.0.1:3000

@@ -4,6 +4,7 @@ Read a key's parts with :func:`market_and_day`; the dimension order inside a mul
 string is alphabetical (``date|markets``) and must never be split by hand.
 """
 
+import warnings
 from datetime import UTC, date, datetime, timedelta
 
 from dagster import (
@@ -18,6 +19,10 @@ from dagster import (
 )
 
 from rof_pipelines.core.market import Market
+
+# MultiPartitionMapping and partitioned asset checks are Dagster beta/preview features this project
+# relies on deliberately; their warnings would otherwise repeat on every load.
+warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
 
 MARKETS_PARTITION = "markets"
 DATE_DIMENSION = "date"

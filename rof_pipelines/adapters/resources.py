@@ -1,10 +1,13 @@
-"""Dagster resources: the configuration and the quote store, read fresh on every run (hot reload)."""
+"""Dagster resources: the configuration, the quote store and the state store, read fresh on every run
+(hot reload)."""
 
+import threading
 from typing import Optional
 
 from dagster import ConfigurableResource
 
 from rof_pipelines.adapters.quote_stores import QuoteStore, open_quote_store
+from rof_pipelines.adapters.state_store import StateStore, ensure_migrated
 from rof_pipelines.settings import Settings, load_settings
 
 
@@ -25,3 +28,24 @@ class QuoteStoreResource(ConfigurableResource):
 
     def open(self) -> QuoteStore:
         return open_quote_store(self.settings.load())
+
+
+_migrated: set[str] = set()
+_migrate_lock = threading.Lock()
+
+
+class StateStoreResource(ConfigurableResource):
+    """Opens the state store for one step. The first open in a process applies the migrations when
+    ``state_storage.auto_migrate`` is true (the seed's "at start"); later opens skip that."""
+
+    settings: RofSettings
+
+    def open(self) -> StateStore:
+        settings = self.settings.load()
+        store = StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
+        key = settings.state_storage.describe()
+        with _migrate_lock:
+            if key not in _migrated:
+                ensure_migrated(store, settings)
+                _migrated.add(key)
+        return store

@@ -14,8 +14,13 @@ from rof_pipelines.settings import PROJECT_ROOT
 @pytest.mark.slow
 def test_demo_materialises_two_markets_by_three_days_into_a_persistent_instance(tmp_path):
     home = tmp_path / "dagster_home"
-    env = {**os.environ, "DAGSTER_HOME": str(home), "ROF_DATA_DIR": str(tmp_path / "data"),
-           "ROF_QUOTE_STORE": "parquet", "ROF_MARKETS": "binance:TONUSDT,binance:BTCUSDT"}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "ROF_DATA_DIR": str(tmp_path / "data"),
+        "ROF_QUOTE_STORE": "parquet",
+        "ROF_MARKETS": "binance:TONUSDT,binance:BTCUSDT",
+    }
     env.pop("ROF_CONFIG", None)
     command = [sys.executable, "-m", "rof_pipelines.cli", "demo"]
     first = subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=600)

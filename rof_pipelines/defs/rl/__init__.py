@@ -1,0 +1,1 @@
+"""Dagster definitions (thin glue over core and adapters)."""
