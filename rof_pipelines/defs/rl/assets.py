@@ -10,14 +10,13 @@ from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
 from rof_pipelines.core.kelly import KellyParams
 from rof_pipelines.core.market import Market
 from rof_pipelines.core.rl import RLParams, train
+from rof_pipelines.core.windows import split_train_test
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown, metrics_markdown
 from rof_pipelines.errors import TransientError
 from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions, trailing_days
 
 # The longest `ab_tests.data_period` a window may span; the mapping reads at most this many days.
 MAX_WINDOW_DAYS = 7
-# The agent learns on the first part of the window; the rest is an out-of-sample backtest.
-TRAIN_FRACTION = 0.7
 
 
 def partition_seed(market: Market, day_key: str) -> int:
@@ -56,10 +55,10 @@ def q_table(
         )
     _, end = day_bounds(day)
     frame = window_frame(indicator_frame, pd.Timestamp(end), period)
-    split = int(len(frame) * TRAIN_FRACTION)
-    if split < 100 or len(frame) - split < 30:
+    split = split_train_test(frame)
+    if len(split.train) < 100 or len(split.test) < 30:
         raise Failure(description=f"only {len(frame)} bars in the window for {market}; need at least 150")
-    train_part, test_part = frame.iloc[:split], frame.iloc[split:]
+    train_part, test_part = split.train, split.test
 
     overrides, source = active_overrides(context, state_store, market)
     params = RLParams.from_settings(config.ai_config, seed=partition_seed(market, day.isoformat()))
