@@ -42,7 +42,10 @@ class DemoSummary:
         lines = [f"quote store: {self.store}"]
         for market, rows in self.generated.items():
             lines.append(f"generated {rows} snapshots for {market}")
-        header = f"{'market':<18} {'date':<10} {'status':<7} {'snapshots':>9} {'bars':>5} {'close':>12} {'rsi':>6}  checks"
+        header = (
+            f"{'market':<18} {'date':<10} {'status':<7} {'snapshots':>9} {'bars':>5} {'close':>12} "
+            f"{'rsi':>6} {'agent':>8} {'b&h':>8}  checks"
+        )
         lines += ["", header, "-" * len(header)]
         for o in self.outcomes:
             close = o.facts.get("last_close")
@@ -51,10 +54,15 @@ class DemoSummary:
                 f"{o.market:<18} {o.day:<10} {'ok' if o.success else 'FAILED':<7} "
                 f"{o.facts.get('snapshots', '-'):>9} {o.facts.get('bars', '-'):>5} "
                 f"{(f'{close:.6g}' if isinstance(close, float) else '-'):>12} "
-                f"{(f'{rsi:.1f}' if isinstance(rsi, float) else '-'):>6}  "
+                f"{(f'{rsi:.1f}' if isinstance(rsi, float) else '-'):>6} "
+                f"{_percent(o.facts.get('agent_return')):>8} {_percent(o.facts.get('bh_return')):>8}  "
                 + (("warn/failed: " + ", ".join(o.failed_checks)) if o.failed_checks else "all passed")
             )
         return "\n".join(lines)
+
+
+def _percent(value: object) -> str:
+    return f"{value:+.2%}" if isinstance(value, float) else "-"
 
 
 def demo_days(days: int, today: date | None = None) -> list[date]:
@@ -109,6 +117,9 @@ def run_demo(
                     outcome.facts["bars"] = meta.get("dagster/row_count")
                     outcome.facts["last_close"] = meta.get("last_close")
                     outcome.facts["last_rsi"] = meta.get("last_rsi")
+                elif name == "q_table":
+                    outcome.facts["agent_return"] = meta.get("test/total_return")
+                    outcome.facts["bh_return"] = meta.get("test/bh_total_return")
             for evaluation in result.get_asset_check_evaluations():
                 if not evaluation.passed:
                     outcome.failed_checks.append(evaluation.check_name)
