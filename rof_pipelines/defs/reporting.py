@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on workers
 import matplotlib.pyplot as plt
 from dagster import MetadataValue
+from matplotlib.ticker import MaxNLocator
 
 
 def line_plot_markdown(
@@ -28,6 +29,8 @@ def line_plot_markdown(
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
+    if x is None:  # counts (episodes, generations) have whole-number ticks
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(series) > 1:
         axes.legend()
     figure.autofmt_xdate() if x is not None else None
