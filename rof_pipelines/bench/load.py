@@ -156,7 +156,7 @@ def bench_load_postgres(rows: int, settings: Settings | None = None) -> dict[str
         psql_s = _best_of(lambda: subprocess.run(psql, check=True, capture_output=True, env=env))
     ratio = psql_s / read_s
     return {
-        "benchmark": "load-postgres",
+        "bench": "load-postgres",
         **_rates(rows, write_s, read_s),
         "psql_copy_seconds": round(psql_s, 4),
         "ratio_vs_psql": round(ratio, 3),
@@ -219,7 +219,7 @@ def bench_load_clickhouse(rows: int, settings: Settings | None = None) -> dict[s
             raise RuntimeError(f"read back {read_rows} rows, wrote {rows}")
         read_s = _best_of(lambda: store.read(MARKET, start, end))
     return {
-        "benchmark": "load-clickhouse",
+        "bench": "load-clickhouse",
         "engine": "clickhouse-server" if os.environ.get("CLICKHOUSE_DB_HOST") else "chdb",
         **_rates(rows, write_s, read_s),
         "target_read_rows_per_s": CH_TARGET_ROWS_PER_S,
