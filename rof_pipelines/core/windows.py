@@ -25,5 +25,5 @@ def split_train_test(frame: pd.DataFrame, train_fraction: float = DEFAULT_TRAIN_
     if not 0 < train_fraction < 1:
         raise ValueError(f"train_fraction must be between 0 and 1, got {train_fraction}")
     ordered = frame.sort_index()
-    cut = int(len(ordered) * train_fraction)
+    cut = round(len(ordered) * train_fraction)  # round: 0.7 * 1440 is 1007.99... in floating point
     return WindowSplit(train=ordered.iloc[:cut], test=ordered.iloc[cut:])
