@@ -22,6 +22,8 @@ quotes_app = typer.Typer(help="Put quotes into the configured store.", no_args_i
 db_app = typer.Typer(help="The state store's schema (alembic migrations).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON line.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+state_app = typer.Typer(help="Back up and restore the state store.", no_args_is_help=True)
+app.add_typer(state_app, name="state")
 app.add_typer(quotes_app, name="quotes")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
@@ -159,6 +161,46 @@ def db_current() -> None:
         typer.echo(f"{store.describe()}: at {store.current_revision()}")
     finally:
         store.dispose()
+
+
+# --- state ----------------------------------------------------------------------------------------
+
+
+@state_app.command("backup")
+def state_backup(
+    directory: Annotated[str | None, typer.Option(help="local path or fsspec URL (default: config)")] = None,
+) -> None:
+    """Write a consistent snapshot of every state-store table; prune backups past retention."""
+    from rof_pipelines.adapters.backup import prune_backups, write_backup
+
+    settings = load_settings()
+    target = directory or settings.system_setup.backup.resolved_url()
+    store = _state_store()
+    try:
+        result = write_backup(store, target)
+    finally:
+        store.dispose()
+    removed = prune_backups(target, settings.system_setup.backup.retention_days)
+    typer.echo(f"{result.url}: revision {result.revision}, rows {result.tables}; pruned {len(removed)}")
+
+
+@state_app.command("restore")
+def state_restore(
+    file: Annotated[str, typer.Argument(help="a backup archive (path or fsspec URL)")],
+    schema: Annotated[str | None, typer.Option(help="restore into this (empty) schema instead")] = None,
+) -> None:
+    """Restore a backup into an empty schema (migrated to the backup's revision first)."""
+    from rof_pipelines.adapters.backup import restore_backup
+    from rof_pipelines.adapters.state_store import StateStore
+
+    overrides = {"state_storage": {"schema": schema}} if schema else {}
+    settings = load_settings(overrides=overrides)
+    store = StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
+    try:
+        rows = restore_backup(store, file)
+    finally:
+        store.dispose()
+    typer.echo(f"restored into {store.describe()}: {rows}")
 
 
 # --- config ---------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from dagster import AssetSelection, Definitions, define_asset_job
 from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
 from rof_pipelines.defs.indicators.assets import indicator_frame
+from rof_pipelines.defs.ops.backups import state_backup_job, state_backup_schedule
+from rof_pipelines.defs.ops.schedules import nightly_optimisation_job, nightly_optimisation_schedule
 from rof_pipelines.defs.ops.sensors import market_discovery_sensor
 from rof_pipelines.defs.quotes.assets import quote_snapshots
 from rof_pipelines.defs.rl.assets import q_table
@@ -28,7 +30,8 @@ all_market_day_assets_job = define_asset_job(
 
 defs = Definitions(
     assets=[quote_snapshots, indicator_frame, q_table],
-    jobs=[market_data_job, all_market_day_assets_job],
+    jobs=[market_data_job, all_market_day_assets_job, nightly_optimisation_job, state_backup_job],
+    schedules=[nightly_optimisation_schedule, state_backup_schedule],
     sensors=[market_discovery_sensor],
     resources={
         "settings": settings_resource,

@@ -128,12 +128,58 @@ class CircuitBreakerConfig(_Section):
     call_timeout: Duration = Field(default="60s", description="statement / request timeout")
 
 
+class ScheduleConfig(_Section):
+    cron: str
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from dagster._utils.schedules import is_valid_cron_string
+
+        if not is_valid_cron_string(value):
+            raise ValueError("not a valid cron expression (Dagster accepts 5-field cron)")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("unknown timezone (use an IANA name such as Europe/Berlin)") from exc
+        return value
+
+
+class SchedulesConfig(_Section):
+    """When the unattended work runs (the seed's Scheduler)."""
+
+    nightly_optimisation: ScheduleConfig = ScheduleConfig(cron="0 1 * * *")
+    state_backup: ScheduleConfig = ScheduleConfig(cron="30 3 * * *")
+
+
+class BackupConfig(_Section):
+    """The seed's BackupWorker: where state-store snapshots go and how long they are kept."""
+
+    directory: str = "backups"  # a local path (relative to the project) or any fsspec URL
+    retention_days: int = Field(default=14, ge=1)
+
+    def resolved_url(self) -> str:
+        if "://" in self.directory or Path(self.directory).is_absolute():
+            return self.directory
+        return str(PROJECT_ROOT / self.directory)
+
+
 class SystemSetup(_Section):
     log_level: Literal["debug", "info", "warning", "warn", "error", "critical"] = "info"
     metrics_port: int = Field(default=8080, ge=1, le=65535)
     pprof_port: int = Field(default=9080, ge=1, le=65535)
     worker_pool: WorkerPoolConfig = WorkerPoolConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    schedules: SchedulesConfig = SchedulesConfig()
+    backup: BackupConfig = BackupConfig()
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,0 +1,52 @@
+"""The seed's BackupWorker: a job that snapshots the state store, on a schedule and on demand."""
+
+from dagster import DefaultScheduleStatus, OpExecutionContext, Output, ScheduleDefinition, job, op
+
+from rof_pipelines.adapters.backup import prune_backups, write_backup
+from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.defs.ops.schedule_settings import schedule_settings
+
+POOL_TAGS = {"rof/pool": "task_worker"}
+
+
+@op(description="Write a consistent snapshot of every state-store table, then prune old backups.")
+def backup_state_store(context: OpExecutionContext, settings: RofSettings, state_store: StateStoreResource):
+    config = settings.load().system_setup.backup
+    with state_store.open() as store:
+        result = write_backup(store, config.resolved_url())
+    removed = prune_backups(config.resolved_url(), config.retention_days)
+    context.log.info(
+        f"backup {result.url}: {result.tables}; pruned {len(removed)} older than {config.retention_days}d"
+    )
+    return Output(
+        result.url,
+        metadata={
+            "url": result.url,
+            "schema": result.schema,
+            "revision": result.revision or "base",
+            "rows_per_table": result.tables,
+            "bytes": result.bytes,
+            "pruned": len(removed),
+        },
+    )
+
+
+@job(
+    name="state_backup",
+    description="Back up the state store (all tables, one consistent snapshot) and prune old backups.",
+    tags=POOL_TAGS,
+)
+def state_backup_job():
+    backup_state_store()
+
+
+_backup = schedule_settings().state_backup
+state_backup_schedule = ScheduleDefinition(
+    name="state_backup_schedule",
+    job=state_backup_job,
+    cron_schedule=_backup.cron,
+    execution_timezone=_backup.timezone,
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Periodic state-store backup (system_setup.schedules.state_backup).",
+    tags={**POOL_TAGS, "rof/trigger": "schedule"},
+)

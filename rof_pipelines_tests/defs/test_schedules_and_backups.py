@@ -1,0 +1,76 @@
+"""The nightly schedule asks for the same runs however often it is evaluated; the backup job runs."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from dagster import DagsterInstance, build_schedule_context, instance_for_test
+
+from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.definitions import defs
+from rof_pipelines.defs.ops.backups import state_backup_job
+from rof_pipelines.defs.ops.schedules import nightly_optimisation_schedule
+from rof_pipelines.partitions import market_and_day, markets_partitions
+
+MARKETS = ["binance:TONUSDT", "okx:BTCUSDT", "binance:BTCUSDT"]
+
+
+def evaluate(instance: DagsterInstance, when: datetime):
+    context = build_schedule_context(
+        instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
+    )
+    return list(nightly_optimisation_schedule.evaluate_tick(context).run_requests or [])
+
+
+def test_nightly_requests_are_identical_when_evaluated_twice():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(markets_partitions.name, MARKETS)
+        when = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
+        first, second = evaluate(instance, when), evaluate(instance, when)
+    assert [(r.run_key, r.partition_key, r.tags) for r in first] == [
+        (r.run_key, r.partition_key, r.tags) for r in second
+    ]
+    assert len(first) == 3 and len({r.run_key for r in first}) == 3
+    for request in first:
+        market, day = market_and_day(request.partition_key)
+        assert day.isoformat() == "2026-11-23" and request.run_key == f"nightly:2026-11-23:{market.key}"
+        assert request.tags["rof/trigger"] == "schedule"
+
+
+def test_nightly_skips_without_markets():
+    with instance_for_test() as instance:
+        context = build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime(2026, 11, 24, tzinfo=UTC)
+        )
+        result = nightly_optimisation_schedule.evaluate_tick(context)
+    assert not result.run_requests and "no markets yet" in result.skip_message
+
+
+def test_schedules_and_jobs_are_described_in_the_definitions():
+    for name in ("nightly_optimisation_schedule", "state_backup_schedule"):
+        assert defs.resolve_schedule_def(name).description
+    for name in ("nightly_optimisation", "state_backup", "all_market_day_assets", "market_data"):
+        assert defs.resolve_job_def(name).description
+
+
+def test_backup_job_writes_an_archive(tmp_path: Path, pg_database):
+    config = tmp_path / "config.yaml"
+    state = {
+        "db_host": pg_database["db_host"],
+        "db_user": pg_database["db_user"],
+        "db_name": pg_database["db_name"],
+        "db_password": "",
+        "schema": "rof_state",
+    }
+    config.write_text(
+        yaml.safe_dump(
+            {"state_storage": state, "system_setup": {"backup": {"directory": str(tmp_path / "b")}}}
+        )
+    )
+    settings = RofSettings(config_path=str(config))
+    result = state_backup_job.execute_in_process(
+        resources={"settings": settings, "state_store": StateStoreResource(settings=settings)}
+    )
+    assert result.success
+    url = result.output_for_node("backup_state_store")
+    assert Path(url).exists() and Path(url).parent == tmp_path / "b"
