@@ -24,6 +24,8 @@ bench_app = typer.Typer(help="Benchmarks; each prints one JSON line.", no_args_i
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 state_app = typer.Typer(help="Back up and restore the state store.", no_args_is_help=True)
 app.add_typer(state_app, name="state")
+instance_app = typer.Typer(help="The production Dagster instance (dagster.yaml).", no_args_is_help=True)
+app.add_typer(instance_app, name="instance")
 app.add_typer(quotes_app, name="quotes")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
@@ -201,6 +203,90 @@ def state_restore(
     finally:
         store.dispose()
     typer.echo(f"restored into {store.describe()}: {rows}")
+
+
+# --- publish --------------------------------------------------------------------------------------
+
+
+def _utc_instant(value: str) -> datetime:
+    """ISO 8601 date or date-time; without an offset it is UTC."""
+    moment = datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+@app.command("publish")
+def publish(
+    kind: Annotated[str, typer.Argument(help="task | quotes-updated | backup")],
+    market: Annotated[
+        str | None, typer.Option("--market", "-m", help="exchange:PAIR (task, quotes-updated)")
+    ] = None,
+    day: Annotated[
+        str | None,
+        typer.Option("--date", help="YYYY-MM-DD: the task's day, or the whole UTC day for quotes-updated"),
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="quotes-updated: from, ISO 8601 (no offset = UTC)")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="quotes-updated: until (exclusive), ISO 8601")] = None,
+    reason: Annotated[str | None, typer.Option(help="task: why it is wanted (default: manual)")] = None,
+    experiment_id: Annotated[str | None, typer.Option(help="task: experiment to run it under")] = None,
+    target: Annotated[str | None, typer.Option(help="backup: where to (default: configured)")] = None,
+    queue_prefix: Annotated[str, typer.Option(help="prefix of the exchange and queue names")] = "rof",
+) -> None:
+    """Publish one message to RabbitMQ (declaring the queues first, idempotently); prints its message_id."""
+    from rof_pipelines.adapters.messages import build_message
+    from rof_pipelines.adapters.rabbitmq import RabbitMQ
+
+    kinds = {"task": "task", "quotes-updated": "quotes.updated", "backup": "backup"}
+    allowed = {
+        "task": {"--market", "--date", "--reason", "--experiment-id"},
+        "quotes-updated": {"--market", "--date", "--start", "--end"},
+        "backup": {"--target"},
+    }
+    if kind not in kinds:
+        _fail(f"KIND must be one of {', '.join(kinds)}, got {kind!r}")
+    given = {"--market": market, "--date": day, "--start": start, "--end": end, "--reason": reason}
+    given |= {"--experiment-id": experiment_id, "--target": target}
+    extra = sorted(
+        option for option, value in given.items() if value is not None and option not in allowed[kind]
+    )
+    if extra:
+        _fail(f"{', '.join(extra)} does not apply to {kind}")
+    if day and (start or end):
+        _fail("give either --date or --start/--end, not both")
+    fields: dict[str, Any] = {
+        "market": market,
+        "reason": reason,
+        "experiment_id": experiment_id,
+        "target": target,
+    }
+    try:
+        if kind == "task" and day:
+            fields["date"] = date.fromisoformat(day)
+        elif day:
+            fields["start"], fields["end"] = _utc_day(day), _utc_day(day) + timedelta(days=1)
+        else:
+            fields["start"] = _utc_instant(start) if start else None
+            fields["end"] = _utc_instant(end) if end else None
+    except ValueError as exc:
+        _fail(f"bad date: {exc}")
+    message = build_message(kinds[kind], **fields)
+    settings = load_settings()
+    rabbit = RabbitMQ(settings.storage.rabbitmq, settings.system_setup.circuit_breaker, queue_prefix)
+    rabbit.declare_topology()
+    rabbit.publish(message)
+    typer.secho(
+        f"published {message.kind} to {rabbit.queue_name(message.kind)} on {rabbit.describe()}", err=True
+    )
+    typer.echo(message.message_id)
+
+
+@instance_app.command("render")
+def instance_render() -> None:
+    """dagster.yaml for production, with the run-queue limits of system_setup.worker_pool."""
+    from rof_pipelines.defs.instance_config import render_instance_yaml
+
+    typer.echo(render_instance_yaml(load_settings()), nl=False)
 
 
 # --- config ---------------------------------------------------------------------------------------

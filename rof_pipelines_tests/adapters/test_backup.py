@@ -33,7 +33,7 @@ def contents(store: StateStore) -> dict[str, list[tuple]]:
                 continue
             qualified = f'"{store.schema}"."{table}"'
             rows = connection.execute(sa.text(f"SELECT * FROM {qualified}")).fetchall()
-            out[table] = sorted((tuple(str(value) for value in row) for row in rows))
+            out[table] = sorted(tuple(str(value) for value in row) for row in rows)
     return out
 
 

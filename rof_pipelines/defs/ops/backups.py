@@ -4,9 +4,9 @@ from dagster import DefaultScheduleStatus, OpExecutionContext, Output, ScheduleD
 
 from rof_pipelines.adapters.backup import prune_backups, write_backup
 from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
-from rof_pipelines.defs.ops.schedule_settings import schedule_settings
+from rof_pipelines.defs.load_time import pool_tags, settings_at_load
 
-POOL_TAGS = {"rof/pool": "task_worker"}
+POOL_TAGS = pool_tags("task_worker")
 
 
 @op(description="Write a consistent snapshot of every state-store table, then prune old backups.")
@@ -40,7 +40,7 @@ def state_backup_job():
     backup_state_store()
 
 
-_backup = schedule_settings().state_backup
+_backup = settings_at_load().system_setup.schedules.state_backup
 state_backup_schedule = ScheduleDefinition(
     name="state_backup_schedule",
     job=state_backup_job,
@@ -48,5 +48,5 @@ state_backup_schedule = ScheduleDefinition(
     execution_timezone=_backup.timezone,
     default_status=DefaultScheduleStatus.RUNNING,
     description="Periodic state-store backup (system_setup.schedules.state_backup).",
-    tags={**POOL_TAGS, "rof/trigger": "schedule"},
+    tags={"rof/trigger": "schedule"},
 )

@@ -12,7 +12,7 @@ from dagster import (
     schedule,
 )
 
-from rof_pipelines.defs.ops.schedule_settings import schedule_settings
+from rof_pipelines.defs.load_time import pool_tags, settings_at_load
 from rof_pipelines.partitions import market_day_key, market_day_partitions, markets_partitions
 
 nightly_optimisation_job = define_asset_job(
@@ -20,10 +20,10 @@ nightly_optimisation_job = define_asset_job(
     selection=AssetSelection.all(),
     partitions_def=market_day_partitions,
     description="Everything for one market and yesterday: quotes, indicators, agent, optimisation, A/B test.",
-    tags={"rof/pool": "ab_optimizer"},
+    tags=pool_tags("ab_optimizer"),
 )
 
-_nightly = schedule_settings().nightly_optimisation
+_nightly = settings_at_load().system_setup.schedules.nightly_optimisation
 
 
 def nightly_requests(markets: list[str], scheduled: datetime) -> list[RunRequest]:

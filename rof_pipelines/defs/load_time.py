@@ -1,0 +1,31 @@
+"""Settings that Dagster needs when the code location loads (cron strings, run tags), not per run.
+
+Everything else reads config through the `settings` resource at run time (hot reload); these few
+values are fixed until the code location reloads.
+"""
+
+import logging
+
+from rof_pipelines.errors import ConfigError
+from rof_pipelines.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def settings_at_load() -> Settings:
+    """The configuration, or the defaults if config.yaml is invalid right now (the hot-reload sensor
+    reports that; a bad edit must not take the whole code location down)."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        log.warning("definitions use default settings: %s", exc)
+        return Settings()
+
+
+def pool_tags(pool: str) -> dict[str, str]:
+    """Run tags that put a job into one of the seed's worker pools: the queued run coordinator limits
+    concurrent runs per ``rof/pool`` value (see dagster.yaml), and run monitoring stops a run after
+    the pool's task_timeout."""
+    pools = settings_at_load().system_setup.worker_pool
+    timeout = getattr(pools, pool).task_timeout
+    return {"rof/pool": pool, "dagster/max_runtime": str(int(timeout.total_seconds()))}
