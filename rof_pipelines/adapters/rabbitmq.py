@@ -1,0 +1,572 @@
+"""RabbitMQ (pika): the topology, publishing with confirms, and the sensor's one-tick drain protocol.
+
+Topology (declared idempotently by :meth:`RabbitMQ.declare_topology`; ``<p>`` is the queue prefix):
+
+* ``<p>.direct``: durable direct exchange; routing key = queue suffix (``tasks``, ``quotes.updated``,
+  ``backup``), each bound to the durable queue ``<p>.<suffix>``;
+* ``<p>.dlx``: durable fanout dead-letter exchange, bound to the durable queue ``<p>.dead_letter``;
+  every work queue has ``x-dead-letter-exchange: <p>.dlx``, so what the broker itself dead-letters
+  (a ``basic.reject`` without requeue, an expired message) lands there too.
+
+No connection outlives a call: each method (and each :meth:`RabbitMQ.tick`) opens its own connection
+and closes it, so a sensor holds nothing between ticks and an instance is safe to share between
+threads. Connections time out in seconds, so a tick against a dead broker fails fast. Every broker
+call runs through the ``rabbitmq`` circuit breaker; pika errors surface as
+:class:`StoreUnavailableError` (connection refused or lost: retry later; skip the tick) or
+:class:`PermanentError` (refused credentials, a conflicting declaration, an unroutable publish); a
+missing queue is :class:`NotFoundError`. The URL's password never appears in a message.
+
+Tick protocol (nothing lost, nothing run twice), see :meth:`RabbitMQ.drain`::
+
+    basic_get up to N  ->  inbox INSERT .. ON CONFLICT (message_id) DO NOTHING  ->  COMMIT  ->  ack
+    malformed          ->  (after the COMMIT) copy to the DLX with the reason header  ->  ack
+
+A crash before the acks leaves the messages unacknowledged; the broker requeues them when the tick's
+connection closes and the next tick gets them again (``redelivered`` set, same ``message_id``), which
+the inbox's ON CONFLICT turns into a no-op.
+
+Dead-lettering with a reason: RabbitMQ's own dead-lettering cannot add headers, so
+:meth:`Tick.dead_letter` publishes a copy to the DLX carrying ``x-rof-reject-reason`` and
+``x-rof-original-queue`` (waiting for the broker's confirm), and only then acks the original. A crash
+between the two leaves the original unacked: it is redelivered and dead-lettered again, so the
+dead-letter queue may hold a duplicate (same ``message_id``) but a message is never lost.
+"""
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import pika
+import pika.exceptions as pex
+from pika.adapters.blocking_connection import BlockingChannel
+from prometheus_client import Counter
+
+from rof_pipelines.adapters.breakers import guarded_call
+from rof_pipelines.adapters.messages import (
+    CONTENT_TYPE,
+    QUEUE_SUFFIX,
+    SCHEMA_VERSION,
+    MalformedMessage,
+    Message,
+    parse_message,
+    resolve_kind,
+)
+from rof_pipelines.errors import ConfigError, NotFoundError, PermanentError, RofError, StoreUnavailableError
+from rof_pipelines.settings import CircuitBreakerConfig, RabbitMQConfig
+
+log = logging.getLogger(__name__)
+
+SERVICE = "rabbitmq"
+DEFAULT_CONNECT_TIMEOUT_S = 3.0  # TCP connect and socket reads while connecting
+DEFAULT_STACK_TIMEOUT_S = 5.0  # the whole AMQP handshake
+# A blocking connection answers heartbeats only inside pika calls, so ``on_batch`` (the caller's
+# database work) must finish well within this; a hung (not closed) broker is noticed after about as long.
+DEFAULT_HEARTBEAT_S = 30
+DEFAULT_BLOCKED_TIMEOUT_S = 10.0  # a broker blocking publishers (memory/disk alarm) fails the call
+
+REASON_HEADER = "x-rof-reject-reason"
+ORIGINAL_QUEUE_HEADER = "x-rof-original-queue"
+REJECTED_AT_HEADER = "x-rof-rejected-at"
+REDELIVERED_HEADER = "x-rof-redelivered"
+MAX_REASON_CHARS = 2000
+DEAD_LETTER_SUFFIX = "dead_letter"
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+# Copied from the original onto its dead-letter copy. Not expiration (the copy must not expire) nor
+# user_id (the broker refuses a user_id that is not the publishing connection's user).
+_COPIED_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "message_id",
+    "timestamp",
+    "type",
+    "app_id",
+    "cluster_id",
+)
+_PERMANENT_REPLY_CODES = {403, 405, 406, 530, 540}  # access refused, locked, precondition, not allowed
+
+PUBLISHED = Counter("rabbitmq_messages_published_total", "Messages published (confirmed)", ["queue"])
+RECEIVED = Counter("rabbitmq_messages_received_total", "Messages fetched with basic_get", ["queue"])
+ACKED = Counter("rabbitmq_messages_acked_total", "Messages acknowledged after the caller's commit", ["queue"])
+DEAD_LETTERED = Counter(
+    "rabbitmq_messages_dead_lettered_total",
+    "Messages copied to the dead-letter queue, with reason",
+    ["queue"],
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The names :meth:`RabbitMQ.declare_topology` declares."""
+
+    exchange: str
+    dead_letter_exchange: str
+    dead_letter_queue: str
+    queues: dict[str, str]  # kind -> queue name
+
+    @property
+    def all_queues(self) -> list[str]:
+        return [*self.queues.values(), self.dead_letter_queue]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message fetched by :meth:`Tick.get`, not yet acknowledged."""
+
+    queue: str
+    delivery_tag: int
+    redelivered: bool
+    properties: pika.BasicProperties
+    body: bytes
+
+    @property
+    def message_id(self) -> str | None:
+        """The AMQP message_id property (authoritative; None for a foreign publisher that set none)."""
+        return self.properties.message_id
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self.properties.headers or {})
+
+    def parse(self) -> Message:
+        """The validated message; raises :class:`MalformedMessage` with a reason. A work queue fixes
+        the kind; the dead-letter queue accepts any."""
+        expected = self.queue if resolve_kind(self.queue) else None
+        return parse_message(expected, self.body, self.properties)
+
+
+@dataclass(frozen=True)
+class Received:
+    """A delivery and the outcome of parsing it: exactly one of ``message`` / ``error`` is set."""
+
+    delivery: Delivery
+    message: Message | None
+    error: MalformedMessage | None
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> "Received":
+        try:
+            return cls(delivery, delivery.parse(), None)
+        except MalformedMessage as exc:
+            return cls(delivery, None, exc)
+
+    @property
+    def message_id(self) -> str | None:
+        if self.message is not None:
+            return self.message.message_id
+        return self.delivery.message_id or (self.error.message_id if self.error else None)
+
+
+@dataclass
+class DrainResult:
+    """What one :meth:`RabbitMQ.drain` did."""
+
+    queue: str
+    messages: list[Message] = field(default_factory=list)  # committed by the caller, then acked
+    dead_lettered: list[Received] = field(default_factory=list)  # malformed: copied to the DLQ, acked
+    redelivered: int = 0  # of the above, how many the broker had delivered before
+    remaining: int | None = None  # ready messages left in the queue after the last basic_get
+
+    @property
+    def received(self) -> int:
+        return len(self.messages) + len(self.dead_lettered)
+
+
+def _describe_exc(exc: BaseException) -> str:
+    """pika's str() is often empty; its repr() names the class and the broker's reply."""
+    if isinstance(exc, pex.AMQPError | pex.ChannelError):
+        return repr(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Tick:
+    """One sensor tick's connection and confirm-mode channel (from :meth:`RabbitMQ.tick`).
+
+    Fetch with :meth:`get`, write the messages to the inbox and COMMIT, then :meth:`ack` them (and
+    :meth:`dead_letter` the malformed ones). Whatever is not acked when the tick ends is requeued by
+    the broker and delivered again, flagged ``redelivered``, with the same message_id.
+    Not thread-safe: one tick belongs to one thread.
+    """
+
+    def __init__(self, rabbit: "RabbitMQ", connection: pika.BlockingConnection, channel: BlockingChannel):
+        self._rabbit = rabbit
+        self._connection = connection
+        self._channel = channel
+        self.remaining: int | None = None  # ready messages left after the last get
+
+    def get(self, kind_or_queue: str, max_messages: int) -> list[Delivery]:
+        """basic_get up to ``max_messages`` from a queue (kind, suffix or full name); fewer if it empties."""
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, got {max_messages}")
+        queue = self._rabbit.queue_name(kind_or_queue)
+
+        def run() -> list[Delivery]:
+            deliveries: list[Delivery] = []
+            while len(deliveries) < max_messages:
+                method, properties, body = self._channel.basic_get(queue, auto_ack=False)
+                if method is None:
+                    self.remaining = 0
+                    break
+                self.remaining = method.message_count
+                deliveries.append(Delivery(queue, method.delivery_tag, method.redelivered, properties, body))
+            return deliveries
+
+        deliveries = self._rabbit._call(run)
+        if deliveries:
+            RECEIVED.labels(self._rabbit._label(queue)).inc(len(deliveries))
+        return deliveries
+
+    def ack(self, deliveries: Delivery | Iterable[Delivery]) -> None:
+        """Acknowledge: the broker forgets them. Only after the caller's COMMIT.
+
+        basic.ack has no reply; the broker applies it before the tick's orderly connection close, and
+        if that close never happens the messages come back (the inbox makes that harmless).
+        """
+        batch = [deliveries] if isinstance(deliveries, Delivery) else list(deliveries)
+        if not batch:
+            return
+
+        def run() -> None:
+            for delivery in batch:
+                self._channel.basic_ack(delivery.delivery_tag)
+
+        self._rabbit._call(run)
+        for delivery in batch:
+            ACKED.labels(self._rabbit._label(delivery.queue)).inc()
+
+    def requeue(self, deliveries: Delivery | Iterable[Delivery]) -> None:
+        """Give messages back now (basic_nack with requeue) instead of at the end of the tick."""
+        batch = [deliveries] if isinstance(deliveries, Delivery) else list(deliveries)
+
+        def run() -> None:
+            for delivery in batch:
+                self._channel.basic_nack(delivery.delivery_tag, requeue=True)
+
+        if batch:
+            self._rabbit._call(run)
+
+    def dead_letter(self, delivery: Delivery, reason: str, message_id: str | None = None) -> None:
+        """Copy the message to the dead-letter queue with ``reason`` in a header, then ack it.
+
+        The copy is confirmed by the broker before the original is acked: a crash in between
+        duplicates into the dead-letter queue, never loses the message. ``message_id`` (e.g. the one
+        found in the body) is set on the copy when the original has no AMQP message_id.
+        """
+        reason = " ".join(reason.split())[:MAX_REASON_CHARS] or "rejected"
+        original = delivery.properties
+        headers = dict(original.headers or {})
+        headers.update(
+            {
+                REASON_HEADER: reason,
+                ORIGINAL_QUEUE_HEADER: delivery.queue,
+                REJECTED_AT_HEADER: datetime.now(UTC).isoformat(),
+                REDELIVERED_HEADER: delivery.redelivered,
+            }
+        )
+        copied = {name: getattr(original, name) for name in _COPIED_PROPERTIES}
+        copied["message_id"] = original.message_id or message_id
+        properties = pika.BasicProperties(
+            **copied, headers=headers, delivery_mode=pika.DeliveryMode.Persistent
+        )
+        topology = self._rabbit.topology
+
+        def run() -> None:
+            self._channel.basic_publish(
+                topology.dead_letter_exchange,
+                routing_key=delivery.queue,
+                body=delivery.body,
+                properties=properties,
+                mandatory=True,
+            )
+            self._channel.basic_ack(delivery.delivery_tag)
+
+        self._rabbit._call(run)
+        DEAD_LETTERED.labels(self._rabbit._label(delivery.queue)).inc()
+        log.warning(
+            "%s: dead-lettered message %s from %s: %s",
+            SERVICE,
+            copied["message_id"],
+            delivery.queue,
+            reason,
+        )
+
+    def close(self) -> None:
+        """Close the connection; unacked messages go back to their queues."""
+        try:
+            if self._connection.is_open:
+                self._connection.close()
+        except Exception as exc:  # the broker went away: it requeues on its own
+            log.debug("%s: closing the tick's connection failed: %s", SERVICE, _describe_exc(exc))
+
+
+class RabbitMQ:
+    """The project's broker adapter. Holds configuration only, never a connection (see the module doc)."""
+
+    def __init__(
+        self,
+        config: RabbitMQConfig,
+        breaker: CircuitBreakerConfig | None = None,
+        queue_prefix: str = "rof",
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ) -> None:
+        if not _PREFIX_RE.match(queue_prefix or ""):
+            raise ConfigError(f"queue_prefix must be 1-100 of letters, digits, _ . -; got {queue_prefix!r}")
+        self.config = config
+        self._breaker = breaker
+        self.queue_prefix = queue_prefix
+        self._connect_timeout = connect_timeout
+        url = config.url.get_secret_value()
+        password = urlsplit(url).password or ""
+        # Every spelling of the password that could reach a message: as written, decoded, re-encoded.
+        self._secrets = sorted(
+            {s for s in (password, unquote(password), quote(password, safe="")) if s}, key=len
+        )
+        self.topology = Topology(
+            exchange=f"{queue_prefix}.direct",
+            dead_letter_exchange=f"{queue_prefix}.dlx",
+            dead_letter_queue=f"{queue_prefix}.{DEAD_LETTER_SUFFIX}",
+            queues={kind: f"{queue_prefix}.{suffix}" for kind, suffix in QUEUE_SUFFIX.items()},
+        )
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """A password-free description for logs and Dagster metadata."""
+        return f"{self.config.describe()} prefix={self.queue_prefix}"
+
+    def __repr__(self) -> str:
+        return f"RabbitMQ({self.describe()})"
+
+    def queue_name(self, kind_or_queue: str) -> str:
+        """A kind (``task``), CLI alias, suffix (``tasks``) or full queue name -> the full queue name."""
+        if kind_or_queue in self.topology.all_queues:
+            return kind_or_queue
+        if kind_or_queue in (DEAD_LETTER_SUFFIX, "dead-letter"):
+            return self.topology.dead_letter_queue
+        kind = resolve_kind(kind_or_queue)
+        if kind is None or kind_or_queue.endswith("." + QUEUE_SUFFIX[kind]):  # another prefix's queue
+            raise ValueError(
+                f"unknown queue {kind_or_queue!r}: use one of {', '.join(QUEUE_SUFFIX)} "
+                f"or {', '.join(self.topology.all_queues)}"
+            )
+        return self.topology.queues[kind]
+
+    def _label(self, queue: str) -> str:
+        """Metric label: the queue without the prefix (tests use random prefixes)."""
+        return queue.removeprefix(self.queue_prefix + ".")
+
+    def _scrub(self, text: str) -> str:
+        for secret in reversed(self._secrets):
+            text = text.replace(secret, "***")
+        return text
+
+    def _parameters(self) -> pika.URLParameters:
+        url = self.config.url.get_secret_value()
+        try:
+            params = pika.URLParameters(url)
+        except Exception as exc:
+            raise ConfigError(self._scrub(f"storage.rabbitmq.url is not a valid AMQP URL: {exc}")) from None
+        given = parse_qs(urlsplit(url).query)  # what the URL sets itself wins over our defaults
+        defaults: dict[str, Any] = {
+            "socket_timeout": self._connect_timeout,
+            "stack_timeout": max(DEFAULT_STACK_TIMEOUT_S, self._connect_timeout),
+            "connection_attempts": 1,
+            "retry_delay": 0,
+            "heartbeat": DEFAULT_HEARTBEAT_S,
+            "blocked_connection_timeout": DEFAULT_BLOCKED_TIMEOUT_S,
+        }
+        for name, value in defaults.items():
+            if name not in given:
+                setattr(params, name, value)
+        params.client_properties = {"connection_name": f"rof_pipelines {self.queue_prefix}"}
+        return params
+
+    def _translate(self, exc: BaseException) -> RofError:
+        """pika exception -> the project's error; lost/refused connections are the transient ones."""
+        message = self._scrub(f"{SERVICE} ({self.describe()}): {_describe_exc(exc)}")
+        if isinstance(exc, pex.UnroutableError):
+            return PermanentError(f"{message} (no queue bound: run declare_topology() first)")
+        if isinstance(exc, pex.NackError):
+            return StoreUnavailableError(f"{message} (the broker refused the message; retry later)")
+        if isinstance(exc, pex.ProbableAuthenticationError | pex.AuthenticationError):
+            return PermanentError(f"{message} (check the user and password in storage.rabbitmq.url)")
+        if isinstance(exc, pex.ProbableAccessDeniedError):
+            return PermanentError(f"{message} (check the vhost in storage.rabbitmq.url and its permissions)")
+        if isinstance(exc, pex.ChannelClosedByBroker | pex.ConnectionClosedByBroker):
+            if exc.reply_code == 404:
+                return NotFoundError(f"{message} (run declare_topology() first)")
+            if exc.reply_code in _PERMANENT_REPLY_CODES:
+                return PermanentError(message)
+            return StoreUnavailableError(message)
+        if isinstance(exc, pex.AMQPConnectionError | pex.ChannelClosed | pex.ChannelWrongStateError):
+            return StoreUnavailableError(message)  # refused, lost, heartbeat timeout, blocked, closed
+        if isinstance(exc, OSError | TimeoutError | EOFError):
+            return StoreUnavailableError(message)
+        return PermanentError(message)
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return guarded_call(SERVICE, self._breaker, self._translate, fn, *args)
+
+    def _connect(self) -> tuple[pika.BlockingConnection, BlockingChannel]:
+        connection = pika.BlockingConnection(self._parameters())
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+        except BaseException:
+            try:
+                connection.close()
+            except Exception as exc:
+                log.debug("%s: close failed: %s", SERVICE, _describe_exc(exc))
+            raise
+        return connection, channel
+
+    def _on_channel(self, fn: Callable[[BlockingChannel], T]) -> T:
+        """One connection for one call, closed whatever happens."""
+        connection, channel = self._connect()
+        try:
+            return fn(channel)
+        finally:
+            try:
+                if connection.is_open:
+                    connection.close()
+            except Exception as exc:  # the result (confirmed) stands; the broker cleans up
+                log.debug("%s: close failed: %s", SERVICE, _describe_exc(exc))
+
+    # -- interface ---------------------------------------------------------------------------------
+
+    def ping(self) -> str:
+        """Connect, open a channel and close (health checks); returns the broker's version."""
+
+        def run(channel: BlockingChannel) -> str:
+            props = channel.connection._impl.server_properties or {}
+            version = props.get("version", b"?")
+            return version.decode() if isinstance(version, bytes) else str(version)
+
+        return self._call(self._on_channel, run)
+
+    def declare_topology(self) -> Topology:
+        """Declare the exchanges, the work queues and the dead-letter queue; safe to repeat.
+
+        A queue that already exists with other arguments is a :class:`PermanentError` (406
+        PRECONDITION_FAILED): it must be deleted or the prefix changed, never silently redeclared.
+        """
+        top = self.topology
+
+        def run(channel: BlockingChannel) -> None:
+            channel.exchange_declare(top.exchange, exchange_type="direct", durable=True)
+            channel.exchange_declare(top.dead_letter_exchange, exchange_type="fanout", durable=True)
+            channel.queue_declare(top.dead_letter_queue, durable=True)
+            channel.queue_bind(top.dead_letter_queue, top.dead_letter_exchange, routing_key="")
+            for kind, queue in top.queues.items():
+                channel.queue_declare(
+                    queue, durable=True, arguments={"x-dead-letter-exchange": top.dead_letter_exchange}
+                )
+                channel.queue_bind(queue, top.exchange, routing_key=QUEUE_SUFFIX[kind])
+
+        self._call(self._on_channel, run)
+        return top
+
+    def _properties(self, message: Message) -> pika.BasicProperties:
+        return pika.BasicProperties(
+            content_type=CONTENT_TYPE,
+            content_encoding="utf-8",
+            delivery_mode=pika.DeliveryMode.Persistent,
+            message_id=message.message_id,
+            type=message.kind,
+            timestamp=int(message.created_at.timestamp()),
+            app_id="rof_pipelines",
+            headers={"x-rof-schema-version": SCHEMA_VERSION},
+        )
+
+    def publish(self, message: Message) -> str:
+        """Publish one message, persistent, and wait for the broker's confirm; returns its message_id."""
+        return self.publish_many([message])[0]
+
+    def publish_many(self, messages: Iterable[Message]) -> list[str]:
+        """Publish messages over one connection, each confirmed before the next.
+
+        Unroutable (topology not declared) is a PermanentError, not a silent drop. Retrying after a
+        failure may publish some messages twice; they keep their message_id, so consumers dedupe.
+        """
+        batch = list(messages)
+        exchange = self.topology.exchange
+
+        def run(channel: BlockingChannel) -> list[str]:
+            for message in batch:
+                channel.basic_publish(
+                    exchange,
+                    routing_key=message.queue_suffix,
+                    body=message.to_body(),
+                    properties=self._properties(message),
+                    mandatory=True,
+                )
+                PUBLISHED.labels(message.queue_suffix).inc()
+            return [message.message_id for message in batch]
+
+        return self._call(self._on_channel, run) if batch else []
+
+    @contextmanager
+    def tick(self) -> Iterator[Tick]:
+        """A connection for one sensor tick, closed on exit (unacked messages are then requeued).
+
+        Raises StoreUnavailableError / CircuitOpenError when the broker is down: skip the tick.
+        """
+        connection, channel = self._call(self._connect)
+        current = Tick(self, connection, channel)
+        try:
+            yield current
+        finally:
+            current.close()
+
+    def drain(
+        self, kind_or_queue: str, max_messages: int, on_batch: Callable[[list[Received]], None]
+    ) -> DrainResult:
+        """One tick of the sensor protocol: get up to ``max_messages``, hand them to ``on_batch``, and
+        only after it returns dead-letter the malformed ones and ack the rest.
+
+        ``on_batch`` gets every :class:`Received` (parsed message or malformed, with delivery tag,
+        properties and redelivered flag); it inserts the good ones into the inbox
+        (ON CONFLICT (message_id) DO NOTHING), may count the malformed ones, and COMMITs. If it
+        raises, nothing is acked: the messages return to the queue when the tick's connection
+        closes, and the exception propagates. ``on_batch`` is not called when the queue is empty; it
+        should take seconds, not more than the heartbeat (30 s), or the broker drops the connection and
+        the batch is redelivered.
+        """
+        with self.tick() as current:
+            deliveries = current.get(kind_or_queue, max_messages)
+            queue = self.queue_name(kind_or_queue)
+            result = DrainResult(queue=queue, remaining=current.remaining)
+            if not deliveries:
+                return result
+            received = [Received.of(delivery) for delivery in deliveries]
+            on_batch(received)
+            for item in received:
+                if item.error is not None:
+                    current.dead_letter(item.delivery, item.error.reason, item.message_id)
+                    result.dead_lettered.append(item)
+            good = [item for item in received if item.message is not None]
+            current.ack([item.delivery for item in good])
+            result.messages = [item.message for item in good if item.message is not None]
+            result.redelivered = sum(item.delivery.redelivered for item in received)
+            return result
+
+    def queue_depths(self) -> dict[str, int]:
+        """Ready (not yet fetched) messages per queue, dead-letter queue included: back-pressure and
+        metrics. A missing queue is NotFoundError (declare_topology first)."""
+        queues = self.topology.all_queues
+
+        def run(channel: BlockingChannel) -> dict[str, int]:
+            return {q: channel.queue_declare(q, passive=True).method.message_count for q in queues}
+
+        return self._call(self._on_channel, run)
