@@ -3,25 +3,16 @@
 from datetime import datetime, timedelta
 
 from dagster import (
-    AssetSelection,
     DefaultScheduleStatus,
     RunRequest,
     ScheduleEvaluationContext,
     SkipReason,
-    define_asset_job,
     schedule,
 )
 
-from rof_pipelines.defs.load_time import pool_tags, settings_at_load
-from rof_pipelines.partitions import market_day_key, market_day_partitions, markets_partitions
-
-nightly_optimisation_job = define_asset_job(
-    "nightly_optimisation",
-    selection=AssetSelection.all(),
-    partitions_def=market_day_partitions,
-    description="Everything for one market and yesterday: quotes, indicators, agent, optimisation, A/B test.",
-    tags=pool_tags("ab_optimizer"),
-)
+from rof_pipelines.defs.jobs import nightly_optimisation_job
+from rof_pipelines.defs.load_time import settings_at_load
+from rof_pipelines.partitions import market_day_key, markets_partitions
 
 _nightly = settings_at_load().system_setup.schedules.nightly_optimisation
 

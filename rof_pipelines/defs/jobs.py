@@ -1,0 +1,31 @@
+"""Jobs, each in one of the seed's worker pools (run tags; limits in dagster.yaml)."""
+
+from dagster import AssetSelection, define_asset_job
+
+from rof_pipelines.defs.load_time import pool_tags
+from rof_pipelines.partitions import market_day_partitions
+
+market_data_job = define_asset_job(
+    "market_data",
+    selection=AssetSelection.groups("quotes", "indicators"),
+    partitions_def=market_day_partitions,
+    description="Quote snapshots and indicator frame for one market and day.",
+    tags=pool_tags("task_worker"),
+)
+
+all_market_day_assets_job = define_asset_job(
+    "all_market_day_assets",
+    selection=AssetSelection.all(),
+    partitions_def=market_day_partitions,
+    description="Every asset for one market and day: what `rof demo` runs and what new quotes rerun.",
+    tags=pool_tags("ab_optimizer"),
+)
+
+nightly_optimisation_job = define_asset_job(
+    "nightly_optimisation",
+    selection=AssetSelection.all(),
+    partitions_def=market_day_partitions,
+    description="Everything for one market and day: quotes, indicators, agent, optimisation, A/B test. "
+    "Run nightly for yesterday and on `tasks` messages.",
+    tags=pool_tags("ab_optimizer"),
+)
