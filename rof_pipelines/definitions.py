@@ -3,10 +3,16 @@
 from dagster import Definitions
 
 from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
-from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
+from rof_pipelines.adapters.resources import (
+    QuoteStoreResource,
+    RabbitMQResource,
+    RofSettings,
+    StateStoreResource,
+)
 from rof_pipelines.defs.indicators.assets import indicator_frame
 from rof_pipelines.defs.jobs import all_market_day_assets_job, market_data_job, nightly_optimisation_job
 from rof_pipelines.defs.ops.backups import state_backup_job, state_backup_schedule
+from rof_pipelines.defs.ops.messaging import backup_sensor, quotes_updated_sensor, tasks_sensor
 from rof_pipelines.defs.ops.schedules import nightly_optimisation_schedule
 from rof_pipelines.defs.ops.sensors import market_discovery_sensor
 from rof_pipelines.defs.quotes.assets import quote_snapshots
@@ -18,11 +24,12 @@ defs = Definitions(
     assets=[quote_snapshots, indicator_frame, q_table],
     jobs=[market_data_job, all_market_day_assets_job, nightly_optimisation_job, state_backup_job],
     schedules=[nightly_optimisation_schedule, state_backup_schedule],
-    sensors=[market_discovery_sensor],
+    sensors=[market_discovery_sensor, tasks_sensor, quotes_updated_sensor, backup_sensor],
     resources={
         "settings": settings_resource,
         "quote_store": QuoteStoreResource(settings=settings_resource),
         "state_store": StateStoreResource(settings=settings_resource),
+        "rabbitmq": RabbitMQResource(settings=settings_resource),
         "frame_io_manager": ParquetFrameIOManager(settings=settings_resource),
     },
 )

@@ -254,6 +254,10 @@ class ClickHouseConfig(_Section):
 
 class RabbitMQConfig(_Section):
     url: SecretStr = SecretStr("amqp://user:user@localhost:5672/")
+    queue_prefix: str = Field(default="rof", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    max_messages_per_tick: int = Field(default=200, ge=1, le=5000)
+    # How often the queue sensors tick (fixed when the code location loads).
+    sensor_interval_seconds: int = Field(default=5, ge=1, le=3600)
 
     def describe(self) -> str:
         """The URL with the password replaced, for logs."""

@@ -7,6 +7,7 @@ from typing import Optional
 from dagster import ConfigurableResource
 
 from rof_pipelines.adapters.quote_stores import QuoteStore, open_quote_store
+from rof_pipelines.adapters.rabbitmq import RabbitMQ
 from rof_pipelines.adapters.state_store import StateStore, ensure_migrated
 from rof_pipelines.settings import Settings, load_settings
 
@@ -49,3 +50,14 @@ class StateStoreResource(ConfigurableResource):
                 ensure_migrated(store, settings)
                 _migrated.add(key)
         return store
+
+
+class RabbitMQResource(ConfigurableResource):
+    """A broker client for one tick; it holds no connection between calls."""
+
+    settings: RofSettings
+
+    def open(self) -> RabbitMQ:
+        settings = self.settings.load()
+        rabbit = settings.storage.rabbitmq
+        return RabbitMQ(rabbit, settings.system_setup.circuit_breaker, queue_prefix=rabbit.queue_prefix)

@@ -99,6 +99,19 @@ def build_metadata(schema: str) -> sa.MetaData:
         sa.Column("updated_at", tstz, nullable=False, server_default=sa.func.now()),
         sa.Column("updated_by", sa.Text(), nullable=False),
     )
+    sa.Table(  # 0002: see rof_pipelines/adapters/inbox.py
+        "message_inbox",
+        metadata,
+        sa.Column("seq", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
+        sa.Column("message_id", sa.Text(), nullable=False),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("market", sa.Text(), nullable=True),
+        sa.Column("payload", postgresql.JSONB(), nullable=False),
+        sa.Column("redelivered", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("received_at", tstz, nullable=False, server_default=sa.func.now()),
+        sa.UniqueConstraint("message_id", name="uq_message_inbox_message_id"),
+        sa.Index("ix_message_inbox_kind_seq", "kind", "seq"),
+    )
     return metadata
 
 

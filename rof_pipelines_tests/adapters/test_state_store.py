@@ -40,7 +40,8 @@ from rof_pipelines.settings import (
 )
 
 PASSWORD = "s3cr3t-pw"
-TABLES = {"alembic_version", "worker_progress", "active_strategy_configs"}
+HEAD = "0002"
+TABLES = {"alembic_version", "worker_progress", "active_strategy_configs", "message_inbox"}
 MARKET = "binance:TONUSDT"
 
 pytestmark = pytest.mark.postgres
@@ -110,7 +111,7 @@ def test_upgrade_from_empty_database_creates_tables_in_configured_schema(pg_sett
         assert store.current_revision() is None
         assert _tables_by_schema(pg_database) == {}
         head = store.head_revision()
-        assert head == "0001"
+        assert head == HEAD
         assert store.upgrade() == head
         assert store.current_revision() == head
     tables = _tables_by_schema(pg_database)
@@ -124,8 +125,8 @@ def test_downgrade_to_base_then_upgrade_again(store, pg_database):
     assert _version_rows(pg_database, "rof_state") == []
     assert store.current_revision() is None
 
-    assert store.upgrade() == "0001"
-    assert store.upgrade() == "0001", "a second upgrade is a no-op"
+    assert store.upgrade() == HEAD
+    assert store.upgrade() == HEAD, "a second upgrade is a no-op"
     assert _tables_by_schema(pg_database) == {"rof_state": TABLES}
     assert store.record_progress("t", MARKET, 0, 10, None, None, "pending", {}) == 1
 
@@ -186,7 +187,7 @@ def test_missing_migrations_directory_is_a_config_error(make_settings, pg_databa
 def test_unknown_revision_is_permanent(store):
     with pytest.raises(PermanentError, match="9999"):
         store.upgrade("9999")
-    assert store.current_revision() == "0001"
+    assert store.current_revision() == HEAD
 
 
 def test_ensure_migrated_follows_auto_migrate(make_settings, pg_database, caplog):
@@ -198,8 +199,8 @@ def test_ensure_migrated_follows_auto_migrate(make_settings, pg_database, caplog
 
     auto = _settings(make_settings, pg_database, auto_migrate=True)
     with _store(auto) as store:
-        assert ensure_migrated(store, auto) == "0001"
-        assert ensure_migrated(store, auto) == "0001"
+        assert ensure_migrated(store, auto) == HEAD
+        assert ensure_migrated(store, auto) == HEAD
     assert _tables_by_schema(pg_database) == {"rof_state": TABLES}
 
 
@@ -229,7 +230,7 @@ def test_concurrent_upgrades_from_two_processes_do_not_race(make_settings, pg_da
     outcome = sorted(str(results.get(timeout=120)) for _ in children)
     for child in children:
         child.join(timeout=30)
-    assert outcome == ["0001", "0001"]
+    assert outcome == [HEAD, HEAD]
     assert _tables_by_schema(pg_database) == {"rof_state": TABLES}
 
 

@@ -1,6 +1,8 @@
 """The seed's BackupWorker: a job that snapshots the state store, on a schedule and on demand."""
 
-from dagster import DefaultScheduleStatus, OpExecutionContext, Output, ScheduleDefinition, job, op
+from typing import Optional
+
+from dagster import Config, DefaultScheduleStatus, OpExecutionContext, Output, ScheduleDefinition, job, op
 
 from rof_pipelines.adapters.backup import prune_backups, write_backup
 from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
@@ -9,12 +11,24 @@ from rof_pipelines.defs.load_time import pool_tags, settings_at_load
 POOL_TAGS = pool_tags("task_worker")
 
 
+class BackupOpConfig(Config):
+    """A ``backup`` message may name another destination; empty means system_setup.backup."""
+
+    target: Optional[str] = None  # noqa: UP045 - Dagster's config schema needs Optional
+
+
 @op(description="Write a consistent snapshot of every state-store table, then prune old backups.")
-def backup_state_store(context: OpExecutionContext, settings: RofSettings, state_store: StateStoreResource):
-    config = settings.load().system_setup.backup
+def backup_state_store(
+    context: OpExecutionContext,
+    config: BackupOpConfig,
+    settings: RofSettings,
+    state_store: StateStoreResource,
+):
+    backup = settings.load().system_setup.backup
+    target = config.target or backup.resolved_url()
     with state_store.open() as store:
-        result = write_backup(store, config.resolved_url())
-    removed = prune_backups(config.resolved_url(), config.retention_days)
+        result = write_backup(store, target)
+    removed = prune_backups(target, backup.retention_days)
     context.log.info(
         f"backup {result.url}: {result.tables}; pruned {len(removed)} older than {config.retention_days}d"
     )
