@@ -15,13 +15,14 @@ from rof_pipelines.defs.ops.backups import state_backup_job, state_backup_schedu
 from rof_pipelines.defs.ops.messaging import backup_sensor, quotes_updated_sensor, tasks_sensor
 from rof_pipelines.defs.ops.schedules import nightly_optimisation_schedule
 from rof_pipelines.defs.ops.sensors import market_discovery_sensor
+from rof_pipelines.defs.optimisation.assets import ga_population
 from rof_pipelines.defs.quotes.assets import quote_snapshots
 from rof_pipelines.defs.rl.assets import q_table
 
 settings_resource = RofSettings()
 
 defs = Definitions(
-    assets=[quote_snapshots, indicator_frame, q_table],
+    assets=[quote_snapshots, indicator_frame, q_table, ga_population],
     jobs=[market_data_job, all_market_day_assets_job, nightly_optimisation_job, state_backup_job],
     schedules=[nightly_optimisation_schedule, state_backup_schedule],
     sensors=[market_discovery_sensor, tasks_sensor, quotes_updated_sensor, backup_sensor],

@@ -352,10 +352,98 @@ class StateStorageConfig(_Section):
 # --- ab_tests -------------------------------------------------------------------------------------
 
 
+class GeneRange(_Section):
+    """One gene of the optimiser's search space: its type and the range it is searched in."""
+
+    type: Literal["float", "int"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "GeneRange":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError(f"an int gene needs whole-number bounds, got {self.low:g}..{self.high:g}")
+        return self
+
+
+def _gene(kind: str, low: float, high: float) -> GeneRange:
+    return GeneRange(type=kind, low=low, high=high)  # type: ignore[arg-type]
+
+
+DEFAULT_SEARCH_SPACE: dict[str, GeneRange] = {
+    "alpha": _gene("float", 0.01, 0.5),
+    "gamma": _gene("float", 0.5, 0.99),
+    "epsilon": _gene("float", 0.05, 0.5),
+    "epsilon_decay": _gene("float", 0.8, 1.0),
+    "epsilon_min": _gene("float", 0.0, 0.05),
+    "alpha_decay": _gene("float", 0.0, 0.01),
+    "risk_aversion": _gene("float", 0.0, 10.0),
+    "rsi_low": _gene("int", 15, 45),
+    "rsi_high": _gene("int", 55, 85),
+    "macd_levels": _gene("int", 0, 3),
+    "vol_bins": _gene("int", 1, 4),
+    "trend_levels": _gene("int", 0, 2),
+    "rsi_window": _gene("int", 7, 28),
+    "bb_window": _gene("int", 10, 40),
+    "atr_window": _gene("int", 7, 28),
+    "kelly_max_fraction": _gene("float", 0.05, 0.5),
+    "stop_loss": _gene("float", 0.0, 0.05),
+    "take_profit": _gene("float", 0.0, 0.1),
+}
+
+
 class GAConfig(_Section):
+    """The genetic optimiser (rof_pipelines.core.ga.engine documents the rules these numbers drive)."""
+
     generations: int = Field(default=20, ge=1)
-    population_size: int = Field(default=50, ge=2)
-    mutation_rate: float = Field(default=0.15, ge=0, le=1)
+    population_size: int = Field(default=50, ge=4)
+    mutation_rate: float = Field(default=0.15, ge=0, le=1, description="starting mutation probability")
+    mutation_rate_min: float = Field(default=0.02, ge=0, le=1)
+    mutation_rate_max: float = Field(default=0.5, ge=0, le=1)
+    min_population: int = Field(default=20, ge=4)
+    max_population: int = Field(default=100, ge=4)
+    elitism: int = Field(default=2, ge=0, description="best kept unchanged each generation")
+    diversity_low: float = Field(default=0.1, ge=0, le=1, description="grow the population below this")
+    diversity_high: float = Field(default=0.3, ge=0, le=1, description="shrink it above this")
+    resize_step: int = Field(default=5, ge=1)
+    patience: int = Field(default=5, ge=1, description="generations without front improvement")
+    min_delta: float = Field(default=1e-4, ge=0, description="smallest improvement that counts")
+    sample_fraction: float = Field(default=0.5, gt=0, le=1, description="of the data, early generations")
+    full_window_from_generation: int = Field(default=5, ge=0)
+    validation_fraction: float = Field(default=0.3, gt=0, lt=1, description="of the data, for scoring")
+    seed: int = Field(default=0, ge=0)
+    search_space: dict[str, GeneRange] = Field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_genes(cls, value: dict[str, GeneRange]) -> dict[str, GeneRange]:
+        from rof_pipelines.core.ga.space import validate_gene
+
+        if not value:
+            raise ValueError("the search space needs at least one gene")
+        for name, gene in value.items():
+            validate_gene(name, gene.type, gene.low, gene.high)
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "GAConfig":
+        if not self.min_population <= self.population_size <= self.max_population:
+            raise ValueError(
+                f"need min_population ({self.min_population}) <= population_size ({self.population_size}) "
+                f"<= max_population ({self.max_population})"
+            )
+        if not self.mutation_rate_min <= self.mutation_rate <= self.mutation_rate_max:
+            raise ValueError(
+                f"need mutation_rate_min ({self.mutation_rate_min}) <= mutation_rate ({self.mutation_rate}) "
+                f"<= mutation_rate_max ({self.mutation_rate_max})"
+            )
+        if not self.diversity_low < self.diversity_high:
+            raise ValueError("diversity_low must be below diversity_high")
+        if self.elitism > self.min_population - 2:
+            raise ValueError(f"elitism ({self.elitism}) must leave two offspring in min_population")
+        return self
 
 
 class ExperimentConfig(_Section):

@@ -112,6 +112,34 @@ def build_metadata(schema: str) -> sa.MetaData:
         sa.UniqueConstraint("message_id", name="uq_message_inbox_message_id"),
         sa.Index("ix_message_inbox_kind_seq", "kind", "seq"),
     )
+    sa.Table(  # 0003: the genetic optimiser's checkpoints, see rof_pipelines/adapters/optimisation.py
+        "ga_checkpoints",
+        metadata,
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
+        sa.Column("task_id", sa.Text(), nullable=False),
+        sa.Column("market", sa.Text(), nullable=False),
+        sa.Column("experiment_id", sa.Text(), nullable=False),
+        sa.Column("window_start", tstz, nullable=False),
+        sa.Column("window_end", tstz, nullable=False),
+        sa.Column("data_fingerprint", sa.Text(), nullable=False),
+        sa.Column("config_fingerprint", sa.Text(), nullable=False),
+        sa.Column("generation", sa.Integer(), nullable=False),
+        sa.Column("final", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("best_fitness", sa.Double(), nullable=True),
+        sa.Column("payload", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", tstz, nullable=False, server_default=sa.func.now()),
+        sa.UniqueConstraint(
+            "market",
+            "experiment_id",
+            "window_start",
+            "window_end",
+            "data_fingerprint",
+            "config_fingerprint",
+            "generation",
+            name="uq_ga_checkpoints_task_generation",
+        ),
+        sa.Index("ix_ga_checkpoints_created_at", "created_at"),
+    )
     return metadata
 
 
@@ -129,6 +157,24 @@ class ActiveConfig:
     version: int
     updated_at: datetime
     updated_by: str
+
+
+@dataclass(frozen=True)
+class GACheckpoint:
+    """One saved generation of an optimisation task; ``payload`` is opaque to the store."""
+
+    task_id: str
+    market: str
+    experiment_id: str
+    window_start: datetime
+    window_end: datetime
+    data_fingerprint: str
+    config_fingerprint: str
+    generation: int
+    final: bool
+    best_fitness: float | None
+    payload: bytes
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -235,6 +281,7 @@ class StateStore:
         self.metadata = build_metadata(self.schema)
         self.worker_progress = self.metadata.tables[f"{self.schema}.worker_progress"]
         self.active_strategy_configs = self.metadata.tables[f"{self.schema}.active_strategy_configs"]
+        self.ga_checkpoints = self.metadata.tables[f"{self.schema}.ga_checkpoints"]
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -563,6 +610,106 @@ class StateStore:
             with self._engine.connect() as conn:
                 rows = conn.execute(sa.select(table).order_by(table.c.market)).mappings()
                 return [ActiveConfig(**row) for row in rows]
+
+        return self._call(run)
+
+    # -- GA checkpoints -----------------------------------------------------------------------------
+
+    def _task_filter(self, key: Mapping[str, Any]) -> list[Any]:
+        table = self.ga_checkpoints
+        return [
+            table.c.market == _market_key(key["market"]),
+            table.c.experiment_id == key["experiment_id"],
+            table.c.window_start == key["window_start"],
+            table.c.window_end == key["window_end"],
+            table.c.data_fingerprint == key["data_fingerprint"],
+            table.c.config_fingerprint == key["config_fingerprint"],
+        ]
+
+    def save_checkpoint(
+        self,
+        key: Mapping[str, Any],
+        generation: int,
+        payload: bytes,
+        *,
+        final: bool = False,
+        best_fitness: float | None = None,
+        keep: int = 2,
+    ) -> None:
+        """Store generation ``generation`` of the task ``key`` (market, experiment_id, window_start,
+        window_end, data_fingerprint, config_fingerprint, task_id); a repeated generation (a resumed run
+        replaying it) overwrites. Only the newest ``keep`` checkpoints of the task stay: resuming needs
+        the newest, so older ones would only grow the table."""
+        if generation < 0 or keep < 1:
+            raise DataValidationError(f"{SERVICE}: generation must be >= 0 and keep >= 1")
+        table = self.ga_checkpoints
+        values = {
+            "task_id": str(key["task_id"]),
+            "market": _market_key(key["market"]),
+            "experiment_id": str(key["experiment_id"]),
+            "window_start": key["window_start"],
+            "window_end": key["window_end"],
+            "data_fingerprint": str(key["data_fingerprint"]),
+            "config_fingerprint": str(key["config_fingerprint"]),
+            "generation": int(generation),
+            "final": bool(final),
+            "best_fitness": best_fitness,
+            "payload": bytes(payload),
+        }
+        where = self._task_filter(key)
+
+        def run() -> None:
+            with self._engine.begin() as conn:
+                stmt = pg_insert(table).values(**values)
+                stmt = stmt.on_conflict_do_update(
+                    constraint="uq_ga_checkpoints_task_generation",
+                    set_={
+                        "payload": stmt.excluded.payload,
+                        "final": stmt.excluded.final,
+                        "best_fitness": stmt.excluded.best_fitness,
+                        "task_id": stmt.excluded.task_id,
+                        "created_at": sa.func.now(),
+                    },
+                )
+                conn.execute(stmt)
+                newest = (
+                    sa.select(table.c.generation)
+                    .where(*where)
+                    .order_by(table.c.generation.desc())
+                    .limit(keep)
+                    .scalar_subquery()
+                )
+                conn.execute(sa.delete(table).where(*where, table.c.generation.not_in(newest)))
+
+        self._call(run)
+
+    def latest_checkpoint(self, key: Mapping[str, Any]) -> GACheckpoint | None:
+        """The task's newest checkpoint (highest generation), or None."""
+        table = self.ga_checkpoints
+        query = sa.select(table).where(*self._task_filter(key)).order_by(table.c.generation.desc()).limit(1)
+
+        def run() -> GACheckpoint | None:
+            with self._engine.connect() as conn:
+                row = conn.execute(query).mappings().first()
+            if row is None:
+                return None
+            values = {k: v for k, v in row.items() if k != "id"}
+            values["payload"] = bytes(values["payload"])
+            return GACheckpoint(**values)
+
+        return self._call(run)
+
+    def prune_checkpoints(self, retention_days: int, now: datetime | None = None) -> int:
+        """Delete checkpoints written more than ``retention_days`` ago; returns how many went."""
+        if retention_days < 1:
+            raise DataValidationError(f"{SERVICE}: retention_days must be >= 1, got {retention_days}")
+        table = self.ga_checkpoints
+        base = sa.func.now() if now is None else sa.bindparam("now", now, type_=sa.DateTime(timezone=True))
+        cutoff = base - sa.func.make_interval(0, 0, 0, int(retention_days))
+
+        def run() -> int:
+            with self._engine.begin() as conn:
+                return conn.execute(sa.delete(table).where(table.c.created_at < cutoff)).rowcount
 
         return self._call(run)
 

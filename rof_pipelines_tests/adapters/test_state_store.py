@@ -40,8 +40,8 @@ from rof_pipelines.settings import (
 )
 
 PASSWORD = "s3cr3t-pw"
-HEAD = "0002"
-TABLES = {"alembic_version", "worker_progress", "active_strategy_configs", "message_inbox"}
+HEAD = "0003"
+TABLES = {"alembic_version", "worker_progress", "active_strategy_configs", "message_inbox", "ga_checkpoints"}
 MARKET = "binance:TONUSDT"
 
 pytestmark = pytest.mark.postgres

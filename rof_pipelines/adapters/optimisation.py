@@ -1,0 +1,191 @@
+"""Run or resume one optimisation task against the state store.
+
+A task is (market, window, experiment id) plus two fingerprints: of the data the GA sees and of the
+settings that shape the run (GA knobs, search space, base agent). A restarted task with the same
+four-plus-two finds its newest checkpoint and resumes from it; different data or settings start
+afresh (an old checkpoint of another configuration is never mixed in). Checkpoints older than
+``state_management.retention_days`` are pruned when a task starts. Progress (generation, best Sharpe,
+ETA) goes to ``worker_progress`` after every generation.
+
+The core's engine calls back into this module only through its ``CheckpointSink`` protocol.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from rof_pipelines.adapters.state_store import StateStore
+from rof_pipelines.core.ga.engine import GAResult, GASettings, ProgressReport, optimise
+from rof_pipelines.core.ga.fitness import FULL, FitnessData, build_fitness_data
+from rof_pipelines.core.ga.space import SearchSpace
+from rof_pipelines.core.rl.agent import RLParams
+from rof_pipelines.settings import Settings, normalise_market
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskKey:
+    market: str
+    experiment_id: str
+    window_start: datetime
+    window_end: datetime
+    data_fingerprint: str
+    config_fingerprint: str
+
+    @property
+    def task_id(self) -> str:
+        return (
+            f"ga:{self.market}:{self.experiment_id}:{self.window_start.isoformat()}/"
+            f"{self.window_end.isoformat()}:{self.data_fingerprint[:12]}:{self.config_fingerprint[:12]}"
+        )
+
+    def as_mapping(self) -> dict[str, Any]:
+        return {**vars(self), "task_id": self.task_id}
+
+
+def encode_payload(payload: dict[str, Any]) -> bytes:
+    """JSON (floats by repr, so they load bit for bit) compressed."""
+    return zlib.compress(json.dumps(payload, allow_nan=False, sort_keys=True).encode("utf-8"), 6)
+
+
+def decode_payload(blob: bytes) -> dict[str, Any]:
+    return json.loads(zlib.decompress(blob).decode("utf-8"))
+
+
+class StoreCheckpoints:
+    """The engine's checkpoint sink on the state store."""
+
+    def __init__(
+        self, store: StateStore, key: TaskKey, log_progress: Callable[[str], None] | None = None
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.log_progress = log_progress
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    def latest(self) -> dict[str, Any] | None:
+        found = self.store.latest_checkpoint(self.key.as_mapping())
+        return decode_payload(found.payload) if found is not None else None
+
+    def save(self, generation: int, payload: dict[str, Any], *, final: bool) -> None:
+        history = payload.get("history") or [{}]
+        self.store.save_checkpoint(
+            self.key.as_mapping(),
+            generation,
+            encode_payload(payload),
+            final=final,
+            best_fitness=history[-1].get("best_sharpe"),
+        )
+
+    def progress(self, report: ProgressReport) -> None:
+        self.store.record_progress(
+            self.key.task_id,
+            self.key.market,
+            report.generation,
+            report.total_generations,
+            report.best_fitness,
+            report.eta_seconds,
+            "completed" if report.final else "running",
+            details=report.details,
+            worker_id=self.worker_id,
+            experiment_id=self.key.experiment_id,
+            window_start=self.key.window_start,
+            window_end=self.key.window_end,
+        )
+
+
+@dataclass
+class Optimisation:
+    """Everything a run needs, built from the settings and the window's training part."""
+
+    key: TaskKey
+    data: FitnessData
+    ga: GASettings
+    workers: int
+    retention_days: int
+
+
+def prepare_optimisation(
+    settings: Settings,
+    market: str,
+    train_frame: pd.DataFrame,
+    window_start: datetime,
+    window_end: datetime,
+    *,
+    workers: int | None = None,
+    ga_overrides: dict[str, Any] | None = None,
+) -> Optimisation:
+    """``train_frame`` is ``split_train_test(window).train``: the GA never sees the held-out part."""
+    ga_config = settings.ab_tests.experiment.ga
+    ga = GASettings.from_config(
+        ga_config, settings.ab_tests.state_management.checkpoint_interval, **(ga_overrides or {})
+    )
+    space = SearchSpace.from_mapping(ga_config.search_space)
+    base = RLParams.from_settings(settings.ai_config)
+    data = build_fitness_data(
+        train_frame,
+        base,
+        space,
+        validation_fraction=ga.validation_fraction,
+        sample_fraction=ga.sample_fraction,
+    )
+    shape = {"ga": ga.to_dict(), "space": space.to_dict(), "base": base.to_dict()}
+    shape["ga"].pop("checkpoint_interval")  # how often to save does not change the result
+    config_fingerprint = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+    key = TaskKey(
+        market=normalise_market(market),
+        experiment_id=settings.ab_tests.experiment.id,
+        window_start=window_start,
+        window_end=window_end,
+        data_fingerprint=hashlib.sha256(data.fingerprint(FULL).encode()).hexdigest(),
+        config_fingerprint=config_fingerprint,
+    )
+    pool = settings.system_setup.worker_pool.ab_optimizer.max_workers
+    return Optimisation(
+        key=key,
+        data=data,
+        ga=ga,
+        workers=max(1, min(workers or pool, pool, os.cpu_count() or 1)),
+        retention_days=settings.ab_tests.state_management.retention_days,
+    )
+
+
+def run_optimisation(
+    job: Optimisation,
+    store: StateStore | None,
+    *,
+    on_generation: Callable[[dict[str, Any]], None] | None = None,
+) -> GAResult:
+    """Run the task, resuming from its newest checkpoint when ``store`` holds one; without a store the
+    run is not checkpointed (it still works, it just cannot resume)."""
+    sink = None
+    if store is not None:
+        pruned = store.prune_checkpoints(job.retention_days)
+        if pruned:
+            log.info("pruned %d GA checkpoints older than %d days", pruned, job.retention_days)
+        sink = StoreCheckpoints(store, job.key)
+    try:
+        return optimise(job.data, job.ga, workers=job.workers, checkpoints=sink, on_generation=on_generation)
+    except Exception:
+        if store is not None:
+            latest = store.get_progress(job.key.task_id)
+            store.record_progress(
+                job.key.task_id,
+                job.key.market,
+                latest.generation if latest else 0,
+                job.ga.generations,
+                latest.best_fitness if latest else None,
+                None,
+                "failed",
+            )
+        raise

@@ -1,0 +1,106 @@
+"""GA benchmark: ``rof bench ga --workers K``. Population 50 x 20 generations (no early stopping) on the
+training part of 7 days of 1-minute bars for one market, with 1 worker and then K workers in the same
+run; reports evaluations/s, seconds per generation, peak memory and the speedup, and checks that both
+runs found the same champion and front (they must: fitness is a pure function of genome and data)."""
+
+import json
+import resource
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from rof_pipelines.core.ga.engine import GASettings, optimise
+from rof_pipelines.core.ga.fitness import build_fitness_data
+from rof_pipelines.core.ga.space import SearchSpace
+from rof_pipelines.core.ga.warmup import warm
+from rof_pipelines.core.indicators import build_indicator_frame
+from rof_pipelines.core.market import Market
+from rof_pipelines.core.quotes import GeneratorConfig, clean_quotes, generate_quotes, resample_bars
+from rof_pipelines.core.rl.agent import RLParams
+from rof_pipelines.core.windows import split_train_test
+from rof_pipelines.settings import load_settings
+
+
+def _peak_rss_mb() -> dict[str, float]:
+    """ru_maxrss is in KiB on Linux; children = the largest finished worker."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"peak_rss_mb": round(own, 1), "peak_rss_worker_mb": round(children, 1)}
+
+
+def bench_ga(workers: int, days: int = 7, population: int = 50, generations: int = 20) -> dict[str, Any]:
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    settings = load_settings()
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    quotes = generate_quotes(
+        Market.parse("bench:BTCUSDT"),
+        start,
+        start + timedelta(days=days),
+        config=GeneratorConfig(mean_interval_seconds=15.0),
+    )
+    clean, _ = clean_quotes(quotes)
+    frame = build_indicator_frame(resample_bars(clean, timedelta(minutes=1)))
+    train_part = split_train_test(frame).train
+    ga_config = settings.ab_tests.experiment.ga
+    space = SearchSpace.from_mapping(ga_config.search_space)
+    base = RLParams.from_settings(settings.ai_config)
+    ga = GASettings.from_config(
+        ga_config,
+        settings.ab_tests.state_management.checkpoint_interval,
+        population_size=population,
+        generations=generations,
+        min_population=min(population, ga_config.min_population),
+        max_population=max(population, ga_config.max_population),
+        patience=generations + 1,  # measure every generation
+    )
+    warm()  # compile / load the kernels outside the timings
+    runs = {}
+    for count in dict.fromkeys((1, workers)):
+        data = build_fitness_data(
+            train_part,
+            base,
+            space,
+            validation_fraction=ga.validation_fraction,
+            sample_fraction=ga.sample_fraction,
+        )  # fresh per run: no warm per-process caches carried over
+        began = time.perf_counter()
+        result = optimise(data, ga, workers=count)
+        runs[count] = (time.perf_counter() - began, result)
+    one_wall, one = runs[1]
+    k_wall, k = runs[workers]
+    same = (
+        one.champion_genome == k.champion_genome
+        and np.array_equal(one.fitness, k.fitness)
+        and np.array_equal(one.pareto, k.pareto)
+    )
+    return {
+        "bench": "ga",
+        "bars": len(frame),
+        "train_bars": len(train_part),
+        "population": population,
+        "generations": k.generations_run,
+        "genes": len(space),
+        "workers": workers,
+        "evaluations": k.evaluations,
+        "cache_hits": k.cache_hits,
+        "wall_seconds": round(k_wall, 3),
+        "wall_seconds_1_worker": round(one_wall, 3),
+        "evaluations_per_sec": round(k.evaluations / k_wall, 1),
+        "seconds_per_generation": round(k_wall / max(1, k.generations_run), 4),
+        "speedup": round(one_wall / k_wall, 3),
+        "same_result_as_1_worker": bool(same),
+        **_peak_rss_mb(),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    workers = int((argv or sys.argv[1:] or ["2"])[0])
+    print(json.dumps(bench_ga(workers)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,501 @@
+"""Fitness: one genome -> (total return, Sharpe, -max drawdown), a pure function of genome and data.
+
+The data is the window's training part only (``core.windows.split_train_test(...).train``); the
+optimiser never sees the held-out part. It is cut once more, chronologically, into a *fit* part the
+agent trains on and a *validation* part the trained agent is scored on greedily with Kelly sizing,
+so a genome is judged on bars it did not learn from (the same protocol as the ``q_table`` asset:
+unit-size in-sample trades seed the Kelly window). The agent's seed is fixed by the base parameters,
+so the same genome on the same data always scores the same, in any process.
+
+Speed: evaluation runs thousands of times, so the state space is fitted with numpy here instead of
+:func:`rof_pipelines.core.rl.prepare` (pandas); tests hold the two equal. Indicator columns a genome
+re-windows are recomputed per (slice, indicator, window) and cached; prepared environments are
+cached per (slice, bins, windows). Both caches are bounded.
+
+Stop-loss / take-profit: the RL kernel has neither, so they are applied here, in the evaluation walk
+only (training is unchanged): an open trade whose unit return so far (entry cost included) is at or
+beyond a level at a fill price is closed at that fill, like a resting stop order watched at the bar
+opens; intrabar excursions are not seen. 0 turns a level off; both off reproduces
+:meth:`TrainedAgent.evaluate` exactly.
+"""
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numba import njit
+
+from rof_pipelines.core.backtest import max_drawdown, sharpe_ratio
+from rof_pipelines.core.ga.space import Candidate, FeatureWindows, Genome, SearchSpace
+from rof_pipelines.core.indicators import IndicatorWindows, _wilder_atr
+from rof_pipelines.core.kelly import KellyParams, kelly_fraction_window
+from rof_pipelines.core.rl.agent import RLParams, train
+from rof_pipelines.core.rl.env import (
+    BinSpec,
+    EnvArrays,
+    FeatureBins,
+    StateSpace,
+    _quantile_edges,
+    _signed_edges,
+)
+from rof_pipelines.core.rl.kernel import greedy_action
+from rof_pipelines.errors import DataValidationError
+
+FULL, SAMPLE = "full", "sample"
+FEATURE_ORDER = ("rsi", "macd", "bb", "vol", "trend")
+MIN_PART_BARS = 50
+_FEATURE_CACHE_SIZE = 256
+_ENV_CACHE_SIZE = 512
+
+
+@dataclass(frozen=True, eq=False)
+class MarketSlice:
+    """A contiguous stretch of bars: prices, the frame's raw features, and where validation starts."""
+
+    name: str
+    times: np.ndarray  # int64 ns
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    features: dict[str, np.ndarray]  # raw feature values as the state space reads them; inf -> nan
+    fit_rows: int
+    fingerprint: str
+
+    @property
+    def n(self) -> int:
+        return int(self.close.shape[0])
+
+
+def _raw_frame_features(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The same raw values ``core.rl.env.FEATURE_SOURCES`` reads, as float64 arrays."""
+    out: dict[str, np.ndarray] = {}
+    sources = {
+        "rsi": lambda f: f["rsi"],
+        "macd": lambda f: f["macd_hist"] / f["close"],
+        "bb": lambda f: f["bb_pband"],
+        "vol": lambda f: f["atr_pct"],
+        "trend": lambda f: f["trend"],
+    }
+    for name, source in sources.items():
+        try:
+            values = source(frame).to_numpy(dtype=np.float64)
+        except KeyError:
+            continue
+        out[name] = np.where(np.isfinite(values), values, np.nan)
+    return out
+
+
+def _fingerprint(frame: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(frame.index.as_unit("ns").asi8).tobytes())
+    for column in sorted(frame.columns):
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values):
+            digest.update(column.encode())
+            digest.update(np.ascontiguousarray(values.to_numpy(dtype=np.float64)).tobytes())
+    return digest.hexdigest()
+
+
+def make_slice(name: str, frame: pd.DataFrame, validation_fraction: float) -> MarketSlice:
+    """Freeze ``frame`` (indicator-frame columns, DatetimeIndex) into arrays; the last
+    ``validation_fraction`` of its bars validate."""
+    if not isinstance(frame.index, pd.DatetimeIndex):
+        raise DataValidationError("the optimiser needs a frame indexed by bar time")
+    for column in ("open", "high", "low", "close"):
+        if column not in frame.columns:
+            raise DataValidationError(f"the optimiser's frame lacks column {column!r}")
+    frame = frame.sort_index()
+    n = len(frame)
+    fit_rows = round(n * (1.0 - validation_fraction))
+    if fit_rows < MIN_PART_BARS or n - fit_rows < MIN_PART_BARS:
+        raise DataValidationError(
+            f"{name} slice: {n} bars give {fit_rows} to fit and {n - fit_rows} to validate; "
+            f"need {MIN_PART_BARS} each"
+        )
+    return MarketSlice(
+        name=name,
+        times=frame.index.as_unit("ns").asi8.astype(np.int64),
+        open=frame["open"].to_numpy(dtype=np.float64),
+        high=frame["high"].to_numpy(dtype=np.float64),
+        low=frame["low"].to_numpy(dtype=np.float64),
+        close=frame["close"].to_numpy(dtype=np.float64),
+        features=_raw_frame_features(frame),
+        fit_rows=fit_rows,
+        fingerprint=_fingerprint(frame) + f"|v{validation_fraction!r}",
+    )
+
+
+class FitnessData:
+    """Everything a worker needs to score genomes: the slices, the base agent and the space.
+
+    Pickled once per worker process (caches are dropped on the way and rebuilt there)."""
+
+    def __init__(
+        self,
+        slices: dict[str, MarketSlice],
+        base: RLParams,
+        space: SearchSpace,
+        windows: IndicatorWindows | None = None,
+    ) -> None:
+        self.slices = slices
+        self.base = base
+        self.space = space
+        self.windows = windows or IndicatorWindows()
+        self._features: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._envs: OrderedDict[tuple, tuple[EnvArrays, EnvArrays]] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_features"] = OrderedDict()
+        state["_envs"] = OrderedDict()
+        return state
+
+    def fingerprint(self, slice_name: str) -> str:
+        """What a cached fitness on this slice depends on besides the genome."""
+        s = self.slices[slice_name]
+        base = hashlib.sha256(repr(sorted(self.base.to_dict().items())).encode()).hexdigest()[:16]
+        return f"{s.fingerprint}|{base}"
+
+    # -- features ----------------------------------------------------------------------------------
+
+    def feature(self, slice_name: str, name: str, window: int | None) -> np.ndarray:
+        s = self.slices[slice_name]
+        if window is None:
+            if name not in s.features:
+                raise DataValidationError(f"the frame has no column for feature {name!r}")
+            return s.features[name]
+        key = (slice_name, name, window)
+        cached = self._features.get(key)
+        if cached is not None:
+            self._features.move_to_end(key)
+            return cached
+        values = _windowed_feature(s, name, window, self.windows.bollinger_dev)
+        self._features[key] = values
+        if len(self._features) > _FEATURE_CACHE_SIZE:
+            self._features.popitem(last=False)
+        return values
+
+    def envs(self, slice_name: str, bins: BinSpec, windows: FeatureWindows, allow_short: bool):
+        """(fit env with its fitted state space, validation env in that space), cached."""
+        key = (slice_name, bins, windows, allow_short)
+        cached = self._envs.get(key)
+        if cached is not None:
+            self._envs.move_to_end(key)
+            return cached
+        s = self.slices[slice_name]
+        by_name = {"rsi": windows.rsi, "bb": windows.bb, "vol": windows.atr, "macd": None, "trend": None}
+        names = _enabled(bins)
+        raw = {name: self.feature(slice_name, name, by_name[name]) for name in names}
+        cut = s.fit_rows
+        fit_raw = {k: v[:cut] for k, v in raw.items()}
+        space = fit_state_space(fit_raw, s.open[:cut], s.close[:cut], bins, allow_short)
+        fit_env = env_arrays(fit_raw, s.open[:cut], s.close[:cut], s.times[:cut], space)
+        val_raw = {k: v[cut:] for k, v in raw.items()}
+        val_env = env_arrays(val_raw, s.open[cut:], s.close[cut:], s.times[cut:], space)
+        pair = (fit_env, val_env)
+        self._envs[key] = pair
+        if len(self._envs) > _ENV_CACHE_SIZE:
+            self._envs.popitem(last=False)
+        return pair
+
+
+def build_fitness_data(
+    frame: pd.DataFrame,
+    base: RLParams,
+    space: SearchSpace,
+    *,
+    validation_fraction: float = 0.3,
+    sample_fraction: float = 1.0,
+    windows: IndicatorWindows | None = None,
+) -> FitnessData:
+    """``frame`` is the training part of the window. The sample slice is its most recent
+    ``sample_fraction`` (contiguous: an RL agent learns from sequences)."""
+    slices = {FULL: make_slice(FULL, frame, validation_fraction)}
+    if sample_fraction < 1.0:
+        ordered = frame.sort_index()
+        rows = round(len(ordered) * sample_fraction)
+        slices[SAMPLE] = make_slice(SAMPLE, ordered.iloc[len(ordered) - rows :], validation_fraction)
+    return FitnessData(slices, base, space, windows)
+
+
+def _windowed_feature(s: MarketSlice, name: str, window: int, bollinger_dev: float) -> np.ndarray:
+    """The indicator-frame column behind feature ``name`` with another window, computed on the slice
+    alone exactly as ``core.indicators.build_indicator_frame`` does (its first bars are warm-up)."""
+    from ta.momentum import RSIIndicator
+    from ta.volatility import BollingerBands
+
+    close = pd.Series(s.close)
+    if name == "rsi":
+        values = RSIIndicator(close, window=window).rsi().to_numpy(dtype=np.float64)
+    elif name == "bb":
+        bands = BollingerBands(close, window=window, window_dev=bollinger_dev)
+        high, low = bands.bollinger_hband(), bands.bollinger_lband()
+        values = ((close - low) / (high - low).replace(0.0, np.nan)).to_numpy(dtype=np.float64)
+    elif name == "vol":  # core.indicators.atr / close, with the true range in numpy
+        if s.n <= window:
+            values = np.full(s.n, np.nan)
+        else:
+            average = _wilder_atr(true_range(s.high, s.low, s.close), window)
+            average[: window - 1] = np.nan
+            values = average / s.close
+    else:
+        raise ValueError(f"feature {name!r} has no window gene")
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
+    """ta's ``AverageTrueRange._true_range`` (NaN-skipping max of the three ranges) in numpy."""
+    prev = np.empty_like(close)
+    prev[0] = np.nan
+    prev[1:] = close[:-1]
+    return np.fmax(np.fmax(high - low, np.abs(high - prev)), np.abs(low - prev))
+
+
+# --- state space and environment, numpy twins of core.rl.env ---------------------------------------
+
+
+def _enabled(bins: BinSpec) -> tuple[str, ...]:
+    on = {
+        "rsi": bool(bins.rsi_edges),
+        "macd": bins.macd_levels > 0,
+        "bb": bool(bins.bb_edges),
+        "vol": bins.vol_bins > 1,
+        "trend": bins.trend_levels > 0,
+    }
+    return tuple(name for name in FEATURE_ORDER if on[name])
+
+
+def _first_valid(raw: dict[str, np.ndarray], opens: np.ndarray, closes: np.ndarray) -> int:
+    ok = ~np.isnan(opens) & ~np.isnan(closes)
+    for values in raw.values():
+        ok &= ~np.isnan(values)
+    hits = np.flatnonzero(ok)
+    if hits.size == 0:
+        raise DataValidationError("no row of the indicator frame has every feature defined")
+    return int(hits[0])
+
+
+def _ffill(values: np.ndarray) -> np.ndarray:
+    """Forward fill; the first element is defined (it is the first valid row)."""
+    index = np.where(np.isnan(values), 0, np.arange(values.shape[0]))
+    np.maximum.accumulate(index, out=index)
+    return values[index]
+
+
+def fit_state_space(
+    raw: dict[str, np.ndarray], opens: np.ndarray, closes: np.ndarray, bins: BinSpec, allow_short: bool
+) -> StateSpace:
+    """``StateSpace.fit`` on arrays (same warm-up cut, forward fill and quantile edges)."""
+    start = _first_valid(raw, opens, closes)
+    filled = {k: _ffill(v[start:]) for k, v in raw.items()}
+    features: list[FeatureBins] = []
+    if bins.rsi_edges:
+        features.append(FeatureBins("rsi", bins.rsi_edges))
+    if bins.macd_levels > 0:
+        features.append(FeatureBins("macd", _signed_edges(filled["macd"], bins.macd_levels)))
+    if bins.bb_edges:
+        features.append(FeatureBins("bb", bins.bb_edges))
+    if bins.vol_bins > 1:
+        features.append(FeatureBins("vol", _quantile_edges(filled["vol"], bins.vol_bins)))
+    if bins.trend_levels > 0:
+        features.append(FeatureBins("trend", _signed_edges(filled["trend"], bins.trend_levels)))
+    return StateSpace(tuple(features), allow_short=allow_short)
+
+
+def env_arrays(
+    raw: dict[str, np.ndarray],
+    opens: np.ndarray,
+    closes: np.ndarray,
+    times: np.ndarray,
+    space: StateSpace,
+) -> EnvArrays:
+    """``core.rl.env.build_env`` on arrays: states, fill-to-fill returns and times of usable bars."""
+    names = [f.name for f in space.features]
+    used = {name: raw[name] for name in names}
+    start = _first_valid(used, opens, closes)
+    states = np.zeros(opens.shape[0] - start, dtype=np.int32)
+    for feature, stride in zip(space.features, space._strides, strict=True):
+        values = _ffill(used[feature.name][start:])
+        edges = np.asarray(feature.edges, dtype=np.float64)
+        states += (np.searchsorted(edges, values, side="right") * stride).astype(np.int32)
+    o, c = opens[start:], closes[start:]
+    for label, values in (("open", o), ("close", c)):
+        bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
+        if bad.size:
+            raise DataValidationError(f"column {label!r} must be finite and > 0; row {start + bad[0]}")
+    fill = np.empty(o.shape[0], dtype=np.float64)
+    fill[:-1] = o[1:]
+    fill[-1] = c[-1]
+    step_ret = fill[1:] / fill[:-1] - 1.0
+    return EnvArrays(states, step_ret, np.ascontiguousarray(times[start:], dtype=np.int64), space)
+
+
+# --- evaluation with exits -------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def evaluate_exits_kernel(
+    q: np.ndarray,
+    mstate: np.ndarray,
+    step_ret: np.ndarray,
+    times: np.ndarray,
+    n_pos: int,
+    trans: np.ndarray,
+    expo: np.ndarray,
+    cost: float,
+    use_kelly: bool,
+    window_trades: int,
+    window_ns: int,
+    min_trades: int,
+    max_fraction: float,
+    warmup_fraction: float,
+    hist_ret: np.ndarray,
+    hist_time: np.ndarray,
+    stop_loss: float,
+    take_profit: float,
+) -> tuple[np.ndarray, np.ndarray, int]:  # pragma: no cover - compiled
+    """``core.rl.kernel.evaluate_kernel``'s walk, step for step, plus stop-loss / take-profit.
+
+    Returns (equity, unit-size net return per closed trade, trades closed by a level). An open trade
+    whose running unit growth (entry cost included) is ``<= 1 - stop_loss`` or ``>= 1 + take_profit``
+    at decision t is closed at that fill instead of asking the agent; 0 disables a level.
+    """
+    n_steps = step_ret.shape[0]
+    n_hist = hist_ret.shape[0]
+    equity = np.empty(n_steps + 1, np.float64)
+    equity[0] = 1.0
+    cap = n_steps + 1
+    tr_ret = np.empty(cap, np.float64)
+    k_ret = np.empty(n_hist + cap, np.float64)
+    k_time = np.empty(n_hist + cap, np.int64)
+    k_ret[:n_hist] = hist_ret
+    k_time[:n_hist] = hist_time
+    nk = n_hist
+    k_lo = 0
+    ntr = 0
+    forced = 0
+    pos = 0
+    size = 0.0
+    growth = 1.0
+    eq = 1.0
+    for t in range(n_steps):
+        e_old = expo[pos]
+        npos = -1
+        stopped = stop_loss > 0.0 and growth <= 1.0 - stop_loss
+        taken = take_profit > 0.0 and growth >= 1.0 + take_profit
+        if e_old != 0.0 and (stopped or taken):
+            npos = 0
+            forced += 1
+        if npos < 0:
+            s = mstate[t] * n_pos + pos
+            act = greedy_action(q, s)
+            npos = trans[pos, act]
+        e_new = expo[npos]
+        r = 0.0
+        unit = 0.0
+        if npos != pos:
+            if e_old != 0.0:
+                r -= cost * size * abs(e_old)
+                growth *= 1.0 - cost * abs(e_old)
+                tr_ret[ntr] = growth - 1.0
+                k_ret[nk] = growth - 1.0
+                k_time[nk] = times[t]
+                nk += 1
+                ntr += 1
+            if e_new != 0.0:
+                if use_kelly:
+                    if window_trades > 0:
+                        k_lo = max(0, nk - window_trades)
+                    else:
+                        while k_lo < nk and k_time[k_lo] <= times[t] - window_ns:
+                            k_lo += 1
+                    if nk - k_lo < min_trades:
+                        size = warmup_fraction
+                    else:
+                        size = kelly_fraction_window(k_ret, k_lo, nk, max_fraction)
+                else:
+                    size = 1.0
+                growth = 1.0
+                unit = -cost * abs(e_new)
+        if e_new != 0.0:
+            unit += e_new * step_ret[t]
+            growth *= 1.0 + unit
+            r += size * unit
+        eq *= 1.0 + r
+        pos = npos
+        equity[t + 1] = eq
+    if expo[pos] != 0.0:
+        growth *= 1.0 - cost * abs(expo[pos])
+        eq *= 1.0 - cost * size * abs(expo[pos])
+        equity[n_steps] = eq
+        tr_ret[ntr] = growth - 1.0
+        ntr += 1
+    return equity, tr_ret[:ntr].copy(), forced
+
+
+def walk(
+    q: np.ndarray,
+    env: EnvArrays,
+    params: RLParams,
+    kelly: KellyParams,
+    stop_loss: float,
+    take_profit: float,
+    kelly_history: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Greedy, Kelly-sized walk with exits (see :func:`evaluate_exits_kernel`)."""
+    space = env.state_space
+    hist = np.ascontiguousarray(kelly_history if kelly_history is not None else np.empty(0), np.float64)
+    hist_t = np.full(hist.shape[0], env.times[0], dtype=np.int64)
+    return evaluate_exits_kernel(
+        q,
+        env.mstate,
+        env.step_ret,
+        env.times,
+        space.n_positions,
+        space.transitions(),
+        space.exposures(),
+        params.cost,
+        kelly.use_kelly,
+        kelly.window_trades or 0,
+        round(kelly.window_seconds * 1e9) if kelly.window_seconds else 0,
+        kelly.min_trades,
+        kelly.max_fraction,
+        kelly.warmup_fraction,
+        hist,
+        hist_t,
+        float(stop_loss),
+        float(take_profit),
+    )
+
+
+_UNIT = KellyParams(use_kelly=False, window_trades=1)
+
+
+def score_candidate(
+    candidate: Candidate, fit_env: EnvArrays, val_env: EnvArrays
+) -> tuple[tuple[float, float, float], dict[str, float]]:
+    """Train on ``fit_env``, walk ``val_env``; ((return, Sharpe, -drawdown), facts)."""
+    params = candidate.params
+    agent = train(fit_env, params)
+    _, in_sample, _ = walk(agent.q, fit_env, params, _UNIT, candidate.stop_loss, candidate.take_profit)
+    equity, trades, forced = walk(
+        agent.q, val_env, params, params.kelly, candidate.stop_loss, candidate.take_profit, in_sample
+    )
+    total = float(equity[-1] - 1.0)
+    sharpe = sharpe_ratio(equity[1:] / equity[:-1] - 1.0, val_env.bars_per_year())
+    drawdown = max_drawdown(equity)
+    objectives = tuple(float(np.nan_to_num(x, nan=0.0, posinf=1e6, neginf=-1e6)) for x in (total, sharpe))
+    facts = {"n_trades": float(trades.shape[0]), "forced_exits": float(forced)}
+    return (objectives[0], objectives[1], -float(drawdown)), facts
+
+
+def evaluate_genome(data: FitnessData, slice_name: str, genome: Genome) -> tuple[float, float, float]:
+    """The fitness the optimiser maximises: (total return, Sharpe, -max drawdown) on validation."""
+    candidate = data.space.decode(genome, data.base)
+    fit_env, val_env = data.envs(slice_name, candidate.params.bins, candidate.windows, data.base.allow_short)
+    objectives, _ = score_candidate(candidate, fit_env, val_env)
+    return objectives

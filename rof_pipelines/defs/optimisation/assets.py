@@ -1,0 +1,193 @@
+"""``ga_population``: the genetic optimiser's final population for one market and day."""
+
+import base64
+import io
+import time
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from dagster import AssetExecutionContext, AssetIn, Config, Failure, MetadataValue, Output, asset
+
+from rof_pipelines.adapters.optimisation import prepare_optimisation, run_optimisation
+from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.core.ga.engine import OBJECTIVES, GAResult, objectives_dict
+from rof_pipelines.core.windows import split_train_test
+from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown, metrics_markdown
+from rof_pipelines.defs.rl.assets import MAX_WINDOW_DAYS, window_frame
+from rof_pipelines.errors import TransientError
+from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions, trailing_days
+
+
+class GAPopulationConfig(Config):
+    """Run-time overrides of ``ab_tests.experiment.ga`` (a smaller GA for a quick look, say)."""
+
+    generations: Optional[int] = None  # noqa: UP045 - Dagster's config schema needs Optional
+    population_size: Optional[int] = None  # noqa: UP045
+    workers: Optional[int] = None  # noqa: UP045 - default: worker_pool.ab_optimizer.max_workers
+
+
+def population_frame(result: GAResult) -> pd.DataFrame:
+    """One row per final genome: decoded genes, objectives, front membership, champion."""
+    genes = pd.DataFrame(result.genomes, columns=list(result.space.names))
+    objectives = pd.DataFrame([objectives_dict(f) for f in result.fitness], columns=list(OBJECTIVES))
+    frame = pd.concat([genes, objectives], axis=1)
+    frame["pareto"] = result.pareto
+    frame["champion"] = np.arange(len(frame)) == result.champion
+    return frame
+
+
+def pareto_plot_markdown(frame: pd.DataFrame) -> MetadataValue:
+    """Return against drawdown, Sharpe as colour; the front highlighted, the champion starred."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 3.6), dpi=100)
+    rest, front = frame[~frame["pareto"]], frame[frame["pareto"]]
+    axes.scatter(rest["max_drawdown"], rest["total_return"], c="lightgrey", s=14, label="population")
+    points = axes.scatter(
+        front["max_drawdown"],
+        front["total_return"],
+        c=front["sharpe"],
+        cmap="viridis",
+        s=28,
+        label="Pareto front",
+    )
+    champ = frame[frame["champion"]]
+    axes.scatter(champ["max_drawdown"], champ["total_return"], marker="*", s=220, c="red", label="champion")
+    figure.colorbar(points, ax=axes, label="Sharpe")
+    axes.set_xlabel("max drawdown")
+    axes.set_ylabel("total return")
+    axes.set_title("Final population (validation part of the training data)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return MetadataValue.md(f"![Pareto front](data:image/png;base64,{encoded})")
+
+
+@asset(
+    partitions_def=market_day_partitions,
+    group_name="optimisation",
+    io_manager_key="frame_io_manager",
+    kinds={"pandas", "numba"},
+    ins={"indicator_frame": AssetIn(partition_mapping=trailing_days(MAX_WINDOW_DAYS))},
+)
+def ga_population(
+    context: AssetExecutionContext,
+    config: GAPopulationConfig,
+    settings: RofSettings,
+    state_store: StateStoreResource,
+    indicator_frame: pd.DataFrame,
+):
+    """NSGA-II search (pygad) over the RL agent's and the strategy's parameters for the market, on the
+    training part (first 70 %) of the `ab_tests.data_period` window ending with this day - never its
+    held-out part. Objectives: return, Sharpe and max drawdown of the trained agent on the last
+    `validation_fraction` of that training part. Checkpoints every `checkpoint_interval` generations
+    into the state store and resumes from them after a restart. Stored: the final population with its
+    objectives, Pareto-front flags and the champion (rule: core/ga/engine.py)."""
+    settings_obj = settings.load()
+    market, day = market_and_day(context.partition_key)
+    period = pd.Timedelta(settings_obj.ab_tests.data_period)
+    if period > pd.Timedelta(days=MAX_WINDOW_DAYS):
+        raise Failure(
+            description=f"ab_tests.data_period {period} is longer than the {MAX_WINDOW_DAYS} days read",
+            allow_retries=False,
+        )
+    _, end = day_bounds(day)
+    end_ts = pd.Timestamp(end)
+    frame = window_frame(indicator_frame, end_ts, period)
+    split = split_train_test(frame)
+    if len(split.train) < 200:
+        raise Failure(description=f"only {len(split.train)} training bars in the window for {market}")
+    overrides = {
+        name: value
+        for name, value in (("generations", config.generations), ("population_size", config.population_size))
+        if value is not None
+    }
+    if "population_size" in overrides:
+        size = overrides["population_size"]
+        overrides.update(min_population=min(size, 20), max_population=max(size, 2 * size))
+    job = prepare_optimisation(
+        settings_obj,
+        market.key,
+        split.train,
+        (end_ts - period).to_pydatetime(),
+        end_ts.to_pydatetime(),
+        workers=config.workers,
+        ga_overrides=overrides,
+    )
+
+    def log_generation(stats: dict) -> None:
+        context.log.info(
+            f"{market} generation {stats['generation']}/{job.ga.generations}: best Sharpe "
+            f"{stats['best_sharpe']:.3f}, best return {stats['best_return']:+.4f}, population "
+            f"{stats['population']}, mutation {stats['mutation_rate']:.3f}, ETA {stats['eta_seconds']:.1f}s"
+        )
+
+    started = time.perf_counter()
+    try:
+        with state_store.open() as store:
+            result = run_optimisation(job, store, on_generation=log_generation)
+        checkpointing = "state store"
+    except TransientError as exc:
+        context.log.warning(f"state store unavailable, optimising {market} without checkpoints: {exc}")
+        result = run_optimisation(job, None, on_generation=log_generation)
+        checkpointing = f"none (state store unavailable: {type(exc).__name__})"
+    wall = time.perf_counter() - started
+
+    population = population_frame(result)
+    champion = result.space.decode(result.champion_genome, job.data.base)
+    history = result.history
+    gens = [h["generation"] for h in history]
+    champion_objectives = finite_metadata(result.champion_objectives())
+    yield Output(
+        population,
+        metadata={
+            "market": market.key,
+            "date": day.isoformat(),
+            "task_id": job.key.task_id,
+            "experiment_id": job.key.experiment_id,
+            "train_bars": len(split.train),
+            "window_start": str(frame.index[0]),
+            "window_end": str(frame.index[-1]),
+            "generations_run": result.generations_run,
+            "stop_reason": result.stop_reason,
+            "resumed_from_generation": -1 if result.resumed_from is None else result.resumed_from,
+            "checkpointing": checkpointing,
+            "workers": job.workers,
+            "evaluations": result.evaluations,
+            "cache_hits": result.cache_hits,
+            "wall_seconds": round(wall, 3),
+            "population_size": len(population),
+            "pareto_size": int(population["pareto"].sum()),
+            "champion_rule": "Pareto-front member nearest the ideal point after min-max normalising "
+            "each objective over the front; ties: Sharpe, return, drawdown, genome",
+            "champion_params": MetadataValue.json(champion.to_dict()),
+            "champion": metrics_markdown({"champion (validation)": champion_objectives}),
+            **{f"champion/{k}": v for k, v in champion_objectives.items()},
+            "fitness_per_generation": line_plot_markdown(
+                "Sharpe per generation",
+                {
+                    "best Sharpe": [h["best_sharpe"] for h in history],
+                    "mean Sharpe": [h["mean_sharpe"] for h in history],
+                },
+                "generation",
+                "Sharpe",
+                x=gens,
+            ),
+            "return_per_generation": line_plot_markdown(
+                "Return per generation",
+                {
+                    "best return": [h["best_return"] for h in history],
+                    "mean return": [h["mean_return"] for h in history],
+                },
+                "generation",
+                "total return",
+                x=gens,
+            ),
+            "pareto_front": pareto_plot_markdown(population),
+        },
+    )

@@ -1,0 +1,129 @@
+"""ga_population through Dagster: a small GA on one day, its population frame and UI metadata, a
+rerun answered from the final checkpoint, and a run without a reachable state store."""
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from dagster import AssetKey, instance_for_test, materialize
+
+from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
+from rof_pipelines.adapters.quote_stores import open_quote_store
+from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
+from rof_pipelines.adapters.state_store import StateStore
+from rof_pipelines.core.market import Market
+from rof_pipelines.core.quotes import generate_quotes
+from rof_pipelines.defs.indicators.assets import indicator_frame
+from rof_pipelines.defs.optimisation.assets import ga_population
+from rof_pipelines.defs.quotes.assets import quote_snapshots
+from rof_pipelines.partitions import market_day_key, markets_partitions
+from rof_pipelines.settings import load_settings
+
+TON = Market.parse("binance:TONUSDT")
+DAY = date(2026, 11, 20)
+RUN_CONFIG = {"ops": {"ga_population": {"config": {"generations": 3, "population_size": 8, "workers": 2}}}}
+
+
+def write_config(tmp_path: Path, state_storage: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    config = {
+        "storage": {"data_dir": str(tmp_path / "data"), "quote_store": "parquet"},
+        "state_storage": state_storage,
+        "ai_config": {"rl": {"episodes": 3}},
+        "ab_tests": {
+            "experiment": {"ga": {"min_population": 8}},
+            "state_management": {"checkpoint_interval": 2},
+        },
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def materialize_day(config_path: Path, instance, assets=None):
+    settings = load_settings(config_path, environ={})
+    start = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC)
+    with open_quote_store(settings) as store:
+        if store.time_range(TON) is None:
+            store.write(
+                TON, generate_quotes(TON, start - timedelta(days=1), start + timedelta(days=1), seed=9)
+            )
+    resource = RofSettings(config_path=str(config_path))
+    instance.add_dynamic_partitions(markets_partitions.name, [TON.key])
+    return materialize(
+        assets or [quote_snapshots, indicator_frame, ga_population],
+        partition_key=market_day_key(TON, DAY),
+        instance=instance,
+        run_config=RUN_CONFIG,
+        resources={
+            "settings": resource,
+            "quote_store": QuoteStoreResource(settings=resource),
+            "state_store": StateStoreResource(settings=resource),
+            "frame_io_manager": ParquetFrameIOManager(settings=resource),
+        },
+    )
+
+
+def metadata(result) -> dict:
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization.asset_key == AssetKey("ga_population"):
+            return {key: value.value for key, value in materialization.metadata.items()}
+    raise AssertionError("ga_population was not materialised")
+
+
+@pytest.fixture
+def state_storage(pg_database) -> dict:
+    return {
+        "db_host": pg_database["db_host"],
+        "db_user": pg_database["db_user"],
+        "db_name": pg_database["db_name"],
+        "db_password": "",
+        "schema": "rof_state",
+    }
+
+
+def test_ga_population_stores_the_final_population_and_shows_the_run(tmp_path, state_storage):
+    config_path = write_config(tmp_path, state_storage)
+    with instance_for_test() as instance:
+        result = materialize_day(config_path, instance)
+        assert result.success
+        logs = " ".join(str(record) for record in instance.all_logs(result.run_id))
+        meta = metadata(result)
+        assert meta["train_bars"] == 1008  # the 70 % training part of one day, never the held-out 30 %
+        assert meta["generations_run"] == 3 and meta["checkpointing"] == "state store"
+        assert meta["resumed_from_generation"] == -1 and meta["workers"] == 2
+        assert meta["evaluations"] > 0 and meta["cache_hits"] >= 0 and meta["wall_seconds"] > 0
+        for key in ("fitness_per_generation", "return_per_generation", "pareto_front"):
+            assert meta[key].startswith("![")
+        assert set(meta["champion_params"]) == {"rl", "indicator_windows", "strategy"}
+        assert "champion/sharpe" in meta and "champion/max_drawdown" in meta
+        assert "generation 3/3: best Sharpe" in logs
+
+        frame = pd.read_parquet(meta["path"])
+        assert len(frame) == meta["population_size"] and frame["champion"].sum() == 1
+        assert frame.loc[frame["champion"], "pareto"].all()
+        assert {"alpha", "rsi_window", "stop_loss", "total_return", "sharpe", "max_drawdown"} <= set(
+            frame.columns
+        )
+
+        settings = load_settings(config_path, environ={})
+        with StateStore(settings.state_storage) as store:
+            progress = store.get_progress(meta["task_id"])
+        assert progress is not None and progress.status == "completed" and progress.generation == 3
+
+        # The same task again: answered from its final checkpoint, same population.
+        again = materialize_day(config_path, instance)
+        meta2 = metadata(again)
+        assert meta2["resumed_from_generation"] == 3 and meta2["evaluations"] == 0
+        assert pd.read_parquet(meta2["path"]).equals(frame)
+
+
+def test_unreachable_state_store_means_no_checkpoints_not_failure(tmp_path):
+    config_path = write_config(tmp_path, {"db_host": "127.0.0.1:1", "db_user": "nobody", "db_password": "x"})
+    with instance_for_test() as instance:
+        result = materialize_day(config_path, instance)
+        assert result.success
+    meta = metadata(result)
+    assert meta["checkpointing"].startswith("none (state store unavailable")
