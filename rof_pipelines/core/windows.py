@@ -3,6 +3,9 @@ out-of-sample evaluation (backtest, A/B test) sees. Every consumer uses this one
 from the held-out part can leak into training."""
 
 from dataclasses import dataclass
+from datetime import timedelta
+from itertools import pairwise
+from typing import Literal
 
 import pandas as pd
 
@@ -27,3 +30,68 @@ def split_train_test(frame: pd.DataFrame, train_fraction: float = DEFAULT_TRAIN_
     ordered = frame.sort_index()
     cut = round(len(ordered) * train_fraction)  # round: 0.7 * 1440 is 1007.99... in floating point
     return WindowSplit(train=ordered.iloc[:cut], test=ordered.iloc[cut:])
+
+
+# --- walk-forward folds -------------------------------------------------------------------------------
+
+FoldScheme = Literal["expanding", "rolling"]
+
+
+@dataclass(frozen=True)
+class Fold(WindowSplit):
+    """One walk-forward fold: its ``train`` bars all lie before its ``test`` bars (and before the
+    embargo gap that separates them)."""
+
+    number: int  # 0 = the earliest test block
+
+
+def walk_forward_folds(
+    frame: pd.DataFrame,
+    n_folds: int = 1,
+    train_fraction: float = DEFAULT_TRAIN_FRACTION,
+    *,
+    scheme: FoldScheme = "expanding",
+    embargo: int | timedelta = 0,
+    min_bars: int = 2,
+) -> list[Fold]:
+    """Walk-forward folds over the same held-out part :func:`split_train_test` cuts off.
+
+    The last ``1 - train_fraction`` of the bars (the cut rounds as in ``split_train_test``) is divided
+    into ``n_folds`` consecutive test blocks of near-equal length. Fold k trains on the bars before
+    its test block: all of them ("expanding") or as many as the first fold has ("rolling", a window of
+    constant length). ``embargo`` (bars, or a time span) drops the training bars right before each test
+    block, for features or rewards that look ahead or overlap; the causal indicator frame needs none.
+    With one fold and no embargo the fold equals ``split_train_test(frame, train_fraction)``. Later
+    folds train on earlier test blocks, never on their own or later ones.
+    """
+    if n_folds < 1:
+        raise ValueError(f"n_folds must be >= 1, got {n_folds}")
+    if scheme not in ("expanding", "rolling"):
+        raise ValueError(f"scheme must be 'expanding' or 'rolling', got {scheme!r}")
+    by_time = isinstance(embargo, timedelta)  # pd.Timedelta is one
+    if embargo < (timedelta(0) if by_time else 0):  # type: ignore[operator]
+        raise ValueError(f"embargo must be >= 0, got {embargo}")
+    data = frame.sort_index()
+    cut = len(split_train_test(data, train_fraction).train)  # validates the fraction; the same cut
+    held = len(data) - cut
+    edges = [cut + held * k // n_folds for k in range(n_folds + 1)]
+    if min(b - a for a, b in pairwise(edges)) < min_bars:
+        raise ValueError(f"{held} held-out bars cannot make {n_folds} test blocks of >= {min_bars} bars")
+
+    def train_end(test_start: int) -> int:
+        if by_time:
+            if not isinstance(data.index, pd.DatetimeIndex):
+                raise ValueError("a time-span embargo needs a DatetimeIndex")
+            limit = data.index[test_start] - pd.Timedelta(embargo)
+            return int(data.index.searchsorted(limit, side="left"))
+        return test_start - int(embargo)  # type: ignore[arg-type]
+
+    window = train_end(edges[0])
+    folds = []
+    for k in range(n_folds):
+        end = train_end(edges[k])
+        start = 0 if scheme == "expanding" else max(0, end - window)
+        if end - start < min_bars:
+            raise ValueError(f"fold {k} would train on {max(end - start, 0)} bars (< {min_bars})")
+        folds.append(Fold(train=data.iloc[start:end], test=data.iloc[edges[k] : edges[k + 1]], number=k))
+    return folds
