@@ -329,6 +329,22 @@ def bench_indicators(rows: int = 1_000_000) -> None:
     _emit(run(rows))
 
 
+@bench_app.command("sensor")
+def bench_sensor(messages: int = 20, spacing: float = 1.5, interval: int = 5) -> None:
+    """Publish-to-run-request delay through the real dagster-daemon, RabbitMQ and state store."""
+    from rof_pipelines.bench.sensor import bench_sensor as run
+
+    _emit(run(messages, spacing, interval))
+
+
+@bench_app.command("ga")
+def bench_ga(workers: Annotated[int, typer.Option(help="worker processes to compare with 1")] = 2) -> None:
+    """Genetic optimiser: population 50 x 20 generations on 7 days of 1-minute bars, 1 vs K workers."""
+    from rof_pipelines.bench.ga import bench_ga as run
+
+    _emit(run(workers))
+
+
 @bench_app.command("rl")
 def bench_rl(bars: int = 1_000_000, episodes: int = 20) -> None:
     """RL training kernel steps/s, and the ratio to the C yardstick (../shared/bench/ref-rl)."""
