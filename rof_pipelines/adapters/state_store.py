@@ -140,6 +140,18 @@ def build_metadata(schema: str) -> sa.MetaData:
         ),
         sa.Index("ix_ga_checkpoints_created_at", "created_at"),
     )
+    sa.Table(  # 0004: see rof_pipelines/adapters/config_versions.py
+        "config_versions",
+        metadata,
+        sa.Column("seq", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
+        sa.Column("sha256", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), nullable=False),
+        sa.Column("source_path", sa.Text(), nullable=False),
+        sa.Column("changed_keys", postgresql.JSONB(), nullable=False, server_default=sa.text("'[]'::jsonb")),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("recorded_at", tstz, nullable=False, server_default=sa.func.now()),
+        sa.CheckConstraint("status IN ('applied', 'refused')", name="ck_config_versions_status"),
+    )
     return metadata
 
 

@@ -40,8 +40,15 @@ from rof_pipelines.settings import (
 )
 
 PASSWORD = "s3cr3t-pw"
-HEAD = "0003"
-TABLES = {"alembic_version", "worker_progress", "active_strategy_configs", "message_inbox", "ga_checkpoints"}
+HEAD = "0004"
+TABLES = {
+    "alembic_version",
+    "worker_progress",
+    "active_strategy_configs",
+    "message_inbox",
+    "ga_checkpoints",
+    "config_versions",
+}
 MARKET = "binance:TONUSDT"
 
 pytestmark = pytest.mark.postgres
