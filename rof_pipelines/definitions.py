@@ -12,6 +12,7 @@ from rof_pipelines.adapters.resources import (
 from rof_pipelines.defs.indicators.assets import indicator_frame
 from rof_pipelines.defs.jobs import all_market_day_assets_job, market_data_job, nightly_optimisation_job
 from rof_pipelines.defs.ops.backups import state_backup_job, state_backup_schedule
+from rof_pipelines.defs.ops.config_reload import config_reload_sensor
 from rof_pipelines.defs.ops.messaging import backup_sensor, quotes_updated_sensor, tasks_sensor
 from rof_pipelines.defs.ops.schedules import nightly_optimisation_schedule
 from rof_pipelines.defs.ops.sensors import market_discovery_sensor
@@ -25,7 +26,7 @@ defs = Definitions(
     assets=[quote_snapshots, indicator_frame, q_table, ga_population],
     jobs=[market_data_job, all_market_day_assets_job, nightly_optimisation_job, state_backup_job],
     schedules=[nightly_optimisation_schedule, state_backup_schedule],
-    sensors=[market_discovery_sensor, tasks_sensor, quotes_updated_sensor, backup_sensor],
+    sensors=[market_discovery_sensor, tasks_sensor, quotes_updated_sensor, backup_sensor, config_reload_sensor],
     resources={
         "settings": settings_resource,
         "quote_store": QuoteStoreResource(settings=settings_resource),

@@ -2,14 +2,16 @@
 (hot reload)."""
 
 import threading
+from pathlib import Path
 from typing import Optional
 
 from dagster import ConfigurableResource
 
+from rof_pipelines.adapters.config_versions import load_in_force
 from rof_pipelines.adapters.quote_stores import QuoteStore, open_quote_store
 from rof_pipelines.adapters.rabbitmq import RabbitMQ
 from rof_pipelines.adapters.state_store import StateStore, ensure_migrated
-from rof_pipelines.settings import Settings, load_settings
+from rof_pipelines.settings import Settings, config_path_from_env
 
 
 class RofSettings(ConfigurableResource):
@@ -19,7 +21,11 @@ class RofSettings(ConfigurableResource):
     config_path: Optional[str] = None  # noqa: UP045 - Dagster's config schema needs Optional
 
     def load(self) -> Settings:
-        return load_settings(self.config_path)
+        """The configuration in force: an invalid edit of the file leaves the last valid one."""
+        return load_in_force(Path(self.config_path) if self.config_path else None)
+
+    def path(self) -> Path:
+        return Path(self.config_path) if self.config_path else config_path_from_env()
 
 
 class QuoteStoreResource(ConfigurableResource):

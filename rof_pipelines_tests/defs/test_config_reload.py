@@ -1,0 +1,81 @@
+"""Hot reload: an edit is picked up without restart; an invalid edit is refused, recorded, and the
+last valid version stays in force; only key paths are recorded, never values."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import yaml
+from dagster import build_sensor_context, instance_for_test
+
+from rof_pipelines.adapters.config_versions import config_versions
+from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.adapters.state_store import StateStore
+from rof_pipelines.defs.ops.config_reload import config_reload_sensor
+
+SECRET = "n3w-s3cr3t-value"
+
+
+def write(path: Path, state: dict, **storage) -> None:
+    path.write_text(
+        yaml.safe_dump({"state_storage": state, "storage": {"data_dir": str(path.parent / "d"), **storage}})
+    )
+
+
+def tick(instance, resources, cursor):
+    with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = config_reload_sensor(context)
+        return result, context.cursor
+
+
+def test_edits_apply_without_restart_and_bad_edits_are_refused(tmp_path, pg_database):
+    state = {
+        "db_host": pg_database["db_host"],
+        "db_user": pg_database["db_user"],
+        "db_name": pg_database["db_name"],
+        "db_password": "",
+        "schema": "rof_state",
+    }
+    config = tmp_path / "config.yaml"
+    write(config, state, bar_interval="1m")
+    settings = RofSettings(config_path=str(config))
+    resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
+    with instance_for_test() as instance:
+        result, cursor = tick(instance, resources, None)
+        assert "applied" in result.skip_message
+        assert settings.load().storage.bar_interval == timedelta(minutes=1)
+        result, cursor = tick(instance, resources, cursor)
+        assert result.skip_message == "config.yaml unchanged"
+
+        write(config, state, bar_interval="5m", postgres={"db_password": SECRET})
+        result, cursor = tick(instance, resources, cursor)
+        assert "changed keys: storage.bar_interval, storage.postgres.db_password" in result.skip_message
+        assert settings.load().storage.bar_interval == timedelta(minutes=5)  # same resource, no restart
+
+        write(config, state, bar_interval="7m")  # does not divide a day evenly: invalid
+        result, cursor = tick(instance, resources, cursor)
+        assert result.skip_message.startswith("REFUSED")
+        assert "storage.bar_interval: bar_interval must divide a day evenly" in result.skip_message
+        assert settings.load().storage.bar_interval == timedelta(minutes=5)  # the last valid one
+
+        result, _ = tick(instance, resources, cursor)
+        assert result.skip_message == "config.yaml unchanged"  # refused once, not every tick
+
+    with StateStore(settings.load().state_storage) as store:
+        rows = config_versions(store)
+    assert [row["status"] for row in rows] == ["refused", "applied", "applied"]
+    assert rows[0]["changed_keys"] == ["storage.bar_interval", "storage.postgres.db_password"]
+    assert "bar_interval" in rows[0]["error"]
+    assert all(SECRET not in str(row) for row in rows)
+
+
+def test_state_store_down_defers_recording_but_still_protects_runs(tmp_path):
+    config = tmp_path / "config.yaml"
+    state = {"db_host": "127.0.0.1:1", "db_user": "x", "db_password": "pw"}
+    write(config, state, bar_interval="15m")
+    settings = RofSettings(config_path=str(config))
+    resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
+    with instance_for_test() as instance:
+        result, cursor = tick(instance, resources, None)
+    assert "not yet recorded" in result.skip_message and cursor is None
+    write(config, state, bar_interval="nonsense")
+    assert settings.load().storage.bar_interval == timedelta(minutes=15)
