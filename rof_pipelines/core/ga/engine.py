@@ -49,6 +49,7 @@ import numpy as np
 
 from rof_pipelines.core.ga.fitness import FULL, SAMPLE, FitnessData, evaluate_genome
 from rof_pipelines.core.ga.space import Genome, SearchSpace, UnitGenome, derive_seed
+from rof_pipelines.errors import TransientError
 
 OBJECTIVES = ("total_return", "sharpe", "max_drawdown")
 CHECKPOINT_FORMAT = "rof.ga.checkpoint"
@@ -111,6 +112,16 @@ class GASettings:
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
+
+
+class Interrupted(TransientError):
+    """The run was asked to stop after a generation; that generation is checkpointed (when the run
+    has a checkpoint sink), so running the task again resumes from it."""
+
+    def __init__(self, generation: int, *, saved: bool) -> None:
+        self.generation = generation
+        where = "checkpoint saved; a rerun resumes from it" if saved else "no checkpoint sink: progress lost"
+        super().__init__(f"optimisation stopped after generation {generation} on request ({where})")
 
 
 class CheckpointSink(Protocol):
@@ -592,8 +603,13 @@ def optimise(
     checkpoints: CheckpointSink | None = None,
     on_generation: Callable[[dict[str, Any]], None] | None = None,
     start_method: str | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> GAResult:
-    """Run (or resume from ``checkpoints``' newest) the optimisation and return the final population."""
+    """Run (or resume from ``checkpoints``' newest) the optimisation and return the final population.
+
+    ``stop_requested`` is asked after every generation; when it says yes (a SIGTERM, say) that
+    generation is checkpointed, whatever the interval, and :class:`Interrupted` is raised, so a
+    restart resumes exactly there."""
     space = data.space
     started = time.perf_counter()
     payload = checkpoints.latest() if checkpoints is not None else None
@@ -627,9 +643,15 @@ def optimise(
             if on_generation is not None:
                 on_generation({**s.history[-1], "eta_seconds": per_gen * left, "final": final})
 
-        def checkpoint(s: RunState, final: bool) -> None:
-            if checkpoints is not None and (final or s.generation % settings.checkpoint_interval == 0):
+        def after_generation(s: RunState, final: bool) -> None:
+            on_interval = s.generation % settings.checkpoint_interval == 0
+            if checkpoints is not None and (final or on_interval):
                 checkpoints.save(s.generation, s.to_payload(settings), final=final)
+            report(s, final=final)
+            if not final and stop_requested is not None and stop_requested():
+                if checkpoints is not None and not on_interval:
+                    checkpoints.save(s.generation, s.to_payload(settings), final=False)
+                raise Interrupted(s.generation, saved=checkpoints is not None)
 
         if state is None:
             t0 = time.perf_counter()
@@ -648,8 +670,7 @@ def optimise(
             )
             state.history.append(_stats(state, space, time.perf_counter() - t0, evaluator))
             sync(state, started)
-            checkpoint(state, final=False)
-            report(state, final=False)
+            after_generation(state, final=False)
         elif state.stop_reason is None:
             evaluator.seed(state.population, state.fitness, state.slice_name)
 
@@ -720,8 +741,7 @@ def optimise(
                 {**_stats(state, space, time.perf_counter() - t0, evaluator), "improved": improved}
             )
             sync(state, started)
-            checkpoint(state, final=stop is not None)
-            report(state, final=stop is not None)
+            after_generation(state, final=stop is not None)
 
     fitness_arr = np.asarray(state.fitness, dtype=np.float64)
     return GAResult(
