@@ -46,7 +46,7 @@ import pika.exceptions as pex
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
-from rof_pipelines.adapters.breakers import guarded_call
+from rof_pipelines.adapters.breakers import guarded_call, scrub
 from rof_pipelines.adapters.messages import (
     CONTENT_TYPE,
     QUEUE_SUFFIX,
@@ -367,9 +367,7 @@ class RabbitMQ:
         return queue.removeprefix(self.queue_prefix + ".")
 
     def _scrub(self, text: str) -> str:
-        for secret in reversed(self._secrets):
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, *self._secrets)
 
     def _parameters(self) -> pika.URLParameters:
         url = self.config.url.get_secret_value()

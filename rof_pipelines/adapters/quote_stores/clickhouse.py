@@ -20,7 +20,7 @@ import pyarrow as pa
 from clickhouse_connect.driver import exceptions as ch_errors
 from clickhouse_connect.driver.client import Client
 
-from rof_pipelines.adapters.breakers import guarded_call
+from rof_pipelines.adapters.breakers import error_message, guarded_call
 from rof_pipelines.adapters.quote_stores import validated_quotes
 from rof_pipelines.adapters.quote_stores.base import QuoteStore
 from rof_pipelines.core.market import (
@@ -129,10 +129,7 @@ class ClickHouseQuoteStore(QuoteStore):
 
     def _translate(self, exc: BaseException) -> RofError:
         """Driver errors -> project errors; lost connections, timeouts and overload are transient."""
-        message = f"{self.describe()}: {type(exc).__name__}: {exc}"
-        password = self._config.db_password.get_secret_value()
-        if password:
-            message = message.replace(password, "***")
+        message = error_message(self.describe(), exc, self._config.db_password.get_secret_value())
         code = getattr(exc, "code", None)
         if isinstance(exc, ch_errors.DataError) or code in DATA_CODES:
             return DataValidationError(message)

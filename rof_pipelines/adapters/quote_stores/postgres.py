@@ -17,7 +17,7 @@ import pandas as pd
 import psycopg
 from psycopg import pq, sql
 
-from rof_pipelines.adapters.breakers import guarded_call
+from rof_pipelines.adapters.breakers import error_message, guarded_call
 from rof_pipelines.adapters.quote_stores import validated_quotes
 from rof_pipelines.adapters.quote_stores.base import QuoteStore
 from rof_pipelines.core.market import (
@@ -115,10 +115,7 @@ class PostgresQuoteStore(QuoteStore):
 
     def _translate(self, exc: BaseException) -> RofError:
         """Driver errors -> project errors; lost connections and timeouts are the transient ones."""
-        message = f"{self.describe()}: {type(exc).__name__}: {exc}"
-        password = self._config.db_password.get_secret_value()
-        if password:
-            message = message.replace(password, "***")
+        message = error_message(self.describe(), exc, self._config.db_password.get_secret_value())
         if isinstance(exc, psycopg.errors.UndefinedTable):
             return PermanentError(f"{message} (run ensure_schema() first)")
         if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
