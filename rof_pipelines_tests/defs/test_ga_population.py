@@ -1,25 +1,20 @@
 """ga_population through Dagster: a small GA on one day, its population frame and UI metadata, a
 rerun answered from the final checkpoint, and a run without a reachable state store."""
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
-from dagster import AssetKey, instance_for_test, materialize
+from dagster import instance_for_test
 
-from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
-from rof_pipelines.adapters.quote_stores import open_quote_store
-from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.core.market import Market
-from rof_pipelines.core.quotes import generate_quotes
 from rof_pipelines.defs.indicators.assets import indicator_frame
 from rof_pipelines.defs.optimisation.assets import ga_population
 from rof_pipelines.defs.quotes.assets import quote_snapshots
-from rof_pipelines.partitions import market_day_key, markets_partitions
 from rof_pipelines.settings import load_settings
+from rof_pipelines_tests.defs.support import asset_metadata, materialize_market_day
 
 TON = Market.parse("binance:TONUSDT")
 DAY = date(2026, 11, 20)
@@ -42,46 +37,18 @@ def write_config(tmp_path: Path, state_storage: dict) -> Path:
 
 
 def materialize_day(config_path: Path, instance, assets=None):
-    settings = load_settings(config_path, environ={})
-    start = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC)
-    with open_quote_store(settings) as store:
-        if store.time_range(TON) is None:
-            store.write(
-                TON, generate_quotes(TON, start - timedelta(days=1), start + timedelta(days=1), seed=9)
-            )
-    resource = RofSettings(config_path=str(config_path))
-    instance.add_dynamic_partitions(markets_partitions.name, [TON.key])
-    return materialize(
+    return materialize_market_day(
+        config_path,
+        instance,
         assets or [quote_snapshots, indicator_frame, ga_population],
-        partition_key=market_day_key(TON, DAY),
-        instance=instance,
-        run_config=RUN_CONFIG,
-        resources={
-            "settings": resource,
-            "quote_store": QuoteStoreResource(settings=resource),
-            "state_store": StateStoreResource(settings=resource),
-            "frame_io_manager": ParquetFrameIOManager(settings=resource),
-        },
+        TON,
+        DAY,
+        RUN_CONFIG,
     )
 
 
 def metadata(result) -> dict:
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        if materialization.asset_key == AssetKey("ga_population"):
-            return {key: value.value for key, value in materialization.metadata.items()}
-    raise AssertionError("ga_population was not materialised")
-
-
-@pytest.fixture
-def state_storage(pg_database) -> dict:
-    return {
-        "db_host": pg_database["db_host"],
-        "db_user": pg_database["db_user"],
-        "db_name": pg_database["db_name"],
-        "db_password": "",
-        "schema": "rof_state",
-    }
+    return asset_metadata(result, "ga_population")
 
 
 def test_ga_population_stores_the_final_population_and_shows_the_run(tmp_path, state_storage):

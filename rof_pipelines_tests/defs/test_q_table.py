@@ -1,26 +1,21 @@
 """q_table through Dagster: trains with the market's active parameters, stores a reloadable agent,
 shows its plots; an unreachable state store means config defaults, said plainly."""
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
-from dagster import AssetKey, instance_for_test, materialize
+from dagster import instance_for_test
 
-from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
-from rof_pipelines.adapters.quote_stores import open_quote_store
-from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.core.market import Market
-from rof_pipelines.core.quotes import generate_quotes
 from rof_pipelines.core.rl import TrainedAgent
 from rof_pipelines.defs.indicators.assets import indicator_frame
 from rof_pipelines.defs.quotes.assets import quote_snapshots
 from rof_pipelines.defs.rl.assets import q_table
-from rof_pipelines.partitions import market_day_key, markets_partitions
 from rof_pipelines.settings import load_settings
+from rof_pipelines_tests.defs.support import asset_metadata, materialize_market_day
 
 TON = Market.parse("binance:TONUSDT")
 DAY = date(2026, 11, 20)
@@ -38,42 +33,13 @@ def write_config(tmp_path: Path, state_storage: dict) -> Path:
 
 
 def materialize_day(tmp_path: Path, config_path: Path, instance):
-    settings = load_settings(config_path, environ={})
-    start = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC)
-    with open_quote_store(settings) as store:
-        store.write(TON, generate_quotes(TON, start - timedelta(days=1), start + timedelta(days=1), seed=9))
-    resource = RofSettings(config_path=str(config_path))
-    instance.add_dynamic_partitions(markets_partitions.name, [TON.key])
-    return materialize(
-        [quote_snapshots, indicator_frame, q_table],
-        partition_key=market_day_key(TON, DAY),
-        instance=instance,
-        resources={
-            "settings": resource,
-            "quote_store": QuoteStoreResource(settings=resource),
-            "state_store": StateStoreResource(settings=resource),
-            "frame_io_manager": ParquetFrameIOManager(settings=resource),
-        },
+    return materialize_market_day(
+        config_path, instance, [quote_snapshots, indicator_frame, q_table], TON, DAY
     )
 
 
 def q_table_metadata(result) -> dict:
-    for event in result.get_asset_materialization_events():
-        materialization = event.step_materialization_data.materialization
-        if materialization.asset_key == AssetKey("q_table"):
-            return {key: value.value for key, value in materialization.metadata.items()}
-    raise AssertionError("q_table was not materialised")
-
-
-@pytest.fixture
-def state_storage(pg_database) -> dict:
-    return {
-        "db_host": pg_database["db_host"],
-        "db_user": pg_database["db_user"],
-        "db_name": pg_database["db_name"],
-        "db_password": "",
-        "schema": "rof_state",
-    }
+    return asset_metadata(result, "q_table")
 
 
 def test_q_table_trains_with_defaults_and_stores_a_reloadable_agent(tmp_path, state_storage):
