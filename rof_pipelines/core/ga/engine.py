@@ -36,7 +36,6 @@ switch the population is re-scored on the full data and the improvement history 
 """
 
 import logging
-import math
 import multiprocessing
 import time
 from collections import OrderedDict
@@ -340,7 +339,7 @@ class Evaluator:
             if self._pool is None:
                 results = [evaluate_genome(self.data, slice_name, k[0]) for k in missing]
             else:
-                chunk = max(1, math.ceil(len(tasks) / (self.workers * 4)))
+                chunk = 1  # genomes differ in cost (indicator windows): hand them out one by one
                 results = list(self._pool.map(_evaluate_task, tasks, chunksize=chunk))
             for key, value in zip(missing, results, strict=True):
                 self._remember(key, tuple(float(x) for x in value))  # type: ignore[arg-type]
