@@ -25,7 +25,12 @@ def settings_at_load() -> Settings:
 def pool_tags(pool: str) -> dict[str, str]:
     """Run tags that put a job into one of the seed's worker pools: the queued run coordinator limits
     concurrent runs per ``rof/pool`` value (see dagster.yaml), and run monitoring stops a run after
-    the pool's task_timeout."""
+    the pool's task_timeout. Partitioned runs also get Dagster's own dagster/partition/* tags."""
     pools = settings_at_load().system_setup.worker_pool
     timeout = getattr(pools, pool).task_timeout
-    return {"rof/pool": pool, "dagster/max_runtime": str(int(timeout.total_seconds()))}
+    # "manual" unless a schedule or sensor says otherwise (their run requests' tags take precedence).
+    return {
+        "rof/pool": pool,
+        "dagster/max_runtime": str(int(timeout.total_seconds())),
+        "rof/trigger": "manual",
+    }

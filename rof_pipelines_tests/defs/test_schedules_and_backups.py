@@ -74,3 +74,19 @@ def test_backup_job_writes_an_archive(tmp_path: Path, pg_database):
     assert result.success
     url = result.output_for_node("backup_state_store")
     assert Path(url).exists() and Path(url).parent == tmp_path / "b"
+
+
+def test_jobs_carry_pool_timeout_and_trigger_tags():
+    pools = {
+        "market_data": ("task_worker", "30"),
+        "state_backup": ("task_worker", "30"),
+        "nightly_optimisation": ("ab_optimizer", "1200"),
+        "all_market_day_assets": ("ab_optimizer", "1200"),
+    }
+    for name, (pool, timeout) in pools.items():
+        tags = defs.resolve_job_def(name).tags
+        assert (tags["rof/pool"], tags["dagster/max_runtime"], tags["rof/trigger"]) == (
+            pool,
+            timeout,
+            "manual",
+        )
