@@ -30,7 +30,7 @@ def backup_state_store(
         result = write_backup(store, target)
     removed = prune_backups(target, backup.retention_days)
     context.log.info(
-        f"backup {result.url}: {result.tables}; pruned {len(removed)} older than {config.retention_days}d"
+        f"backup {result.url}: {result.tables}; pruned {len(removed)} older than {backup.retention_days}d"
     )
     return Output(
         result.url,
