@@ -9,6 +9,7 @@ from rof_pipelines.adapters.resources import (
     RofSettings,
     StateStoreResource,
 )
+from rof_pipelines.defs.experiments.assets import ab_report, strategy_knowledge
 from rof_pipelines.defs.indicators.assets import indicator_frame
 from rof_pipelines.defs.jobs import all_market_day_assets_job, market_data_job, nightly_optimisation_job
 from rof_pipelines.defs.ops.backups import state_backup_job, state_backup_schedule
@@ -23,10 +24,16 @@ from rof_pipelines.defs.rl.assets import q_table
 settings_resource = RofSettings()
 
 defs = Definitions(
-    assets=[quote_snapshots, indicator_frame, q_table, ga_population],
+    assets=[quote_snapshots, indicator_frame, q_table, ga_population, ab_report, strategy_knowledge],
     jobs=[market_data_job, all_market_day_assets_job, nightly_optimisation_job, state_backup_job],
     schedules=[nightly_optimisation_schedule, state_backup_schedule],
-    sensors=[market_discovery_sensor, tasks_sensor, quotes_updated_sensor, backup_sensor, config_reload_sensor],
+    sensors=[
+        market_discovery_sensor,
+        tasks_sensor,
+        quotes_updated_sensor,
+        backup_sensor,
+        config_reload_sensor,
+    ],
     resources={
         "settings": settings_resource,
         "quote_store": QuoteStoreResource(settings=settings_resource),

@@ -44,7 +44,7 @@ class DemoSummary:
             lines.append(f"generated {rows} snapshots for {market}")
         header = (
             f"{'market':<18} {'date':<10} {'status':<7} {'snapshots':>9} {'bars':>5} {'close':>12} "
-            f"{'rsi':>6} {'agent':>8} {'b&h':>8}  checks"
+            f"{'rsi':>6} {'agent':>8} {'b&h':>8}  {'A/B decision':<28} checks"
         )
         lines += ["", header, "-" * len(header)]
         for o in self.outcomes:
@@ -56,6 +56,7 @@ class DemoSummary:
                 f"{(f'{close:.6g}' if isinstance(close, float) else '-'):>12} "
                 f"{(f'{rsi:.1f}' if isinstance(rsi, float) else '-'):>6} "
                 f"{_percent(o.facts.get('agent_return')):>8} {_percent(o.facts.get('bh_return')):>8}  "
+                f"{o.facts.get('decision', '-')!s:<28} "
                 + (("warn/failed: " + ", ".join(o.failed_checks)) if o.failed_checks else "all passed")
             )
         return "\n".join(lines)
@@ -120,6 +121,8 @@ def run_demo(
                 elif name == "q_table":
                     outcome.facts["agent_return"] = meta.get("test/total_return")
                     outcome.facts["bh_return"] = meta.get("test/bh_total_return")
+                elif name == "ab_report":
+                    outcome.facts["decision"] = meta.get("decision")
             for evaluation in result.get_asset_check_evaluations():
                 if not evaluation.passed:
                     outcome.failed_checks.append(evaluation.check_name)

@@ -456,6 +456,9 @@ class MetaLearningConfig(_Section):
     enabled: bool = False
     knowledge_retention_days: int = Field(default=30, ge=1)
     min_tasks_for_learning: int = Field(default=5, ge=1)
+    seed_fraction: float = Field(
+        default=0.2, ge=0, le=1, description="at most this share of the initial population is seeded"
+    )
 
 
 class TransferLearningConfig(_Section):
@@ -463,6 +466,7 @@ class TransferLearningConfig(_Section):
     use_similar_exchanges: bool = True
     use_similar_pairs: bool = True
     max_source_tasks: int = Field(default=10, ge=0)
+    seed_q_table: bool = Field(default=False, description="also warm-start q_table from the sources' agents")
 
 
 class StateManagementConfig(_Section):
@@ -480,6 +484,23 @@ class ABTestsConfig(_Section):
     meta_learning: MetaLearningConfig = MetaLearningConfig()
     transfer_learning: TransferLearningConfig = TransferLearningConfig()
     state_management: StateManagementConfig = StateManagementConfig()
+    # The walk-forward split every consumer shares (core/windows.py): the optimiser and the agent see
+    # only the first train_fraction of a window; the A/B test alone sees the rest, in `folds` blocks.
+    train_fraction: float = Field(default=0.7, gt=0, lt=1)
+    folds: int = Field(default=1, ge=1, le=20, description="walk-forward test blocks of the held-out part")
+    fold_scheme: Literal["expanding", "rolling"] = "expanding"
+    embargo_bars: int = Field(default=0, ge=0, description="training bars dropped before each test block")
+    # The decision rule (core/abtest.py DecisionRule).
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="family-wise error rate (Holm)")
+    min_effect: float = Field(default=0.5, ge=0, description="minimum annualised Sharpe gain to promote")
+    min_periods: int = Field(default=30, ge=3, description="fewer held-out periods: no decision")
+    tests: list[Literal["welch", "mann_whitney", "bootstrap"]] = Field(
+        default_factory=lambda: ["welch", "bootstrap"], min_length=1
+    )
+    use_dsr: bool = True
+    n_boot: int = Field(default=2000, ge=100, le=100_000)
+    pareto_challengers: int = Field(default=0, ge=0, le=5, description="extra arms from the Pareto front")
+    promote: bool = Field(default=True, description="promote the winner automatically")
 
     @property
     def market(self) -> str:

@@ -13,20 +13,36 @@ The core's engine calls back into this module only through its ``CheckpointSink`
 import hashlib
 import json
 import logging
+import math
 import os
+import signal
 import socket
+import threading
+import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from rof_pipelines.adapters.state_store import StateStore
-from rof_pipelines.core.ga.engine import GAResult, GASettings, ProgressReport, optimise
+from rof_pipelines.core.ga.engine import (
+    CheckpointSink,
+    Evaluator,
+    GAResult,
+    GASettings,
+    ProgressReport,
+    RunState,
+    _front,
+    _stats,
+    optimise,
+)
 from rof_pipelines.core.ga.fitness import FULL, FitnessData, build_fitness_data
-from rof_pipelines.core.ga.space import SearchSpace
+from rof_pipelines.core.ga.space import SearchSpace, UnitGenome, derive_seed
 from rof_pipelines.core.rl.agent import RLParams
 from rof_pipelines.settings import Settings, normalise_market
 
@@ -113,6 +129,7 @@ class Optimisation:
     ga: GASettings
     workers: int
     retention_days: int
+    seeds: tuple[dict[str, Any], ...] = field(default=())  # {gene: value}, from core.knowledge.plan_seeds
 
 
 def prepare_optimisation(
@@ -124,8 +141,11 @@ def prepare_optimisation(
     *,
     workers: int | None = None,
     ga_overrides: dict[str, Any] | None = None,
+    seeds: Sequence[Mapping[str, Any]] = (),
 ) -> Optimisation:
-    """``train_frame`` is ``split_train_test(window).train``: the GA never sees the held-out part."""
+    """``train_frame`` is ``split_train_test(window).train``: the GA never sees the held-out part.
+    ``seeds`` (meta/transfer learning) replace the first random members of the initial population;
+    they are part of the task's identity, so a seeded and a cold run never share checkpoints."""
     ga_config = settings.ab_tests.experiment.ga
     ga = GASettings.from_config(
         ga_config, settings.ab_tests.state_management.checkpoint_interval, **(ga_overrides or {})
@@ -141,6 +161,9 @@ def prepare_optimisation(
     )
     shape = {"ga": ga.to_dict(), "space": space.to_dict(), "base": base.to_dict()}
     shape["ga"].pop("checkpoint_interval")  # how often to save does not change the result
+    seeds = tuple(dict(seed) for seed in seeds)
+    if seeds:  # only then: cold runs keep the fingerprints (and checkpoints) they always had
+        shape["seeds"] = [sorted(seed.items()) for seed in seeds]
     config_fingerprint = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
     key = TaskKey(
         market=normalise_market(market),
@@ -157,7 +180,29 @@ def prepare_optimisation(
         ga=ga,
         workers=max(1, min(workers or pool, pool, os.cpu_count() or 1)),
         retention_days=settings.ab_tests.state_management.retention_days,
+        seeds=seeds,
     )
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[Callable[[], bool]]:
+    """While the optimisation runs, SIGTERM (a run being terminated, a pod being stopped) asks it to
+    stop after the current generation with a checkpoint, instead of dying mid-generation. Only the
+    main thread can own signal handlers; elsewhere this asks nothing and the process dies as before."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: stopping after this generation with a checkpoint")
+        requested.set()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_optimisation(
@@ -168,14 +213,23 @@ def run_optimisation(
 ) -> GAResult:
     """Run the task, resuming from its newest checkpoint when ``store`` holds one; without a store the
     run is not checkpointed (it still works, it just cannot resume)."""
-    sink = None
+    sink: CheckpointSink | None = None
     if store is not None:
         pruned = store.prune_checkpoints(job.retention_days)
         if pruned:
             log.info("pruned %d GA checkpoints older than %d days", pruned, job.retention_days)
         sink = StoreCheckpoints(store, job.key)
     try:
-        return optimise(job.data, job.ga, workers=job.workers, checkpoints=sink, on_generation=on_generation)
+        with stop_on_sigterm() as stop_requested:
+            return run_seeded(
+                job.data,
+                job.ga,
+                job.seeds,
+                workers=job.workers,
+                checkpoints=sink,
+                on_generation=on_generation,
+                stop_requested=stop_requested,
+            )
     except Exception:
         if store is not None:
             latest = store.get_progress(job.key.task_id)
@@ -189,3 +243,115 @@ def run_optimisation(
                 "failed",
             )
         raise
+
+
+# --- seeding (meta / transfer learning) -------------------------------------------------------------
+
+
+def seeded_units(
+    space: SearchSpace, seeds: Sequence[Mapping[str, Any]], settings: GASettings
+) -> list[UnitGenome]:
+    """The engine's own random initial population (same seed, same draw) with its first members
+    replaced by the seeds; a gene a seed lacks keeps its random value, values clamp to today's ranges."""
+    rng = np.random.default_rng(derive_seed(settings.seed, 0, "init"))
+    units = space.random_units(rng, settings.population_size)
+    for i, seed in enumerate(list(seeds)[: settings.population_size]):
+        row = list(units[i])
+        for j, gene in enumerate(space.genes):
+            if gene.name in seed:
+                row[j] = gene.to_unit(gene.canonical(seed[gene.name]))
+        units[i] = tuple(row)
+    return units
+
+
+class _SeededStart:
+    """Checkpoint sink handing the engine a seeded generation 0 as if resumed from it (the engine has
+    no initial-population argument); everything else goes to the real sink, if any."""
+
+    def __init__(self, inner: CheckpointSink | None, payload: dict[str, Any]) -> None:
+        self.inner = inner
+        self.payload = payload
+
+    def latest(self) -> dict[str, Any] | None:
+        found = self.inner.latest() if self.inner is not None else None
+        return found if found is not None else self.payload
+
+    def save(self, generation: int, payload: dict[str, Any], *, final: bool) -> None:
+        if self.inner is not None:
+            self.inner.save(generation, payload, final=final)
+
+    def progress(self, report: ProgressReport) -> None:
+        if self.inner is not None:
+            self.inner.progress(report)
+
+
+def run_seeded(
+    data: FitnessData,
+    settings: GASettings,
+    seeds: Sequence[Mapping[str, Any]] = (),
+    *,
+    workers: int = 1,
+    checkpoints: CheckpointSink | None = None,
+    on_generation: Callable[[dict[str, Any]], None] | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+) -> GAResult:
+    """:func:`optimise`, with ``seeds`` in the initial population of a fresh run (a run with a
+    checkpoint resumes as ever). Generation 0 is scored here exactly as the engine scores it, then
+    saved as the task's first checkpoint, so a restart resumes the seeded run, not a cold one."""
+    if not seeds or (checkpoints is not None and checkpoints.latest() is not None):
+        return optimise(
+            data,
+            settings,
+            workers=workers,
+            checkpoints=checkpoints,
+            on_generation=on_generation,
+            stop_requested=stop_requested,
+        )
+    started = time.perf_counter()
+    population = seeded_units(data.space, seeds, settings)
+    slice_name = settings.slice_for(0)
+    with Evaluator(data, workers) as evaluator:
+        fitness = evaluator.evaluate(population, slice_name)
+        state = RunState(
+            generation=0,
+            population=population,
+            fitness=fitness,
+            slice_name=slice_name,
+            mutation_rate=settings.mutation_rate,
+            stagnation=0,
+            reference_front=[tuple(f) for f in _front(np.asarray(fitness))],  # type: ignore[misc]
+        )
+        state.history.append(
+            {**_stats(state, data.space, time.perf_counter() - started, evaluator), "seeded": len(seeds)}
+        )
+        state.evaluations, state.cache_hits = evaluator.evaluations, evaluator.cache_hits
+    state.elapsed_seconds = time.perf_counter() - started
+    payload = state.to_payload(settings)
+    sink = _SeededStart(checkpoints, payload)
+    sink.save(0, payload, final=False)
+    if on_generation is not None:
+        on_generation({**state.history[-1], "eta_seconds": 0.0, "final": False})
+    result = optimise(
+        data,
+        settings,
+        workers=workers,
+        checkpoints=sink,
+        on_generation=on_generation,
+        stop_requested=stop_requested,
+    )
+    return replace(
+        result,
+        resumed_from=None,
+        evaluations=result.evaluations + state.evaluations,
+        wall_seconds=time.perf_counter() - started,
+    )
+
+
+def generations_to_reach(history: Sequence[Mapping[str, Any]], target_sharpe: float) -> int | None:
+    """First generation whose best Sharpe reaches ``target_sharpe`` (None: never): how long a run
+    took to get as good as another run's champion. Comparable between runs only on one slice, so
+    measure with ``sample_fraction`` 1 (or after ``full_window_from_generation``)."""
+    for entry in history:
+        if entry.get("best_sharpe", -math.inf) >= target_sharpe - 1e-12:
+            return int(entry["generation"])
+    return None

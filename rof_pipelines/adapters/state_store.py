@@ -14,10 +14,11 @@ Conflicts are raised outside the breaker, so contention never opens the circuit.
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,6 +41,7 @@ from rof_pipelines.settings import CircuitBreakerConfig, StateStorageConfig, nor
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
+    from rof_pipelines.core.knowledge import TaskRecord
     from rof_pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,55 @@ def build_metadata(schema: str) -> sa.MetaData:
         sa.Column("recorded_at", tstz, nullable=False, server_default=sa.func.now()),
         sa.CheckConstraint("status IN ('applied', 'refused')", name="ck_config_versions_status"),
     )
+    sa.Table(  # 0005: A/B experiments (defs/experiments) and the meta/transfer knowledge base
+        "ab_experiments",
+        metadata,
+        sa.Column("experiment_id", sa.Text(), primary_key=True),
+        sa.Column("market", sa.Text(), nullable=False),
+        sa.Column("label", sa.Text(), nullable=False),
+        sa.Column("window_start", tstz, nullable=False),
+        sa.Column("window_end", tstz, nullable=False),
+        sa.Column("decision", postgresql.JSONB(), nullable=False),
+        sa.Column("winner", sa.Text(), nullable=True),
+        sa.Column("promoted", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("active_version", sa.Integer(), nullable=True),
+        sa.Column("promoted_version", sa.Integer(), nullable=True),
+        sa.Column("conflict", sa.Text(), nullable=True),
+        sa.Column("details", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("created_at", tstz, nullable=False, server_default=sa.func.now()),
+        sa.Index("ix_ab_experiments_market_created_at", "market", "created_at"),
+    )
+    sa.Table(
+        "ab_arms",
+        metadata,
+        sa.Column(
+            "experiment_id",
+            sa.Text(),
+            sa.ForeignKey(f"{schema}.ab_experiments.experiment_id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("arm", sa.Text(), primary_key=True),
+        sa.Column("role", sa.Text(), nullable=False),
+        sa.Column("params", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("metrics", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("p_values", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.CheckConstraint("role IN ('active', 'challenger', 'baseline')", name="ck_ab_arms_role"),
+    )
+    sa.Table(
+        "knowledge_tasks",
+        metadata,
+        sa.Column("task_id", sa.Text(), primary_key=True),
+        sa.Column("market", sa.Text(), nullable=False),
+        sa.Column("finished_at", tstz, nullable=False),
+        sa.Column("features", postgresql.JSONB(), nullable=False),
+        sa.Column("best_params", postgresql.JSONB(), nullable=False),
+        sa.Column("score", sa.Double(), nullable=True),
+        sa.Column("outcome", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("generations", sa.Integer(), nullable=True),
+        sa.Column("artifact", sa.Text(), nullable=True),
+        sa.Column("created_at", tstz, nullable=False, server_default=sa.func.now()),
+        sa.Index("ix_knowledge_tasks_finished_at", "finished_at"),
+    )
     return metadata
 
 
@@ -208,6 +259,55 @@ class WorkerProgress:
     experiment_id: str | None = None
     window_start: datetime | None = None
     window_end: datetime | None = None
+
+
+ARM_ROLES: tuple[str, ...] = ("active", "challenger", "baseline")  # mirrored by ck_ab_arms_role (0005)
+
+
+@dataclass(frozen=True)
+class ArmRecord:
+    """One arm of a stored experiment: its parameters, held-out metrics and p-values."""
+
+    arm: str
+    role: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    p_values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """A finished A/B experiment: the decision, whether it was promoted, and any promotion conflict."""
+
+    experiment_id: str
+    market: str
+    label: str
+    window_start: datetime
+    window_end: datetime
+    decision: dict[str, Any]
+    winner: str | None
+    promoted: bool
+    active_version: int | None
+    promoted_version: int | None
+    conflict: str | None
+    details: dict[str, Any]
+    created_at: datetime | None = None
+    arms: tuple[ArmRecord, ...] = ()
+
+
+def json_safe(value: Any) -> Any:
+    """Nested JSON with non-finite floats as None (jsonb refuses NaN/Infinity) and numpy scalars as
+    Python ones: decisions and metrics carry inf (a Sortino without downside) legitimately."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, str | bytes):
+        value = item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -294,6 +394,9 @@ class StateStore:
         self.worker_progress = self.metadata.tables[f"{self.schema}.worker_progress"]
         self.active_strategy_configs = self.metadata.tables[f"{self.schema}.active_strategy_configs"]
         self.ga_checkpoints = self.metadata.tables[f"{self.schema}.ga_checkpoints"]
+        self.ab_experiments = self.metadata.tables[f"{self.schema}.ab_experiments"]
+        self.ab_arms = self.metadata.tables[f"{self.schema}.ab_arms"]
+        self.knowledge_table = self.metadata.tables[f"{self.schema}.knowledge_tasks"]
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -722,6 +825,137 @@ class StateStore:
         def run() -> int:
             with self._engine.begin() as conn:
                 return conn.execute(sa.delete(table).where(table.c.created_at < cutoff)).rowcount
+
+        return self._call(run)
+
+    # -- A/B experiments -----------------------------------------------------------------------------
+
+    def record_experiment(self, experiment: ExperimentRecord) -> None:
+        """Store a finished experiment and its arms in one transaction (PermanentError if the id exists:
+        experiment ids are unique per run, so a duplicate is a bug, not a retry)."""
+        exp, arms = self.ab_experiments, self.ab_arms
+        for arm in experiment.arms:
+            _check_choice("role", arm.role, ARM_ROLES)
+        row = {
+            "experiment_id": experiment.experiment_id,
+            "market": _market_key(experiment.market),
+            "label": experiment.label,
+            "window_start": experiment.window_start,
+            "window_end": experiment.window_end,
+            "decision": json_safe(experiment.decision),
+            "winner": experiment.winner,
+            "promoted": bool(experiment.promoted),
+            "active_version": experiment.active_version,
+            "promoted_version": experiment.promoted_version,
+            "conflict": experiment.conflict,
+            "details": json_safe(experiment.details),
+        }
+        arm_rows = [
+            {
+                "experiment_id": experiment.experiment_id,
+                "arm": arm.arm,
+                "role": arm.role,
+                "params": json_safe(arm.params),
+                "metrics": json_safe(arm.metrics),
+                "p_values": json_safe(arm.p_values),
+            }
+            for arm in experiment.arms
+        ]
+
+        def run() -> None:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(exp).values(**row))
+                if arm_rows:
+                    conn.execute(sa.insert(arms), arm_rows)
+
+        self._call(run)
+
+    def list_experiments(self, market: str | None = None, limit: int = 100) -> list[ExperimentRecord]:
+        """Experiments, newest first (optionally of one market), each with its arms."""
+        exp, arms = self.ab_experiments, self.ab_arms
+        query = sa.select(exp).order_by(exp.c.created_at.desc(), exp.c.experiment_id.desc()).limit(limit)
+        if market is not None:
+            query = query.where(exp.c.market == _market_key(market))
+
+        def run() -> list[ExperimentRecord]:
+            with self._engine.connect() as conn:
+                rows = list(conn.execute(query).mappings())
+                ids = [row["experiment_id"] for row in rows]
+                by_id: dict[str, list[ArmRecord]] = {i: [] for i in ids}
+                if ids:
+                    arm_query = sa.select(arms).where(arms.c.experiment_id.in_(ids)).order_by(arms.c.arm)
+                    for arm in conn.execute(arm_query).mappings():
+                        values = {k: v for k, v in arm.items() if k != "experiment_id"}
+                        by_id[arm["experiment_id"]].append(ArmRecord(**values))
+            return [ExperimentRecord(**row, arms=tuple(by_id[row["experiment_id"]])) for row in rows]
+
+        return self._call(run)
+
+    # -- knowledge base (meta / transfer learning) -----------------------------------------------------
+
+    def add_knowledge_task(self, task: "TaskRecord") -> None:
+        """Insert or replace a finished task (the same task id re-run replaces its record)."""
+        table = self.knowledge_table
+        data = task.to_dict()
+        values = {
+            "task_id": data["task_id"],
+            "market": _market_key(data["market"]),
+            "finished_at": task.finished_at,
+            "features": json_safe(data["features"]),
+            "best_params": json_safe(data["best_params"]),
+            "score": data["score"],
+            "outcome": json_safe(data["outcome"]),
+            "generations": data["generations"],
+            "artifact": data["artifact"],
+        }
+
+        def run() -> None:
+            with self._engine.begin() as conn:
+                stmt = pg_insert(table).values(**values)
+                update = {k: stmt.excluded[k] for k in values if k != "task_id"}
+                conn.execute(stmt.on_conflict_do_update(index_elements=[table.c.task_id], set_=update))
+
+        self._call(run)
+
+    def knowledge_tasks(
+        self, *, now: datetime | None = None, retention_days: int | None = None, market: str | None = None
+    ) -> list["TaskRecord"]:
+        """Tasks finished within ``retention_days`` before ``now`` (all when None), oldest first; a
+        task finished after ``now`` never counts (a replayed day must not see the future)."""
+        from rof_pipelines.core.knowledge import TaskRecord
+
+        table = self.knowledge_table
+        query = sa.select(table).order_by(table.c.finished_at, table.c.task_id)
+        if now is not None:
+            query = query.where(table.c.finished_at <= now)
+            if retention_days is not None:
+                query = query.where(table.c.finished_at >= now - timedelta(days=retention_days))
+        if market is not None:
+            query = query.where(table.c.market == _market_key(market))
+
+        def run() -> list[TaskRecord]:
+            with self._engine.connect() as conn:
+                rows = list(conn.execute(query).mappings())
+            return [
+                TaskRecord.from_dict(
+                    {**{k: v for k, v in row.items() if k != "created_at"}, "finished_at": row["finished_at"]}
+                )
+                for row in rows
+            ]
+
+        return self._call(run)
+
+    def prune_knowledge(self, retention_days: int, now: datetime | None = None) -> int:
+        """Delete tasks finished more than ``retention_days`` before ``now``; returns how many went."""
+        if retention_days < 1:
+            raise DataValidationError(f"{SERVICE}: retention_days must be >= 1, got {retention_days}")
+        table = self.knowledge_table
+        base = sa.func.now() if now is None else sa.bindparam("now", now, type_=sa.DateTime(timezone=True))
+        cutoff = base - sa.func.make_interval(0, 0, 0, int(retention_days))
+
+        def run() -> int:
+            with self._engine.begin() as conn:
+                return conn.execute(sa.delete(table).where(table.c.finished_at < cutoff)).rowcount
 
         return self._call(run)
 

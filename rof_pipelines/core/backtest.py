@@ -2,7 +2,8 @@
 
 Definitions (per-step returns ``r_k = equity[k] / equity[k - 1] - 1``, ``B`` = bars per year):
 
-* total_return ``equity[-1] / equity[0] - 1``; annual_return ``(1 + total) ** (B / steps) - 1``;
+* total_return ``equity[-1] / equity[0] - 1``; annual_return ``(1 + total) ** (B / steps) - 1``
+  (computed in log space; ``inf`` when it exceeds the float range, -1 after a total loss);
 * sharpe ``mean(r) / std(r, ddof=1) * sqrt(B)`` (risk-free 0; 0.0 when std is 0);
 * sortino ``mean(r) / sqrt(mean(min(r, 0) ** 2)) * sqrt(B)`` (target 0; inf when there is no downside
   and the mean is positive, 0.0 when there is no downside and the mean is not);
@@ -99,7 +100,7 @@ def compute_metrics(
     steps = equity.shape[0] - 1
     returns = equity[1:] / equity[:-1] - 1.0 if steps > 0 else np.empty(0)
     total = float(equity[-1] / equity[0] - 1.0)
-    annual = float((1.0 + total) ** (bars_per_year / steps) - 1.0) if steps > 0 and total > -1.0 else -1.0
+    annual = annualised_return(total, steps, bars_per_year)
     return {
         "total_return": total,
         "annual_return": annual,
@@ -117,6 +118,17 @@ def compute_metrics(
         "final_equity": float(equity[-1]),
         "n_steps": float(steps),
     }
+
+
+def annualised_return(total: float, steps: int, bars_per_year: float) -> float:
+    """``(1 + total) ** (B / steps) - 1`` in log space: a day of minute bars compounds over 525 600 / 1440
+    periods, which overflows a float for modest daily gains; beyond the float range it is ``inf``."""
+    if steps <= 0 or not total > -1.0:
+        return -1.0
+    exponent = math.log1p(total) * (bars_per_year / steps)
+    if exponent > 709.0:  # exp(709.78) is the largest finite double
+        return math.inf
+    return math.expm1(exponent)
 
 
 def sharpe_ratio(returns: np.ndarray, bars_per_year: float) -> float:

@@ -177,3 +177,34 @@ def test_checkpoints_keep_the_newest_two_and_old_ones_are_pruned(store, settings
     assert store.prune_checkpoints(7) == 0
     assert store.prune_checkpoints(7, now=datetime.now(UTC) + timedelta(days=8)) == 2
     assert store.latest_checkpoint(key) is None
+
+
+def test_sigterm_stops_after_a_generation_with_a_checkpoint_and_resumes_identically(
+    settings, store, pg, tmp_path
+):
+    """Issue 6's graceful stop: SIGTERM mid-optimisation writes a checkpoint of the generation it
+    finished (whatever the interval) before the process exits; the rerun resumes from exactly there."""
+    job = prepare_optimisation(settings, MARKET, frame(), START, END, workers=1)
+    reference = run_optimisation(job, None)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    payload = json.dumps(overrides(pg))
+    proc = _start(payload, script)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        progress = store.get_progress(job.key.task_id)
+        if progress is not None and progress.generation >= 3 and progress.generation % INTERVAL == 1:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGTERM)  # the main process only, as Dagster or Kubernetes would
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "optimisation stopped after generation" in err
+    saved = store.latest_checkpoint(job.key.as_mapping())
+    stopped_at = store.get_progress(job.key.task_id).generation
+    assert saved is not None and saved.generation == stopped_at, "the generation it finished is saved"
+    proc = _start(payload, script)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    finished = json.loads(out.strip().splitlines()[-1])
+    assert finished["resumed_from"] == saved.generation
+    assert finished["fitness"] == reference.fitness.tolist() and finished["champion"] == reference.champion

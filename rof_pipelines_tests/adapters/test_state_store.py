@@ -40,7 +40,7 @@ from rof_pipelines.settings import (
 )
 
 PASSWORD = "s3cr3t-pw"
-HEAD = "0004"
+HEAD = "0005"
 TABLES = {
     "alembic_version",
     "worker_progress",
@@ -48,6 +48,9 @@ TABLES = {
     "message_inbox",
     "ga_checkpoints",
     "config_versions",
+    "ab_experiments",
+    "ab_arms",
+    "knowledge_tasks",
 }
 MARKET = "binance:TONUSDT"
 

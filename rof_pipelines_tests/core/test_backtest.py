@@ -8,6 +8,7 @@ import pytest
 from rof_pipelines.core.backtest import (
     BacktestResult,
     Trades,
+    annualised_return,
     buy_and_hold,
     compute_metrics,
     max_drawdown,
@@ -79,3 +80,17 @@ def test_result_metrics_include_the_baseline():
     assert list(result.returns) == [0.0, 0.5]
     table = metrics_table({"agent": result, "buy_and_hold": base})
     assert table.loc["total_return", "agent"] == pytest.approx(0.5)
+
+
+def test_annual_return_of_a_big_day_on_minute_bars_is_inf_not_an_overflow():
+    # +50 % in one day of minute bars compounds 365 times: 1.5 ** 365 ~ 1e64, still finite; +1000 % is
+    # 11 ** 365 ~ 1e380, beyond the float range, where ** raised OverflowError.
+    minute_year = 525_600.0
+    assert annualised_return(0.5, 1440, minute_year) == pytest.approx(1.5**365 - 1, rel=1e-9)
+    assert annualised_return(10.0, 1440, minute_year) == math.inf
+    assert annualised_return(-1.0, 1440, minute_year) == -1.0
+    assert annualised_return(0.1, 0, minute_year) == -1.0
+    assert annualised_return(1e-9, 1440, minute_year) == pytest.approx(365e-9, rel=1e-6)  # expm1: no loss
+    equity = np.concatenate([[1.0], np.linspace(1.0, 11.0, 1440)])
+    m = compute_metrics(equity, np.empty(0), np.ones(1440), minute_year)
+    assert m["annual_return"] == math.inf and m["total_return"] == pytest.approx(10.0)

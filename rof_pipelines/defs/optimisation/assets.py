@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Config, Failure, MetadataValue, Output, asset
 
+from rof_pipelines.adapters.experiments import knowledge_task_id, seed_plan_for
 from rof_pipelines.adapters.optimisation import prepare_optimisation, run_optimisation
 from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
 from rof_pipelines.core.ga.engine import OBJECTIVES, GAResult, objectives_dict
+from rof_pipelines.core.ga.space import SearchSpace
 from rof_pipelines.core.windows import split_train_test
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown, metrics_markdown
 from rof_pipelines.defs.rl.assets import MAX_WINDOW_DAYS, window_frame
@@ -83,8 +85,9 @@ def ga_population(
     indicator_frame: pd.DataFrame,
 ):
     """NSGA-II search (pygad) over the RL agent's and the strategy's parameters for the market, on the
-    training part (first 70 %) of the `ab_tests.data_period` window ending with this day - never its
-    held-out part. Objectives: return, Sharpe and max drawdown of the trained agent on the last
+    training part (first `ab_tests.train_fraction`) of the `ab_tests.data_period` window ending with this
+    day - never its held-out part. With meta/transfer learning on, the initial population is seeded from
+    the knowledge base (metadata `seeding` says from which tasks). Objectives: return, Sharpe and max drawdown of the trained agent on the last
     `validation_fraction` of that training part. Checkpoints every `checkpoint_interval` generations
     into the state store and resumes from them after a restart. Stored: the final population with its
     objectives, Pareto-front flags and the champion (rule: core/ga/engine.py)."""
@@ -99,7 +102,7 @@ def ga_population(
     _, end = day_bounds(day)
     end_ts = pd.Timestamp(end)
     frame = window_frame(indicator_frame, end_ts, period)
-    split = split_train_test(frame)
+    split = split_train_test(frame, settings_obj.ab_tests.train_fraction)
     if len(split.train) < 200:
         raise Failure(description=f"only {len(split.train)} training bars in the window for {market}")
     overrides = {
@@ -110,6 +113,25 @@ def ga_population(
     if "population_size" in overrides:
         size = overrides["population_size"]
         overrides.update(min_population=min(size, 20), max_population=max(size, 2 * size))
+    ab = settings_obj.ab_tests
+    seeding: dict = {"seeds": [], "reason": "meta-learning off; transfer learning off; 0 seeds"}
+    if ab.meta_learning.enabled or ab.transfer_learning.enabled:  # warm start from the knowledge base
+        try:
+            with state_store.open() as store:
+                plan = seed_plan_for(
+                    store,
+                    ab,
+                    market.key,
+                    split.train,
+                    end_ts.to_pydatetime(),
+                    population_size=overrides.get("population_size", ab.experiment.ga.population_size),
+                    gene_names=SearchSpace.from_mapping(ab.experiment.ga.search_space).names,
+                    exclude_ids=[knowledge_task_id(market.key, day.isoformat(), ab.experiment.id)],
+                )
+            seeding = plan.to_dict()
+        except TransientError as exc:
+            seeding["reason"] = f"no seeds: state store unavailable ({type(exc).__name__})"
+        context.log.info(f"{market} GA seeding: {seeding['reason']}")
     job = prepare_optimisation(
         settings_obj,
         market.key,
@@ -118,6 +140,7 @@ def ga_population(
         end_ts.to_pydatetime(),
         workers=config.workers,
         ga_overrides=overrides,
+        seeds=seeding["seeds"],
     )
 
     def log_generation(stats: dict) -> None:
@@ -157,6 +180,8 @@ def ga_population(
             "stop_reason": result.stop_reason,
             "resumed_from_generation": -1 if result.resumed_from is None else result.resumed_from,
             "checkpointing": checkpointing,
+            "seeded": len(job.seeds),
+            "seeding": MetadataValue.json(seeding),
             "workers": job.workers,
             "evaluations": result.evaluations,
             "cache_hits": result.cache_hits,

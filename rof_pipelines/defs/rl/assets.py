@@ -6,6 +6,7 @@ import math
 import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, Failure, MetadataValue, Output, asset
 
+from rof_pipelines.adapters.experiments import active_rl_params
 from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
 from rof_pipelines.core.kelly import KellyParams
 from rof_pipelines.core.market import Market
@@ -55,15 +56,18 @@ def q_table(
         )
     _, end = day_bounds(day)
     frame = window_frame(indicator_frame, pd.Timestamp(end), period)
-    split = split_train_test(frame)
+    split = split_train_test(frame, config.ab_tests.train_fraction)
     if len(split.train) < 100 or len(split.test) < 30:
         raise Failure(description=f"only {len(frame)} bars in the window for {market}; need at least 150")
     train_part, test_part = split.train, split.test
 
     overrides, source = active_overrides(context, state_store, market)
     params = RLParams.from_settings(config.ai_config, seed=partition_seed(market, day.isoformat()))
-    if overrides:
-        params = RLParams.from_dict({**params.to_dict(), **overrides})
+    not_applied: list[str] = []
+    if overrides:  # a promoted champion ({rl, indicator_windows, strategy}) or flat RLParams overrides
+        params, not_applied = active_rl_params(params, overrides)
+        for note in not_applied:
+            context.log.warning(f"{market}: active config part not applied by q_table: {note}")
     agent = train(train_part, params)
     # Kelly needs a record: the in-sample trades at unit size seed the window for the hold-out.
     in_sample = agent.evaluate(
@@ -85,6 +89,7 @@ def q_table(
             "date": day.isoformat(),
             "params_source": source,
             "params": MetadataValue.json(params.to_dict()),
+            "params_not_applied": "; ".join(not_applied) or "none",
             "train_bars": len(train_part),
             "test_bars": len(test_part),
             "window_start": str(frame.index[0]),

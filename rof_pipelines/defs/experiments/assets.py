@@ -1,0 +1,367 @@
+"""``ab_report``: the A/B test of one market and day (arms on the held-out folds, statistics, decision,
+promotion); ``strategy_knowledge``: the finished task it adds to the meta/transfer knowledge base."""
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetDep,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetRecordsFilter,
+    Failure,
+    MetadataValue,
+    Output,
+    asset,
+)
+
+from rof_pipelines.adapters.experiments import (
+    ACTIVE,
+    BASELINE,
+    arm_records,
+    candidate_from_params,
+    decide_arms,
+    evaluate_arms,
+    finish_experiment,
+    gene_tuple,
+    genes_of,
+    knowledge_task_id,
+    seed_plan_for,
+    top_pareto,
+)
+from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.adapters.state_store import ExperimentRecord
+from rof_pipelines.core.abtest import DecisionRule
+from rof_pipelines.core.ga.space import SearchSpace
+from rof_pipelines.core.knowledge import TaskRecord, market_features
+from rof_pipelines.core.rl.agent import RLParams
+from rof_pipelines.core.windows import split_train_test
+from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown
+from rof_pipelines.defs.rl.assets import MAX_WINDOW_DAYS, window_frame
+from rof_pipelines.errors import TransientError
+from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions, trailing_days
+
+CHAMPION = "ga_champion"
+TRANSFER = "transfer_source"
+METRIC_COLUMNS = ("total_return", "sharpe", "sortino", "max_drawdown", "n_trades")
+
+
+def upstream_links(context: AssetExecutionContext, names: tuple[str, ...]) -> dict[str, Any]:
+    """Run id and partition of each upstream materialisation this report read (the lineage the UI
+    draws, pinned to the exact runs)."""
+    links: dict[str, Any] = {}
+    for name in names:
+        found = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(name), asset_partitions=[context.partition_key]), limit=1
+        ).records
+        if found:
+            links[f"upstream/{name}"] = f"run {found[0].run_id} partition {context.partition_key}"
+    return links
+
+
+def ga_metadata(context: AssetExecutionContext) -> dict[str, Any]:
+    found = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("ga_population"), asset_partitions=[context.partition_key]),
+        limit=1,
+    ).records
+    if not found:
+        return {}
+    materialization = found[0].asset_materialization
+    return {k: v.value for k, v in materialization.metadata.items()} if materialization else {}
+
+
+def arms_markdown(frame: pd.DataFrame) -> MetadataValue:
+    """Arms x (held-out metrics, p-values, verdict), one row each."""
+    columns = list(frame.columns)
+    lines = ["| arm | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, row in frame.iterrows():
+        cells = [
+            f"{v:.4g}" if isinstance(v, float) and np.isfinite(v) else ("" if v is None else str(v))
+            for v in row
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return MetadataValue.md("\n".join(lines))
+
+
+@asset(
+    partitions_def=market_day_partitions,
+    group_name="experiments",
+    io_manager_key="frame_io_manager",
+    kinds={"pandas", "scipy"},
+    ins={
+        "indicator_frame": AssetIn(partition_mapping=trailing_days(MAX_WINDOW_DAYS)),
+        "ga_population": AssetIn(),
+    },
+    deps=[AssetDep("quote_snapshots", partition_mapping=trailing_days(MAX_WINDOW_DAYS))],
+)
+def ab_report(
+    context: AssetExecutionContext,
+    settings: RofSettings,
+    state_store: StateStoreResource,
+    indicator_frame: pd.DataFrame,
+    ga_population: pd.DataFrame,
+):
+    """A/B test of the market's active config against the GA champion (optionally more of the Pareto
+    front), a transferred config and buy-and-hold, on the held-out part of the window only (walk-forward
+    folds: `ab_tests.folds`), with the same costs. The decision rule (core/abtest.py) is quoted in the
+    metadata; a winner becomes the active config with optimistic locking (a lost race is recorded, not
+    retried). Stored: one row per arm with held-out metrics and p-values; every experiment is also kept
+    in the state store (ab_experiments / ab_arms)."""
+    config = settings.load()
+    ab = config.ab_tests
+    market, day = market_and_day(context.partition_key)
+    period = pd.Timedelta(ab.data_period)
+    _, end = day_bounds(day)
+    end_ts = pd.Timestamp(end)
+    frame = window_frame(indicator_frame, end_ts, period)
+    split = split_train_test(frame, ab.train_fraction)
+    if len(split.test) < 60:
+        raise Failure(description=f"only {len(split.test)} held-out bars for {market}", allow_retries=False)
+    space = SearchSpace.from_mapping(ab.experiment.ga.search_space)
+    base = RLParams.from_settings(config.ai_config)
+    experiment_id = f"{ab.experiment.id}:{market.key}:{day.isoformat()}:{context.run.run_id[:8]}"
+    started = time.perf_counter()
+
+    # The active config, read once: its version is what a promotion must still find.
+    store_note = "state store"
+    active = None
+    tasks_plan = None
+    try:
+        with state_store.open() as store:
+            active = store.get_active_config(market.key)
+            if ab.transfer_learning.enabled:
+                tasks_plan = seed_plan_for(
+                    store,
+                    ab,
+                    market.key,
+                    split.train,
+                    end_ts.to_pydatetime(),
+                    population_size=ab.experiment.ga.population_size,
+                    gene_names=space.names,
+                    exclude_ids=[knowledge_task_id(market.key, day.isoformat(), ab.experiment.id)],
+                )
+    except TransientError as exc:
+        store_note = f"unavailable ({type(exc).__name__}): decision reported, nothing promoted or stored"
+        context.log.warning(f"state store {store_note}")
+
+    arms = {ACTIVE: ("active", candidate_from_params(active.params if active else None, base, space))}
+    champion_row = ga_population[ga_population["champion"]].iloc[0]
+    champion_genome = gene_tuple(champion_row, space.names)
+    arms[CHAMPION] = ("challenger", space.decode(space.canonical(champion_genome), base))
+    for rank, pos in enumerate(top_pareto(ga_population, ab.pareto_challengers), start=1):
+        genome = gene_tuple(ga_population.iloc[pos], space.names)
+        arms[f"pareto_{rank}"] = ("challenger", space.decode(space.canonical(genome), base))
+    if tasks_plan is not None and tasks_plan.transfer:
+        source = tasks_plan.transfer[0]
+        arms[TRANSFER] = ("challenger", candidate_from_params(source.task.best_params, base, space))
+
+    evaluation = evaluate_arms(
+        frame,
+        arms,
+        base,
+        space,
+        n_folds=ab.folds,
+        train_fraction=ab.train_fraction,
+        scheme=ab.fold_scheme,
+        embargo=ab.embargo_bars,
+    )
+    ga_meta = ga_metadata(context)
+    searched = int(ga_meta.get("evaluations") or 0) or len(ga_population)
+    rule = DecisionRule(
+        alpha=ab.alpha,
+        min_effect=ab.min_effect,
+        tests=tuple(ab.tests),
+        use_dsr=ab.use_dsr,
+        min_periods=ab.min_periods,
+        n_boot=ab.n_boot,
+    )
+    n_trials = {name: searched for name in evaluation.arms if name == CHAMPION or name.startswith("pareto_")}
+    decision = decide_arms(evaluation, rule, n_trials=n_trials)
+    winner_params = evaluation.arms[decision.winner].params if decision.winner else None
+    if decision.winner == BASELINE:
+        winner_params = None  # buy-and-hold is a yardstick, not a config the agent can run
+    record = ExperimentRecord(
+        experiment_id=experiment_id,
+        market=market.key,
+        label=ab.experiment.id,
+        window_start=frame.index[0].to_pydatetime(),
+        window_end=end_ts.to_pydatetime(),
+        decision=decision.to_dict(),
+        winner=decision.winner,
+        promoted=False,
+        active_version=active.version if active else None,
+        promoted_version=None,
+        conflict=None,
+        details={
+            "folds": evaluation.folds,
+            "ga_task_id": ga_meta.get("task_id"),
+            "seeding": ga_meta.get("seeding"),
+        },
+        arms=arm_records(evaluation, decision),
+    )
+    promotion_text = "not attempted: " + store_note
+    promoted, conflict = False, None
+    if store_note == "state store":
+        try:
+            with state_store.open() as store:
+                _, promotion = finish_experiment(store, record, winner_params, auto_promote=ab.promote)
+            promoted, conflict, promotion_text = promotion.promoted, promotion.conflict, promotion.reason
+        except TransientError as exc:
+            promotion_text = f"not stored: state store unavailable ({type(exc).__name__})"
+    if conflict:
+        context.log.warning(f"{market}: {conflict}")
+
+    # One row per arm: held-out metrics, p-values against the active config, the verdict.
+    rows = []
+    for arm_record in record.arms:
+        report = decision.arms.get(arm_record.arm)
+        rows.append(
+            {
+                "arm": arm_record.arm,
+                "role": arm_record.role,
+                **{k: arm_record.metrics.get(k) for k in METRIC_COLUMNS},
+                "p_welch": report.p_welch if report else np.nan,
+                "p_bootstrap": report.p_bootstrap if report else np.nan,
+                "dsr": report.dsr if report else np.nan,
+                "p_adjusted": report.p_adjusted if report else np.nan,
+                "verdict": report.reason if report else "the config in force",
+            }
+        )
+    table = pd.DataFrame(rows).set_index("arm")
+    decision_text = f"promote {decision.winner}" if decision.winner else "keep active"
+    if decision.winner and not promoted:
+        decision_text += " (conflict)" if conflict else " (not promoted)"
+    equity = {name: arm.equity for name, arm in evaluation.arms.items()}
+    uplift = _uplift(ga_meta)
+    yield Output(
+        table.reset_index(),
+        metadata={
+            "market": market.key,
+            "date": day.isoformat(),
+            "experiment_id": experiment_id,
+            "decision": decision_text,
+            "winner": decision.winner or "none",
+            "reason": decision.reason,
+            "decision_rule": rule.describe(),
+            "promotion": promotion_text,
+            "promoted": promoted,
+            "conflict": conflict or "none",
+            "active_version_read": active.version if active else 0,
+            "arms": arms_markdown(table),
+            "equity_curves": line_plot_markdown(
+                "Held-out equity of every arm (folds chained)", equity, "held-out step", "equity"
+            ),
+            "held_out_steps": int(decision.n_periods),
+            "folds": ab.folds,
+            "train_bars": len(split.train),
+            "test_bars": len(split.test),
+            "window_start": str(frame.index[0]),
+            "window_end": str(frame.index[-1]),
+            "ga_task_id": str(ga_meta.get("task_id", "unknown")),
+            "n_trials_for_dsr": searched,
+            **finite_metadata(uplift),
+            **upstream_links(context, ("quote_snapshots", "indicator_frame", "ga_population")),
+            "wall_seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+
+
+def _uplift(ga_meta: dict[str, Any]) -> dict[str, Any]:
+    """What warm-starting bought, as far as this run shows it (the controlled comparison with and
+    without seeding is rof_pipelines_tests/core/test_uplift.py)."""
+    seeding = ga_meta.get("seeding") or {}
+    return {
+        "uplift/seeded": int(ga_meta.get("seeded") or 0),
+        "uplift/seeding": str(seeding.get("reason", "unknown")),
+        "uplift/generations_run": int(ga_meta.get("generations_run") or 0),
+        "uplift/evaluations": int(ga_meta.get("evaluations") or 0),
+    }
+
+
+@asset(
+    partitions_def=market_day_partitions,
+    group_name="experiments",
+    io_manager_key="frame_io_manager",
+    kinds={"pandas"},
+    ins={
+        "indicator_frame": AssetIn(partition_mapping=trailing_days(MAX_WINDOW_DAYS)),
+        "ga_population": AssetIn(),
+        "ab_report": AssetIn(),
+    },
+)
+def strategy_knowledge(
+    context: AssetExecutionContext,
+    settings: RofSettings,
+    state_store: StateStoreResource,
+    indicator_frame: pd.DataFrame,
+    ga_population: pd.DataFrame,
+    ab_report: pd.DataFrame,
+):
+    """Adds this market-day's finished task (market features of the training part, the GA champion's
+    genes, its held-out Sharpe from the A/B test, generations) to the knowledge base meta/transfer
+    learning seed from, and prunes tasks older than `knowledge_retention_days`. Stored: the knowledge
+    base as retained at this day (one row per task)."""
+    config = settings.load()
+    ab = config.ab_tests
+    market, day = market_and_day(context.partition_key)
+    _, end = day_bounds(day)
+    frame = window_frame(indicator_frame, pd.Timestamp(end), pd.Timedelta(ab.data_period))
+    split = split_train_test(frame, ab.train_fraction)
+    space = SearchSpace.from_mapping(ab.experiment.ga.search_space)
+    champion = ga_population[ga_population["champion"]].iloc[0]
+    held_out = ab_report.set_index("arm")
+    score = float(held_out.loc[CHAMPION, "sharpe"]) if CHAMPION in held_out.index else float("nan")
+    ga_meta = ga_metadata(context)
+    task = TaskRecord(
+        task_id=knowledge_task_id(market.key, day.isoformat(), ab.experiment.id),
+        market=market.key,
+        finished_at=min(end, datetime.now(UTC)),
+        features=market_features(split.train),
+        best_params=genes_of(champion, space),
+        score=score,
+        outcome={k: float(held_out.loc[CHAMPION, k]) for k in ("total_return", "max_drawdown")}
+        if CHAMPION in held_out.index
+        else {},
+        generations=int(ga_meta.get("generations_run") or 0) or None,
+    )
+    retention = ab.meta_learning.knowledge_retention_days
+    try:
+        with state_store.open() as store:
+            store.add_knowledge_task(task)
+            pruned = store.prune_knowledge(retention, now=end)
+            tasks = store.knowledge_tasks(now=end, retention_days=retention)
+        stored = "state store"
+    except TransientError as exc:
+        pruned, tasks, stored = 0, [task], f"not stored: state store unavailable ({type(exc).__name__})"
+    rows = [
+        {
+            "task_id": t.task_id,
+            "market": t.market,
+            "finished_at": t.finished_at,
+            "score": t.score,
+            "generations": t.generations,
+            **{f"feature/{k}": v for k, v in t.features.items()},
+        }
+        for t in tasks
+    ]
+    yield Output(
+        pd.DataFrame(rows),
+        metadata={
+            "market": market.key,
+            "date": day.isoformat(),
+            "task_id": task.task_id,
+            "stored": stored,
+            "tasks_retained": len(tasks),
+            "tasks_pruned": int(pruned),
+            "retention_days": retention,
+            "meta_learning": "on" if ab.meta_learning.enabled else "off",
+            "transfer_learning": "on" if ab.transfer_learning.enabled else "off",
+            "best_params": MetadataValue.json(task.best_params),
+            "features": MetadataValue.json({k: v for k, v in task.to_dict()["features"].items()}),
+            **finite_metadata({"held_out_sharpe": score}),
+        },
+    )

@@ -1,0 +1,204 @@
+"""A/B experiments against a real PostgreSQL: arms evaluated on held-out folds, experiments recorded
+and listed, the knowledge base with retention, and promotion under concurrency (two experiments
+finishing at once for one market: one active config, one recorded conflict, no lost update)."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rof_pipelines.adapters.experiments import (
+    ACTIVE,
+    BASELINE,
+    active_rl_params,
+    arm_records,
+    candidate_from_params,
+    decide_arms,
+    evaluate_arms,
+    finish_experiment,
+)
+from rof_pipelines.adapters.state_store import ExperimentRecord, StateStore
+from rof_pipelines.core.abtest import DecisionRule
+from rof_pipelines.core.ga.space import Candidate, FeatureWindows, SearchSpace
+from rof_pipelines.core.knowledge import TaskRecord
+from rof_pipelines.core.rl.agent import RLParams
+from rof_pipelines.core.rl.env import BinSpec
+
+MARKET = "binance:TONUSDT"
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+SPACE = SearchSpace.from_mapping(
+    {
+        "alpha": {"type": "float", "low": 0.05, "high": 0.5},
+        "rsi_low": {"type": "int", "low": 20, "high": 49},
+        "rsi_high": {"type": "int", "low": 51, "high": 80},
+        "rsi_window": {"type": "int", "low": 7, "high": 28},
+        "stop_loss": {"type": "float", "low": 0.0, "high": 0.05},
+    }
+)
+BASE = RLParams(episodes=3, seed=1)
+
+
+@pytest.fixture
+def store(make_settings, pg_database):
+    settings = make_settings(
+        {
+            "state_storage": {
+                "db_host": pg_database["db_host"],
+                "db_user": pg_database["db_user"],
+                "db_name": pg_database["db_name"],
+                "db_password": "",
+                "schema": "rof_state",
+            }
+        }
+    )
+    with StateStore(settings.state_storage) as s:
+        s.upgrade("head")
+        yield s
+
+
+def frame(n: int = 900, seed: int = 4) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
+    return pd.DataFrame(
+        {
+            "open": np.concatenate([[100.0], close[:-1]]),
+            "high": close * 1.001,
+            "low": close * 0.999,
+            "close": close,
+            "rsi": rng.uniform(0, 100, n),
+            "macd_hist": rng.normal(0, 0.05, n),
+            "bb_pband": rng.uniform(-0.2, 1.2, n),
+            "atr_pct": rng.uniform(0.001, 0.01, n),
+            "trend": rng.normal(0, 1e-3, n),
+        },
+        index=pd.date_range("2026-11-19", periods=n, freq="1min", tz="UTC"),
+    )
+
+
+def record(experiment_id: str, active_version: int | None, winner: str | None = "ga_champion"):
+    return ExperimentRecord(
+        experiment_id=experiment_id,
+        market=MARKET,
+        label="test_experiment",
+        window_start=NOW - timedelta(days=1),
+        window_end=NOW,
+        decision={"winner": winner, "reason": "test", "inf": float("inf")},
+        winner=winner,
+        promoted=False,
+        active_version=active_version,
+        promoted_version=None,
+        conflict=None,
+        details={},
+    )
+
+
+def test_arms_are_evaluated_on_the_held_out_folds_only():
+    champion = candidate_from_params(
+        {"alpha": 0.3, "rsi_low": 40, "rsi_high": 60, "rsi_window": 10}, BASE, SPACE
+    )
+    assert champion.windows == FeatureWindows(rsi=10) and champion.params.bins.rsi_edges == (40.0, 60.0)
+    data = frame()
+    evaluation = evaluate_arms(
+        data,
+        {ACTIVE: ("active", Candidate(BASE, FeatureWindows())), "ga_champion": ("challenger", champion)},
+        BASE,
+        SPACE,
+        n_folds=3,
+        train_fraction=0.7,
+    )
+    held_out = len(data) - round(len(data) * 0.7)
+    lengths = {name: len(arm.returns) for name, arm in evaluation.arms.items()}
+    assert set(lengths) == {ACTIVE, "ga_champion", BASELINE} and len(set(lengths.values())) == 1
+    assert held_out - 3 <= lengths[ACTIVE] <= held_out  # one step fewer per fold than bars
+    assert [f["fold"] for f in evaluation.folds] == [0, 1, 2]
+    assert all(pd.Timestamp(f["train_end"]) < pd.Timestamp(f["test_start"]) for f in evaluation.folds)
+    decision = decide_arms(evaluation, DecisionRule(n_boot=200, min_periods=30))
+    assert set(decision.arms) == {"ga_champion", BASELINE}
+    rows = {r.arm: r for r in arm_records(evaluation, decision)}
+    assert rows[ACTIVE].p_values == {} and 0 <= rows["ga_champion"].p_values["p_adjusted"] <= 1
+    assert rows["ga_champion"].params["indicator_windows"] == {"rsi": 10}
+
+
+def test_q_table_reads_the_champion_form_and_says_what_it_cannot_apply():
+    stored = Candidate(
+        BASE.replace(alpha=0.33, bins=BinSpec(rsi_edges=(40.0, 60.0))), FeatureWindows(rsi=9), 0.01, 0.0
+    ).to_dict()
+    params, ignored = active_rl_params(RLParams(seed=7), stored)
+    assert params.alpha == 0.33 and params.bins.rsi_edges == (40.0, 60.0) and params.seed == 7
+    assert any("indicator_windows" in n for n in ignored) and any("stop_loss" in n for n in ignored)
+    legacy, none = active_rl_params(RLParams(), {"alpha": 0.4})
+    assert legacy.alpha == 0.4 and none == []
+
+
+def test_experiments_are_recorded_and_listed_with_their_arms(store):
+    data = frame(600)
+    evaluation = evaluate_arms(data, {ACTIVE: ("active", Candidate(BASE, FeatureWindows()))}, BASE, SPACE)
+    decision = decide_arms(evaluation, DecisionRule(n_boot=200))
+    base = record("exp-1", None, winner=None)
+    rec = ExperimentRecord(**{**vars(base), "arms": arm_records(evaluation, decision)})
+    final, promotion = finish_experiment(store, rec, None)
+    assert not promotion.promoted and final.conflict is None
+    listed = store.list_experiments(MARKET)
+    assert [e.experiment_id for e in listed] == ["exp-1"]
+    assert {a.arm for a in listed[0].arms} == {ACTIVE, BASELINE}
+    assert listed[0].decision["inf"] is None  # non-finite floats stored as null
+    assert store.get_active_config(MARKET) is None
+
+
+def test_concurrent_promotions_leave_one_active_config_and_a_recorded_conflict(store):
+    store.set_active_config(MARKET, {"rl": {"alpha": 0.2}}, "default")
+    read = store.get_active_config(MARKET)
+    assert read is not None and read.version == 1
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    def experiment(name: str, alpha: float) -> None:
+        barrier.wait()  # both read version 1 and finish at once
+        outcomes[name] = finish_experiment(store, record(name, read.version), {"rl": {"alpha": alpha}})
+
+    threads = [threading.Thread(target=experiment, args=(f"exp-{i}", 0.3 + i / 10)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    promoted = [name for name, (_, p) in outcomes.items() if p.promoted]
+    conflicted = [name for name, (_, p) in outcomes.items() if p.conflict]
+    assert len(promoted) == 1 and len(conflicted) == 1, outcomes
+    active = store.get_active_config(MARKET)
+    assert active is not None and active.version == 2 and active.experiment_id == promoted[0]
+    rows = {e.experiment_id: e for e in store.list_experiments(MARKET)}
+    assert rows[promoted[0]].promoted and rows[promoted[0]].promoted_version == 2
+    assert not rows[conflicted[0]].promoted and "optimistic-lock conflict" in rows[conflicted[0]].conflict
+
+
+def test_first_promotion_creates_and_a_second_creator_conflicts(store):
+    _, p1 = finish_experiment(store, record("a", None), {"rl": {"alpha": 0.3}})
+    _, p2 = finish_experiment(store, record("b", None), {"rl": {"alpha": 0.4}})
+    assert p1.promoted and p1.version == 1 and not p2.promoted and p2.conflict
+    assert store.get_active_config(MARKET).params == {"rl": {"alpha": 0.3}}
+
+
+def test_knowledge_tasks_round_trip_with_retention(store):
+    for days, task_id in ((40, "old"), (3, "recent"), (-1, "future")):
+        store.add_knowledge_task(
+            TaskRecord(
+                task_id=task_id,
+                market=MARKET,
+                finished_at=NOW - timedelta(days=days),
+                features={"log_volatility": 1.5, "trend": float("nan")},
+                best_params={"alpha": 0.3, "rsi_low": 40},
+                score=1.2,
+                generations=7,
+            )
+        )
+    store.add_knowledge_task(  # the same task again replaces its record
+        TaskRecord("recent", MARKET, NOW - timedelta(days=3), {"log_volatility": 2.0}, {"alpha": 0.4})
+    )
+    kept = store.knowledge_tasks(now=NOW, retention_days=30)
+    assert [t.task_id for t in kept] == ["recent"]
+    assert kept[0].best_params == {"alpha": 0.4} and kept[0].features["log_volatility"] == 2.0
+    assert len(store.knowledge_tasks()) == 3
+    assert store.prune_knowledge(30, now=NOW) == 1
+    assert {t.task_id for t in store.knowledge_tasks()} == {"recent", "future"}
