@@ -501,6 +501,8 @@ class ABTestsConfig(_Section):
     n_boot: int = Field(default=2000, ge=100, le=100_000)
     pareto_challengers: int = Field(default=0, ge=0, le=5, description="extra arms from the Pareto front")
     promote: bool = Field(default=True, description="promote the winner automatically")
+    # When the GA was seeded (meta/transfer learning), also run it cold to measure what seeding bought.
+    measure_uplift: bool = Field(default=True, description="run a cold GA beside a seeded one and compare")
 
     @property
     def market(self) -> str:

@@ -100,6 +100,7 @@ def test_ab_report_shows_the_evidence_and_records_the_experiment(tmp_path, state
         for name in ("quote_snapshots", "indicator_frame", "ga_population"):
             assert meta[f"upstream/{name}"].startswith("run ")
         assert meta["uplift/seeded"] == 0 and "meta-learning off" in meta["uplift/seeding"]
+        assert meta["uplift/measured"] == "no: the population was not seeded"
         table = pd.read_parquet(meta["path"])
         assert set(table["arm"]) == {"active", "ga_champion", "buy_and_hold"}
         assert table.loc[table["arm"] == "active", "verdict"].item() == "the config in force"
@@ -131,4 +132,10 @@ def test_with_meta_learning_on_the_next_day_is_seeded_from_the_knowledge_base(tm
         assert second.success
         ga = metadata(second, "ga_population")
         assert ga["seeded"] == 1 and ga["seeding"]["meta"][0]["market"] == TON.key
-        assert metadata(second, "ab_report")["uplift/seeded"] == 1
+        report = metadata(second, "ab_report")
+        assert report["uplift/seeded"] == 1
+        # The cold comparison ran beside the seeded GA, and the report carries its figures.
+        assert report["uplift/measured"].startswith("yes")
+        assert report["uplift/generations_to_cold_fitness_cold"] >= 0
+        assert report["uplift/generations_to_cold_fitness_seeded"] >= -1
+        assert report["uplift/evaluations_cold"] > 0 and report["uplift/evaluations_seeded"] > 0

@@ -271,14 +271,16 @@ def ab_report(
 
 
 def _uplift(ga_meta: dict[str, Any]) -> dict[str, Any]:
-    """What warm-starting bought, as far as this run shows it (the controlled comparison with and
-    without seeding is rof_pipelines_tests/core/test_uplift.py)."""
+    """What warm-starting bought: the seeding used and, when the GA was seeded, generations and
+    evaluations to reach the cold run's champion fitness with and without the seeds."""
     seeding = ga_meta.get("seeding") or {}
     return {
         "uplift/seeded": int(ga_meta.get("seeded") or 0),
         "uplift/seeding": str(seeding.get("reason", "unknown")),
         "uplift/generations_run": int(ga_meta.get("generations_run") or 0),
         "uplift/evaluations": int(ga_meta.get("evaluations") or 0),
+        # The cold comparison ga_population ran beside a seeded run (absent when nothing was seeded).
+        **{key: value for key, value in ga_meta.items() if key.startswith("uplift/")},
     }
 
 
