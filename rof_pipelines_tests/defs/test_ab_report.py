@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 from dagster import AssetKey, instance_for_test, materialize
 
@@ -73,17 +72,6 @@ def metadata(result, name: str) -> dict:
         if materialization.asset_key == AssetKey(name):
             return {key: value.value for key, value in materialization.metadata.items()}
     raise AssertionError(f"{name} was not materialised")
-
-
-@pytest.fixture
-def state_storage(pg_database) -> dict:
-    return {
-        "db_host": pg_database["db_host"],
-        "db_user": pg_database["db_user"],
-        "db_name": pg_database["db_name"],
-        "db_password": "",
-        "schema": "rof_state",
-    }
 
 
 def test_ab_report_shows_the_evidence_and_records_the_experiment(tmp_path, state_storage):
