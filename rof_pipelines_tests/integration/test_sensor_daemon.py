@@ -32,7 +32,7 @@ def harness(pg_admin_dsn, rabbitmq_url):
 def test_thousand_messages_through_a_twice_killed_daemon(harness):
     rabbit = harness.rabbit
     valid = [
-        build_message("task", market=MARKETS[i % 4], date=f"2026-10-{1 + i % 28:02d}") for i in range(850)
+        build_message("task", market=MARKETS[i % 4], date=f"2026-10-{1 + i % 28:02d}") for i in range(240)
     ]
     rabbit.publish_many(valid)
     rabbit.publish_many(valid[::8])  # 30 duplicates: the same message ids again
