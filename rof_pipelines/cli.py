@@ -26,6 +26,8 @@ state_app = typer.Typer(help="Back up and restore the state store.", no_args_is_
 app.add_typer(state_app, name="state")
 instance_app = typer.Typer(help="The production Dagster instance (dagster.yaml).", no_args_is_help=True)
 app.add_typer(instance_app, name="instance")
+experiments_app = typer.Typer(help="A/B experiments recorded in the state store.", no_args_is_help=True)
+app.add_typer(experiments_app, name="experiments")
 app.add_typer(quotes_app, name="quotes")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
@@ -287,6 +289,46 @@ def instance_render() -> None:
     from rof_pipelines.defs.instance_config import render_instance_yaml
 
     typer.echo(render_instance_yaml(load_settings()), nl=False)
+
+
+@experiments_app.command("list")
+def experiments_list(
+    market: Annotated[str | None, typer.Option("--market", "-m", help="only this exchange:PAIR")] = None,
+    limit: int = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Recorded experiments, newest first: winner, promotion or conflict, and the reason."""
+    store = _state_store()
+    try:
+        records = store.list_experiments(market, limit)
+    finally:
+        store.dispose()
+    for record in records:
+        reason = record.decision.get("reason", "")
+        outcome = "promoted" if record.promoted else ("conflict" if record.conflict else "kept active")
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "experiment_id": record.experiment_id,
+                        "market": record.market,
+                        "window_end": record.window_end,
+                        "winner": record.winner,
+                        "outcome": outcome,
+                        "conflict": record.conflict,
+                        "reason": reason,
+                        "arms": [arm.arm for arm in record.arms],
+                    },
+                    default=str,
+                )
+            )
+        else:
+            typer.echo(
+                f"{record.created_at:%Y-%m-%d %H:%M} {record.market:<18} {record.window_end:%Y-%m-%d} "
+                f"{outcome:<11} winner={record.winner or '-'}  {reason}"
+            )
+    if not records:
+        typer.echo("no experiments recorded yet")
 
 
 # --- config ---------------------------------------------------------------------------------------
