@@ -816,15 +816,19 @@ class StateStore:
 
     def prune_checkpoints(self, retention_days: int, now: datetime | None = None) -> int:
         """Delete checkpoints written more than ``retention_days`` ago; returns how many went."""
+        return self._prune_older_than(self.ga_checkpoints.c.created_at, retention_days, now)
+
+    def _prune_older_than(self, column: sa.Column, retention_days: int, now: datetime | None) -> int:
+        """Delete the rows of ``column``'s table whose ``column`` is more than ``retention_days`` before
+        ``now`` (the database's clock when None); returns how many went."""
         if retention_days < 1:
             raise DataValidationError(f"{SERVICE}: retention_days must be >= 1, got {retention_days}")
-        table = self.ga_checkpoints
         base = sa.func.now() if now is None else sa.bindparam("now", now, type_=sa.DateTime(timezone=True))
         cutoff = base - sa.func.make_interval(0, 0, 0, int(retention_days))
 
         def run() -> int:
             with self._engine.begin() as conn:
-                return conn.execute(sa.delete(table).where(table.c.created_at < cutoff)).rowcount
+                return conn.execute(sa.delete(column.table).where(column < cutoff)).rowcount
 
         return self._call(run)
 
@@ -947,17 +951,7 @@ class StateStore:
 
     def prune_knowledge(self, retention_days: int, now: datetime | None = None) -> int:
         """Delete tasks finished more than ``retention_days`` before ``now``; returns how many went."""
-        if retention_days < 1:
-            raise DataValidationError(f"{SERVICE}: retention_days must be >= 1, got {retention_days}")
-        table = self.knowledge_table
-        base = sa.func.now() if now is None else sa.bindparam("now", now, type_=sa.DateTime(timezone=True))
-        cutoff = base - sa.func.make_interval(0, 0, 0, int(retention_days))
-
-        def run() -> int:
-            with self._engine.begin() as conn:
-                return conn.execute(sa.delete(table).where(table.c.finished_at < cutoff)).rowcount
-
-        return self._call(run)
+        return self._prune_older_than(self.knowledge_table.c.finished_at, retention_days, now)
 
 
 def ensure_migrated(store: StateStore, settings: "Settings") -> str | None:
