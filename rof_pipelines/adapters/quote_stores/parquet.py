@@ -7,7 +7,6 @@ pyarrow, DuckDB or pandas can read it directly). It needs no server, which is wh
 
 import fcntl
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -168,10 +167,6 @@ class ParquetQuoteStore(QuoteStore):
     def _ts_columns(self, files: Iterable[Path]) -> Iterator[pd.Series]:
         for path in files:
             yield self._read_file(path)["ts"]
-
-    def drop_market(self, market: Market) -> None:
-        """Remove everything stored for a market (used by tests and by operators)."""
-        shutil.rmtree(self._market_dir(market), ignore_errors=True)
 
 
 def _as_utc(moment: datetime) -> datetime:
