@@ -83,8 +83,6 @@ def read_quote_table(path: Path) -> tuple[pd.DataFrame, int]:
                 return table, 1
             return pd.read_csv(path, dtype=str, sep=sep, keep_default_na=False), 2
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
-        if isinstance(exc, DataValidationError):
-            raise
         raise DataValidationError(f"{path}: cannot be parsed: {exc}") from exc
     raise DataValidationError(f"{path}: unsupported file type {suffixes or '(none)'}; use .csv or .parquet")
 
