@@ -132,6 +132,53 @@ def _wilder_atr(true_range: np.ndarray, window: int) -> np.ndarray:  # pragma: n
     return out
 
 
+def rsi_values(close: np.ndarray, window: int) -> np.ndarray:
+    """ta's ``RSIIndicator(close, window).rsi()`` on an array: the genetic optimiser recomputes RSI for
+    every window it tries, and ta's pandas version costs ~1.3 ms per 7,000 bars against ~0.1 here.
+    Equal to ta's within 1e-13 (the last bit of a division can differ); a test holds them equal."""
+    return _ta_rsi(np.ascontiguousarray(close, dtype=np.float64), int(window))
+
+
+@njit(cache=True)
+def _ewm_unadjusted(values: np.ndarray, alpha: float, min_periods: int) -> np.ndarray:  # pragma: no cover
+    """pandas' ``ewm(alpha=alpha, adjust=False, min_periods=...).mean()`` for NaN-free input, with
+    pandas' own operation order (its weights are renormalised every step)."""
+    n = values.shape[0]
+    out = np.empty(n)
+    weighted = values[0]
+    out[0] = weighted if min_periods <= 1 else np.nan
+    for i in range(1, n):
+        old_wt = 1.0 - alpha
+        cur = values[i]
+        if weighted != cur:
+            weighted = (old_wt * weighted + alpha * cur) / (old_wt + alpha)
+        out[i] = weighted if i + 1 >= min_periods else np.nan
+    return out
+
+
+@njit(cache=True)
+def _ta_rsi(close: np.ndarray, window: int) -> np.ndarray:  # pragma: no cover - compiled
+    n = close.shape[0]
+    up = np.zeros(n)
+    down = np.zeros(n)
+    for i in range(1, n):
+        change = close[i] - close[i - 1]
+        if change > 0:
+            up[i] = change
+        elif change < 0:
+            down[i] = -change
+    alpha = 1.0 / window
+    gain = _ewm_unadjusted(up, alpha, window)
+    loss = _ewm_unadjusted(down, alpha, window)
+    out = np.empty(n)
+    for i in range(n):
+        if loss[i] == 0.0:
+            out[i] = 100.0
+        else:
+            out[i] = 100.0 - 100.0 / (1.0 + gain[i] / loss[i])
+    return out
+
+
 def adx(high: pd.Series, low: pd.Series, close: pd.Series, window: int) -> pd.Series:
     """ta's ADXIndicator.adx(), with the warm-up rows NaN instead of 0."""
     values = _ta_adx(

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from ta.momentum import RSIIndicator
+from ta.volatility import BollingerBands
 
 from rof_pipelines.core.ga.engine import (
     GASettings,
@@ -18,7 +20,9 @@ from rof_pipelines.core.ga.engine import (
     pareto_ranks,
 )
 from rof_pipelines.core.ga.fitness import (
+    FEATURE_ORDER,
     FULL,
+    _enabled,
     _windowed_feature,
     build_fitness_data,
     env_arrays,
@@ -155,6 +159,8 @@ def test_configured_space_decodes_onto_valid_parameters():
         for gene, value in zip(space.genes, genome, strict=True):
             assert gene.low <= value <= gene.high
             assert isinstance(value, int if gene.kind == "int" else float)
+        per_gene = tuple(g.from_unit(u) for g, u in zip(space.genes, unit, strict=True))
+        assert genome == per_gene and [type(v) for v in genome] == [type(v) for v in per_gene]
         candidate = space.decode(genome, RLParams())  # RLParams / BinSpec / KellyParams validate
         assert candidate.params.epsilon_min <= candidate.params.epsilon
         assert space.from_unit(space.to_unit(genome)) == genome
@@ -209,6 +215,65 @@ def test_rewindowed_features_equal_the_indicator_frame(bars_frame):
         assert np.allclose(got, expected, equal_nan=True, rtol=0, atol=1e-12), name
     other = build_indicator_frame(bars, windows=IndicatorWindows(rsi=9))
     assert np.allclose(_windowed_feature(s, "rsi", 9, 2.0), other["rsi"].to_numpy(), equal_nan=True)
+
+
+def test_rewindowed_features_equal_ta_for_every_window_even_on_flat_prices(bars_frame):
+    """The compiled RSI and the direct Bollinger computation against ta, on prices that include a flat
+    stretch (zero-width bands, no up or down moves)."""
+    frame = bars_frame.copy()
+    frame.iloc[300:360, frame.columns.get_indexer(["open", "high", "low", "close"])] = frame["close"].iloc[
+        299
+    ]
+    s = make_slice(FULL, frame, 0.3)
+    close = pd.Series(s.close)
+    for window in range(2, 45):
+        expected_rsi = RSIIndicator(close, window=window).rsi().to_numpy()
+        got_rsi = _windowed_feature(s, "rsi", window, 2.0)
+        assert np.array_equal(np.isnan(got_rsi), np.isnan(expected_rsi)), window
+        assert np.allclose(got_rsi, expected_rsi, rtol=0, atol=1e-12, equal_nan=True), window
+        bands = BollingerBands(close, window=window, window_dev=2.0)
+        high, low = bands.bollinger_hband(), bands.bollinger_lband()
+        expected_bb = ((close - low) / (high - low).replace(0.0, np.nan)).to_numpy()
+        expected_bb = np.where(np.isfinite(expected_bb), expected_bb, np.nan)
+        assert np.array_equal(_windowed_feature(s, "bb", window, 2.0), expected_bb, equal_nan=True), window
+
+
+def test_environments_from_cached_pieces_equal_the_reference_builders(bars_frame):
+    """``FitnessData.envs`` assembles environments from per-feature pieces shared between genomes; it
+    must equal fit_state_space + env_arrays (the numpy twins of the RL module) for any genome, also
+    with gaps inside a feature (forward fill) and on both slices."""
+    frame = bars_frame.copy()
+    frame.iloc[700:705, frame.columns.get_loc("atr_pct")] = np.nan
+    frame.iloc[1200, frame.columns.get_loc("macd_hist")] = np.nan
+    space = SearchSpace.from_mapping(load_settings(environ={}).ab_tests.experiment.ga.search_space)
+    data = build_fitness_data(frame, RLParams(), space, sample_fraction=0.5)
+    rng = np.random.default_rng(7)
+    for unit in space.random_units(rng, 60):
+        candidate = space.decode(space.from_unit(unit), data.base)
+        windows, bins = candidate.windows, candidate.params.bins
+        by_name = {"rsi": windows.rsi, "bb": windows.bb, "vol": windows.atr, "macd": None, "trend": None}
+        for slice_name, s in data.slices.items():
+            fit_env, val_env = data.envs(slice_name, bins, windows, False)
+            raw = {name: data.feature(slice_name, name, by_name[name]) for name in FEATURE_ORDER}
+            raw = {name: values for name, values in raw.items() if name in _enabled(bins)}
+            cut = s.fit_rows
+            fit_raw = {k: v[:cut] for k, v in raw.items()}
+            expected_space = fit_state_space(fit_raw, s.open[:cut], s.close[:cut], bins, False)
+            assert fit_env.state_space == expected_space
+            expected = (
+                env_arrays(fit_raw, s.open[:cut], s.close[:cut], s.times[:cut], expected_space),
+                env_arrays(
+                    {k: v[cut:] for k, v in raw.items()},
+                    s.open[cut:],
+                    s.close[cut:],
+                    s.times[cut:],
+                    expected_space,
+                ),
+            )
+            for got, want in zip((fit_env, val_env), expected, strict=True):
+                assert got.mstate.dtype == want.mstate.dtype
+                assert np.array_equal(got.mstate, want.mstate)
+                assert np.array_equal(got.step_ret, want.step_ret) and np.array_equal(got.times, want.times)
 
 
 def test_walk_without_levels_is_the_agents_own_backtest(bars_frame):

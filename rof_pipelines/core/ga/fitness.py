@@ -9,8 +9,10 @@ so the same genome on the same data always scores the same, in any process.
 
 Speed: evaluation runs thousands of times, so the state space is fitted with numpy here instead of
 :func:`rof_pipelines.core.rl.prepare` (pandas); tests hold the two equal. Indicator columns a genome
-re-windows are recomputed per (slice, indicator, window) and cached; prepared environments are
-cached per (slice, bins, windows). Both caches are bounded.
+re-windows are recomputed per (slice, indicator, window) and cached. Environments are assembled from
+cached per-feature pieces (warm-up end, quantile edges, bin codes, step returns) that genomes with
+other windows or bin counts share, and cached whole per (slice, bins, windows). Every cache is a
+bounded LRU, and each worker process keeps its own.
 
 Stop-loss / take-profit: the RL kernel has neither, so they are applied here, in the evaluation walk
 only (training is unchanged): an open trade whose unit return so far (entry cost included) is at or
@@ -30,7 +32,7 @@ from numba import njit
 
 from rof_pipelines.core.backtest import max_drawdown, sharpe_ratio
 from rof_pipelines.core.ga.space import Candidate, FeatureWindows, Genome, SearchSpace
-from rof_pipelines.core.indicators import IndicatorWindows, _wilder_atr
+from rof_pipelines.core.indicators import IndicatorWindows, _wilder_atr, rsi_values
 from rof_pipelines.core.kelly import KellyParams, kelly_fraction_window
 from rof_pipelines.core.rl.agent import RLParams, train
 from rof_pipelines.core.rl.env import (
@@ -49,6 +51,8 @@ FEATURE_ORDER = ("rsi", "macd", "bb", "vol", "trend")
 MIN_PART_BARS = 50
 _FEATURE_CACHE_SIZE = 256
 _ENV_CACHE_SIZE = 512
+_PIECE_CACHE_SIZE = 4096  # starts, edges, int16 bin codes (2 bytes a bar): < 60 MB at 7,000 bars
+_PRICE_CACHE_SIZE = 256  # step returns per start row (8 bytes a bar): < 15 MB at 7,000 bars
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,11 +151,15 @@ class FitnessData:
         self.windows = windows or IndicatorWindows()
         self._features: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._envs: OrderedDict[tuple, tuple[EnvArrays, EnvArrays]] = OrderedDict()
+        self._pieces: OrderedDict[tuple, Any] = OrderedDict()
+        self._price_cache: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_features"] = OrderedDict()
         state["_envs"] = OrderedDict()
+        state["_pieces"] = OrderedDict()
+        state["_price_cache"] = OrderedDict()
         return state
 
     def fingerprint(self, slice_name: str) -> str:
@@ -169,38 +177,152 @@ class FitnessData:
                 raise DataValidationError(f"the frame has no column for feature {name!r}")
             return s.features[name]
         key = (slice_name, name, window)
-        cached = self._features.get(key)
+        cached = _recall(self._features, key)
         if cached is not None:
-            self._features.move_to_end(key)
             return cached
         values = _windowed_feature(s, name, window, self.windows.bollinger_dev)
-        self._features[key] = values
-        if len(self._features) > _FEATURE_CACHE_SIZE:
-            self._features.popitem(last=False)
+        _remember(self._features, key, values, _FEATURE_CACHE_SIZE)
         return values
 
     def envs(self, slice_name: str, bins: BinSpec, windows: FeatureWindows, allow_short: bool):
-        """(fit env with its fitted state space, validation env in that space), cached."""
+        """(fit env with its fitted state space, validation env in that space), cached.
+
+        Equal to :func:`fit_state_space` + :func:`env_arrays` on the two parts (a test holds them
+        equal), but assembled from per-feature pieces that genomes share: most genomes differ in some
+        window or bin count, so whole environments rarely repeat while their features' edges, bin
+        codes and the price arrays do, and building an environment becomes a few integer additions."""
         key = (slice_name, bins, windows, allow_short)
-        cached = self._envs.get(key)
+        cached = _recall(self._envs, key)
         if cached is not None:
-            self._envs.move_to_end(key)
             return cached
         s = self.slices[slice_name]
         by_name = {"rsi": windows.rsi, "bb": windows.bb, "vol": windows.atr, "macd": None, "trend": None}
-        names = _enabled(bins)
-        raw = {name: self.feature(slice_name, name, by_name[name]) for name in names}
+        columns = tuple((name, by_name[name]) for name in _enabled(bins))
         cut = s.fit_rows
-        fit_raw = {k: v[:cut] for k, v in raw.items()}
-        space = fit_state_space(fit_raw, s.open[:cut], s.close[:cut], bins, allow_short)
-        fit_env = env_arrays(fit_raw, s.open[:cut], s.close[:cut], s.times[:cut], space)
-        val_raw = {k: v[cut:] for k, v in raw.items()}
-        val_env = env_arrays(val_raw, s.open[cut:], s.close[cut:], s.times[cut:], space)
+        fit_start = self._first_valid(slice_name, columns, 0, cut)
+        fixed = {"rsi": bins.rsi_edges, "bb": bins.bb_edges}
+        levels = {"macd": bins.macd_levels, "vol": bins.vol_bins, "trend": bins.trend_levels}
+        features = tuple(
+            FeatureBins(
+                name,
+                fixed[name]
+                if name in fixed
+                else self._edges(slice_name, name, window, levels[name], fit_start),
+            )
+            for name, window in columns
+        )
+        space = StateSpace(features, allow_short=allow_short)
+        fit_env = self._env(slice_name, columns, space, 0, cut, fit_start)
+        val_start = self._first_valid(slice_name, columns, cut, s.n)
+        val_env = self._env(slice_name, columns, space, cut, s.n, val_start)
         pair = (fit_env, val_env)
-        self._envs[key] = pair
-        if len(self._envs) > _ENV_CACHE_SIZE:
-            self._envs.popitem(last=False)
+        _remember(self._envs, key, pair, _ENV_CACHE_SIZE)
         return pair
+
+    def bars_per_year(self, env: EnvArrays) -> float:
+        """``env.bars_per_year()`` (a median over every bar) once per time axis: environments' axes
+        are suffixes of their slice's, so length and ends tell them apart."""
+        key = (env.times.shape[0], int(env.times[0]), int(env.times[-1]))
+        value = _recall(self._pieces, ("bars_per_year", key))
+        if value is None:
+            value = env.bars_per_year()
+            _remember(self._pieces, ("bars_per_year", key), value, _PIECE_CACHE_SIZE)
+        return value
+
+    # -- the pieces environments are assembled from (rows lo..hi of a slice) ---------------------------
+
+    def _first_valid(self, slice_name: str, columns: tuple, lo: int, hi: int) -> int:
+        """:func:`_first_valid` on rows lo..hi of these feature columns (relative to lo)."""
+        key = ("start", slice_name, columns, lo, hi)
+        start = _recall(self._pieces, key)
+        if start is None:
+            s = self.slices[slice_name]
+            ok = ~np.isnan(s.open[lo:hi]) & ~np.isnan(s.close[lo:hi])
+            for name, window in columns:
+                ok &= ~np.isnan(self.feature(slice_name, name, window)[lo:hi])
+            hits = np.flatnonzero(ok)
+            if hits.size == 0:
+                raise DataValidationError("no row of the indicator frame has every feature defined")
+            start = int(hits[0])
+            _remember(self._pieces, key, start, _PIECE_CACHE_SIZE)
+        return start
+
+    def _edges(self, slice_name: str, name: str, window: int | None, levels: int, start: int) -> tuple:
+        """Quantile-fitted edges of one feature on the fit rows from ``start`` (see fit_state_space)."""
+        key = ("edges", slice_name, name, window, levels, start)
+        edges = _recall(self._pieces, key)
+        if edges is None:
+            s = self.slices[slice_name]
+            filled = _ffill(self.feature(slice_name, name, window)[start : s.fit_rows])
+            edges = _quantile_edges(filled, levels) if name == "vol" else _signed_edges(filled, levels)
+            _remember(self._pieces, key, edges, _PIECE_CACHE_SIZE)
+        return edges
+
+    def _codes(self, slice_name: str, name: str, window: int | None, edges: tuple, lo: int, hi: int):
+        """(first defined row f0, bin of every row from f0 on, forward-filled), rows lo..hi. The codes
+        of an environment starting at row s >= f0 are ``codes[s - f0:]``: s is itself defined, so a
+        forward fill from f0 and one from s agree from s on."""
+        key = ("codes", slice_name, name, window, edges, lo, hi)
+        found = _recall(self._pieces, key)
+        if found is None:
+            values = self.feature(slice_name, name, window)[lo:hi]
+            found = _bin_codes(values, np.asarray(edges, dtype=np.float64))
+            _remember(self._pieces, key, found, _PIECE_CACHE_SIZE)
+        return found
+
+    def _prices(self, slice_name: str, lo: int, hi: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """(fill-to-fill step returns, bar times) of rows lo + start..hi (see env_arrays)."""
+        key = (slice_name, lo, hi, start)
+        found = _recall(self._price_cache, key)
+        if found is None:
+            s = self.slices[slice_name]
+            found = _step_returns(s.open[lo:hi], s.close[lo:hi], s.times[lo:hi], start)
+            _remember(self._price_cache, key, found, _PRICE_CACHE_SIZE)
+        return found
+
+    def _env(
+        self, slice_name: str, columns: tuple, space: StateSpace, lo: int, hi: int, start: int
+    ) -> EnvArrays:
+        states = np.zeros(hi - lo - start, dtype=np.int32)
+        for (name, window), feature, stride in zip(columns, space.features, space._strides, strict=True):
+            f0, codes = self._codes(slice_name, name, window, feature.edges, lo, hi)
+            states += codes[start - f0 :] * np.int32(stride)
+        step_ret, times = self._prices(slice_name, lo, hi, start)
+        return EnvArrays(states, step_ret, times, space)
+
+
+def _recall(cache: OrderedDict, key: Any) -> Any:
+    """The cached value or None; a hit becomes the most recently used."""
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+    return value
+
+
+@njit(cache=True)
+def _bin_codes(values: np.ndarray, edges: np.ndarray) -> tuple[int, np.ndarray]:  # pragma: no cover
+    """(first non-NaN row f0, ``searchsorted(edges, ffill(values[f0:]), side="right")`` as int16) in one
+    pass: the bin of a value is the number of edges at or below it."""
+    n = values.shape[0]
+    f0 = 0
+    while f0 < n and np.isnan(values[f0]):
+        f0 += 1
+    codes = np.empty(n - f0, np.int16)
+    current = 0.0
+    for i in range(f0, n):
+        if not np.isnan(values[i]):
+            current = values[i]
+        code = 0
+        while code < edges.shape[0] and edges[code] <= current:
+            code += 1
+        codes[i - f0] = code
+    return f0, codes
+
+
+def _remember(cache: OrderedDict, key: Any, value: Any, size: int) -> None:
+    cache[key] = value
+    if len(cache) > size:
+        cache.popitem(last=False)
 
 
 def build_fitness_data(
@@ -224,17 +346,17 @@ def build_fitness_data(
 
 def _windowed_feature(s: MarketSlice, name: str, window: int, bollinger_dev: float) -> np.ndarray:
     """The indicator-frame column behind feature ``name`` with another window, computed on the slice
-    alone exactly as ``core.indicators.build_indicator_frame`` does (its first bars are warm-up)."""
-    from ta.momentum import RSIIndicator
-    from ta.volatility import BollingerBands
-
-    close = pd.Series(s.close)
+    alone as ``core.indicators.build_indicator_frame`` does (its first bars are warm-up): Bollinger
+    and ATR bit for bit, RSI compiled and within 1e-13 of ta's (tests hold all three)."""
     if name == "rsi":
-        values = RSIIndicator(close, window=window).rsi().to_numpy(dtype=np.float64)
-    elif name == "bb":
-        bands = BollingerBands(close, window=window, window_dev=bollinger_dev)
-        high, low = bands.bollinger_hband(), bands.bollinger_lband()
-        values = ((close - low) / (high - low).replace(0.0, np.nan)).to_numpy(dtype=np.float64)
+        values = rsi_values(s.close, window)
+    elif name == "bb":  # ta's BollingerBands band position: its rolling mean and std, minus its overhead
+        rolling = pd.Series(s.close).rolling(window, min_periods=window)
+        mean = rolling.mean().to_numpy(dtype=np.float64)
+        spread = bollinger_dev * rolling.std(ddof=0).to_numpy(dtype=np.float64)
+        high, low = mean + spread, mean - spread
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = (s.close - low) / np.where(high - low == 0.0, np.nan, high - low)
     elif name == "vol":  # core.indicators.atr / close, with the true range in numpy
         if s.n <= window:
             values = np.full(s.n, np.nan)
@@ -322,6 +444,14 @@ def env_arrays(
         values = _ffill(used[feature.name][start:])
         edges = np.asarray(feature.edges, dtype=np.float64)
         states += (np.searchsorted(edges, values, side="right") * stride).astype(np.int32)
+    step_ret, bar_times = _step_returns(opens, closes, times, start)
+    return EnvArrays(states, step_ret, bar_times, space)
+
+
+def _step_returns(
+    opens: np.ndarray, closes: np.ndarray, times: np.ndarray, start: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill-to-fill returns and times of the bars from ``start`` (``core.rl.env.build_env``)."""
     o, c = opens[start:], closes[start:]
     for label, values in (("open", o), ("close", c)):
         bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
@@ -331,7 +461,7 @@ def env_arrays(
     fill[:-1] = o[1:]
     fill[-1] = c[-1]
     step_ret = fill[1:] / fill[:-1] - 1.0
-    return EnvArrays(states, step_ret, np.ascontiguousarray(times[start:], dtype=np.int64), space)
+    return step_ret, np.ascontiguousarray(times[start:], dtype=np.int64)
 
 
 # --- evaluation with exits -------------------------------------------------------------------------
@@ -476,9 +606,10 @@ _UNIT = KellyParams(use_kelly=False, window_trades=1)
 
 
 def score_candidate(
-    candidate: Candidate, fit_env: EnvArrays, val_env: EnvArrays
+    candidate: Candidate, fit_env: EnvArrays, val_env: EnvArrays, bars_per_year: float | None = None
 ) -> tuple[tuple[float, float, float], dict[str, float]]:
-    """Train on ``fit_env``, walk ``val_env``; ((return, Sharpe, -drawdown), facts)."""
+    """Train on ``fit_env``, walk ``val_env``; ((return, Sharpe, -drawdown), facts). ``bars_per_year``
+    defaults to ``val_env``'s own."""
     params = candidate.params
     agent = train(fit_env, params)
     _, in_sample, _ = walk(agent.q, fit_env, params, _UNIT, candidate.stop_loss, candidate.take_profit)
@@ -486,7 +617,7 @@ def score_candidate(
         agent.q, val_env, params, params.kelly, candidate.stop_loss, candidate.take_profit, in_sample
     )
     total = float(equity[-1] - 1.0)
-    sharpe = sharpe_ratio(equity[1:] / equity[:-1] - 1.0, val_env.bars_per_year())
+    sharpe = sharpe_ratio(equity[1:] / equity[:-1] - 1.0, bars_per_year or val_env.bars_per_year())
     drawdown = max_drawdown(equity)
     objectives = tuple(float(np.nan_to_num(x, nan=0.0, posinf=1e6, neginf=-1e6)) for x in (total, sharpe))
     facts = {"n_trades": float(trades.shape[0]), "forced_exits": float(forced)}
@@ -497,5 +628,5 @@ def evaluate_genome(data: FitnessData, slice_name: str, genome: Genome) -> tuple
     """The fitness the optimiser maximises: (total return, Sharpe, -max drawdown) on validation."""
     candidate = data.space.decode(genome, data.base)
     fit_env, val_env = data.envs(slice_name, candidate.params.bins, candidate.windows, data.base.allow_short)
-    objectives, _ = score_candidate(candidate, fit_env, val_env)
+    objectives, _ = score_candidate(candidate, fit_env, val_env, data.bars_per_year(val_env))
     return objectives
