@@ -40,13 +40,13 @@ import multiprocessing
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from rof_pipelines.core.ga.fitness import FULL, SAMPLE, FitnessData, evaluate_genome
+from rof_pipelines.core.ga.pool import GenomePool
 from rof_pipelines.core.ga.space import Genome, SearchSpace, UnitGenome, derive_seed
 from rof_pipelines.errors import TransientError
 
@@ -176,8 +176,7 @@ def pareto_ranks(fitness: np.ndarray) -> np.ndarray:
     current = np.flatnonzero(count == 0)
     while current.size:
         ranks[current] = rank
-        for i in current:
-            count[dominates[i]] -= 1
+        count -= dominates[current].sum(axis=0)
         count[current] = -1
         current = np.flatnonzero(count == 0)
         rank += 1
@@ -246,25 +245,8 @@ def _front(fitness: np.ndarray) -> np.ndarray:
 
 # fork: workers start in milliseconds with the parent's imports and compiled kernels, and only ever run
 # pure numpy/numba code (no locks, no I/O), which is what makes forking a threaded parent safe here.
-# Elsewhere spawn (workers import the package and receive the data once through the initializer).
+# Elsewhere spawn (workers import the package and receive the data once, pickled, at start).
 DEFAULT_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-
-_WORKER_DATA: FitnessData | None = None
-
-
-def _init_worker(data: FitnessData) -> None:
-    """Pool initializer: the data arrives once per worker, not with every task."""
-    global _WORKER_DATA
-    _WORKER_DATA = data
-
-
-def _ready(_: int) -> bool:
-    return _WORKER_DATA is not None
-
-
-def _evaluate_task(task: tuple[str, Genome]) -> Fitness:
-    assert _WORKER_DATA is not None, "worker not initialised"
-    return evaluate_genome(_WORKER_DATA, task[0], task[1])
 
 
 class Evaluator:
@@ -286,29 +268,23 @@ class Evaluator:
         self.cache: OrderedDict[tuple[Genome, str], Fitness] = OrderedDict()
         self.evaluations = 0
         self.cache_hits = 0
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: GenomePool | None = None
         self.pool_start_seconds = 0.0
         self._fingerprints = {name: data.fingerprint(name) for name in data.slices}
 
     def __enter__(self) -> "Evaluator":
         if self.workers > 1:
-            ctx = multiprocessing.get_context(self.start_method)
             if self.start_method == "fork":
-                from rof_pipelines.core.ga.warmup import warm
+                from rof_pipelines.core.ga.warmup import warm_once
 
-                warm()
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=ctx, initializer=_init_worker, initargs=(self.data,)
-            )
-            started = time.perf_counter()
-            # Start every worker now (and see a broken pool here, not mid-run).
-            list(self._pool.map(_ready, range(self.workers)))
-            self.pool_start_seconds = time.perf_counter() - started
+                warm_once()
+            self._pool = GenomePool(self.data, self.workers, self.start_method).start()
+            self.pool_start_seconds = self._pool.start_seconds
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.close(wait=exc_type is not None)  # a clean finish need not wait for exits
             self._pool = None
 
     def count_reused(self, n: int) -> None:
@@ -335,12 +311,11 @@ class Evaluator:
         keys = [(self.data.space.from_unit(u), fp) for u in units]
         missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
         if missing:
-            tasks = [(slice_name, k[0]) for k in missing]
+            genomes = [k[0] for k in missing]
             if self._pool is None:
-                results = [evaluate_genome(self.data, slice_name, k[0]) for k in missing]
+                results = [evaluate_genome(self.data, slice_name, g) for g in genomes]
             else:
-                chunk = 1  # genomes differ in cost (indicator windows): hand them out one by one
-                results = list(self._pool.map(_evaluate_task, tasks, chunksize=chunk))
+                results = self._pool.evaluate(slice_name, genomes)
             for key, value in zip(missing, results, strict=True):
                 self._remember(key, tuple(float(x) for x in value))  # type: ignore[arg-type]
             self.evaluations += len(missing)
@@ -475,7 +450,8 @@ def _stats(state: RunState, space: SearchSpace, seconds: float, evaluator: Evalu
 
 def _fast_ga_class() -> type:
     """pygad.GA with a vectorised ``non_dominated_sorting`` (same fronts, same order, same layout:
-    pygad's own is O(n^2) Python loops and dominated the run time). Tests hold the two equal."""
+    pygad's own is O(n^2) Python loops and dominated the run time; tests hold the two equal) and a
+    cheaper ``best_solution``."""
     import pygad
 
     class FastGA(pygad.GA):  # type: ignore[misc, valid-type]
@@ -493,6 +469,16 @@ def _fast_ga_class() -> type:
                     front[row, 1] = fitness[index]
                 fronts.append(front)
             return fronts, ranks
+
+        def best_solution(self, pop_fitness: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
+            """Only pygad's own history lists read this here (no stop criteria, no saved solutions;
+            the champion is :func:`champion_index`'s), yet pygad asks three times a generation and
+            its answer costs a Python crowding sort, in the serial part of a run. The best Sharpe."""
+            f = np.asarray(self.last_generation_fitness if pop_fitness is None else pop_fitness, np.float64)
+            if f.ndim != 2:
+                return super().best_solution(pop_fitness)
+            best = int(np.argmax(f[:, 1]))
+            return self.population[best].copy(), f[best], best
 
     return FastGA
 
@@ -563,7 +549,7 @@ def _one_generation(
     n = len(population)
 
     def fitness_func(ga: Any, solutions: np.ndarray, _indices: Any) -> list[list[float]]:
-        units = [tuple(float(x) for x in row) for row in solutions]
+        units = [tuple(row) for row in np.asarray(solutions, dtype=np.float64).tolist()]
         # The first call re-reads the (already scored) starting population: not a cache hit. Later,
         # pygad passes only rows it has no fitness for; the elites it reused count as hits.
         offspring = ga.generations_completed > 0

@@ -14,6 +14,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -193,9 +194,29 @@ class SearchSpace:
         return [tuple(float(x) for x in row) for row in rng.random((n, len(self.genes)))]
 
     def from_unit(self, units: Sequence[float]) -> Genome:
+        """``GeneSpec.from_unit`` of every gene, inlined: the optimiser decodes every genome it meets
+        to key its fitness cache, in the parent process, while the workers wait for the batch."""
         if len(units) != len(self.genes):
             raise ValueError(f"unit genome has {len(units)} genes, the space {len(self.genes)}")
-        return tuple(g.from_unit(u) for g, u in zip(self.genes, units, strict=True))
+        out: list[float | int] = []
+        for (is_int, low, high, span), u in zip(self._decoding, units, strict=True):
+            u = min(max(float(u), 0.0), 1.0)
+            if is_int:
+                out.append(min(low + math.floor(u * span), high))
+            else:
+                out.append(float(min(max(round(low + u * span, FLOAT_DECIMALS), low), high)))
+        return tuple(out)
+
+    @cached_property
+    def _decoding(self) -> tuple[tuple[bool, Any, Any, Any], ...]:
+        """Per gene (int?, low, high, span) in the types ``GeneSpec.from_unit`` computes with."""
+        plan = []
+        for g in self.genes:
+            if g.kind == "int":
+                plan.append((True, int(g.low), int(g.high), int(g.high) - int(g.low) + 1))
+            else:
+                plan.append((False, g.low, g.high, g.high - g.low))
+        return tuple(plan)
 
     def to_unit(self, genome: Sequence[float]) -> UnitGenome:
         return tuple(g.to_unit(v) for g, v in zip(self.genes, genome, strict=True))

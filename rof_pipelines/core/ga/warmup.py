@@ -8,6 +8,16 @@ from rof_pipelines.core.ga.fitness import FULL, build_fitness_data, evaluate_gen
 from rof_pipelines.core.ga.space import SearchSpace
 from rof_pipelines.core.rl.agent import RLParams
 
+_warmed = False
+
+
+def warm_once() -> None:
+    """:func:`warm`, the first time a process asks."""
+    global _warmed
+    if not _warmed:
+        warm()
+        _warmed = True
+
 
 def warm() -> None:
     """One evaluation on 240 synthetic bars touching every kernel (training, walk, ATR)."""
