@@ -380,11 +380,16 @@ def bench_sensor(messages: int = 20, spacing: float = 1.5, interval: int = 5) ->
 
 
 @bench_app.command("ga")
-def bench_ga(workers: Annotated[int, typer.Option(help="worker processes to compare with 1")] = 2) -> None:
+def bench_ga(
+    workers: Annotated[int, typer.Option(help="worker processes to compare with 1")] = 2,
+    repeats: Annotated[
+        int, typer.Option(help="1-worker / K-worker runs alternated; each keeps its fastest")
+    ] = 3,
+) -> None:
     """Genetic optimiser: population 50 x 20 generations on 7 days of 1-minute bars, 1 vs K workers."""
     from rof_pipelines.bench.ga import bench_ga as run
 
-    _emit(run(workers))
+    _emit(run(workers, repeats=repeats))
 
 
 @bench_app.command("rl")
