@@ -300,6 +300,35 @@ def test_train_kernel_matches_python_reference(
     assert (got[5] != 0).any() and got[4].sum() > 0  # the test exercised trading
 
 
+def test_exit_levels_close_a_short_with_a_recorded_buy():
+    """A short the agent would hold forever is covered at the stop level; the kernel records the
+    covering buy, and the agent (flat again) opens the next short."""
+    space, mstate, step_ret, _ = random_inputs(21, 2000, 1, True)
+    q = np.zeros((space.n_states, 3))
+    q[0, 2] = 1.0  # flat: sell (go short)
+    q[2, 0] = 1.0  # short: hold
+    args = (mstate, step_ret, np.arange(2000, dtype=np.int64) * 60_000_000_000, space.n_positions)
+    rest = (
+        space.transitions(),
+        space.exposures(),
+        0.001,
+        False,
+        0,
+        0,
+        1,
+        1.0,
+        1.0,
+        np.empty(0),
+        np.empty(0, np.int64),
+    )
+    held_forever = evaluate_kernel(q, *args, *rest)
+    assert held_forever[8][0] == 1 and held_forever[10] == 0
+    actions, _, _, _, exit_, direction, _, ret, count, _, forced = evaluate_kernel(q, *args, *rest, 0.01, 0.0)
+    assert forced >= 5 and count[0] == forced + 1 and set(direction.tolist()) == {-1}
+    assert set(actions[exit_[:-1]].tolist()) == {1}  # each level exit is a recorded buy
+    assert ret[:-1].min() > -0.01 - 0.05 - 0.001  # closed at the first fill past the level
+
+
 @pytest.mark.parametrize(
     ("seed", "allow_short", "kelly"),
     [
@@ -331,7 +360,8 @@ def test_evaluate_kernel_matches_python_reference(seed, allow_short, kelly):
         np.empty(0),
         np.empty(0, np.int64),
     )
-    actions, _held, equity, entry, exit_, direction, size, ret, count, _ = out
+    actions, _held, equity, entry, exit_, direction, size, ret, count, _, forced = out
+    assert forced == 0  # no exit levels: the agent alone
     want_actions, want_equity, want_trades = ref_evaluate(q, mstate, step_ret, times, space, cost, kelly)
     assert actions.tolist() == want_actions
     np.testing.assert_allclose(equity, want_equity, rtol=1e-12, atol=0)

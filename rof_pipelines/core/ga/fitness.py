@@ -14,11 +14,8 @@ cached per-feature pieces (warm-up end, quantile edges, bin codes, step returns)
 other windows or bin counts share, and cached whole per (slice, bins, windows). Every cache is a
 bounded LRU, and each worker process keeps its own.
 
-Stop-loss / take-profit: the RL kernel has neither, so they are applied here, in the evaluation walk
-only (training is unchanged): an open trade whose unit return so far (entry cost included) is at or
-beyond a level at a fill price is closed at that fill, like a resting stop order watched at the bar
-opens; intrabar excursions are not seen. 0 turns a level off; both off reproduces
-:meth:`TrainedAgent.evaluate` exactly.
+Stop-loss / take-profit apply in the evaluation walk only (training is unchanged), through the RL
+evaluation kernel's exit levels; both off reproduces :meth:`TrainedAgent.evaluate` exactly.
 """
 
 import hashlib
@@ -33,7 +30,7 @@ from numba import njit
 from rof_pipelines.core.backtest import max_drawdown, sharpe_ratio
 from rof_pipelines.core.ga.space import Candidate, FeatureWindows, Genome, SearchSpace
 from rof_pipelines.core.indicators import IndicatorWindows, _wilder_atr, rsi_values
-from rof_pipelines.core.kelly import KellyParams, kelly_fraction_window
+from rof_pipelines.core.kelly import KellyParams
 from rof_pipelines.core.rl.agent import RLParams, train
 from rof_pipelines.core.rl.env import (
     BinSpec,
@@ -43,7 +40,7 @@ from rof_pipelines.core.rl.env import (
     _quantile_edges,
     _signed_edges,
 )
-from rof_pipelines.core.rl.kernel import greedy_action
+from rof_pipelines.core.rl.kernel import evaluate_kernel
 from rof_pipelines.errors import DataValidationError
 
 FULL, SAMPLE = "full", "sample"
@@ -467,106 +464,6 @@ def _step_returns(
 # --- evaluation with exits -------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def evaluate_exits_kernel(
-    q: np.ndarray,
-    mstate: np.ndarray,
-    step_ret: np.ndarray,
-    times: np.ndarray,
-    n_pos: int,
-    trans: np.ndarray,
-    expo: np.ndarray,
-    cost: float,
-    use_kelly: bool,
-    window_trades: int,
-    window_ns: int,
-    min_trades: int,
-    max_fraction: float,
-    warmup_fraction: float,
-    hist_ret: np.ndarray,
-    hist_time: np.ndarray,
-    stop_loss: float,
-    take_profit: float,
-) -> tuple[np.ndarray, np.ndarray, int]:  # pragma: no cover - compiled
-    """``core.rl.kernel.evaluate_kernel``'s walk, step for step, plus stop-loss / take-profit.
-
-    Returns (equity, unit-size net return per closed trade, trades closed by a level). An open trade
-    whose running unit growth (entry cost included) is ``<= 1 - stop_loss`` or ``>= 1 + take_profit``
-    at decision t is closed at that fill instead of asking the agent; 0 disables a level.
-    """
-    n_steps = step_ret.shape[0]
-    n_hist = hist_ret.shape[0]
-    equity = np.empty(n_steps + 1, np.float64)
-    equity[0] = 1.0
-    cap = n_steps + 1
-    tr_ret = np.empty(cap, np.float64)
-    k_ret = np.empty(n_hist + cap, np.float64)
-    k_time = np.empty(n_hist + cap, np.int64)
-    k_ret[:n_hist] = hist_ret
-    k_time[:n_hist] = hist_time
-    nk = n_hist
-    k_lo = 0
-    ntr = 0
-    forced = 0
-    pos = 0
-    size = 0.0
-    growth = 1.0
-    eq = 1.0
-    for t in range(n_steps):
-        e_old = expo[pos]
-        npos = -1
-        stopped = stop_loss > 0.0 and growth <= 1.0 - stop_loss
-        taken = take_profit > 0.0 and growth >= 1.0 + take_profit
-        if e_old != 0.0 and (stopped or taken):
-            npos = 0
-            forced += 1
-        if npos < 0:
-            s = mstate[t] * n_pos + pos
-            act = greedy_action(q, s)
-            npos = trans[pos, act]
-        e_new = expo[npos]
-        r = 0.0
-        unit = 0.0
-        if npos != pos:
-            if e_old != 0.0:
-                r -= cost * size * abs(e_old)
-                growth *= 1.0 - cost * abs(e_old)
-                tr_ret[ntr] = growth - 1.0
-                k_ret[nk] = growth - 1.0
-                k_time[nk] = times[t]
-                nk += 1
-                ntr += 1
-            if e_new != 0.0:
-                if use_kelly:
-                    if window_trades > 0:
-                        k_lo = max(0, nk - window_trades)
-                    else:
-                        while k_lo < nk and k_time[k_lo] <= times[t] - window_ns:
-                            k_lo += 1
-                    if nk - k_lo < min_trades:
-                        size = warmup_fraction
-                    else:
-                        size = kelly_fraction_window(k_ret, k_lo, nk, max_fraction)
-                else:
-                    size = 1.0
-                growth = 1.0
-                unit = -cost * abs(e_new)
-        if e_new != 0.0:
-            unit += e_new * step_ret[t]
-            growth *= 1.0 + unit
-            r += size * unit
-        eq *= 1.0 + r
-        pos = npos
-        equity[t + 1] = eq
-    if expo[pos] != 0.0:
-        growth *= 1.0 - cost * abs(expo[pos])
-        eq *= 1.0 - cost * size * abs(expo[pos])
-        equity[n_steps] = eq
-        tr_ret[ntr] = growth - 1.0
-        ntr += 1
-    return equity, tr_ret[:ntr].copy(), forced
-
-
 def walk(
     q: np.ndarray,
     env: EnvArrays,
@@ -576,11 +473,12 @@ def walk(
     take_profit: float,
     kelly_history: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Greedy, Kelly-sized walk with exits (see :func:`evaluate_exits_kernel`)."""
+    """(equity, unit-size net return per trade, trades closed by a level): the agent's greedy,
+    Kelly-sized walk with the strategy's exit levels (``core.rl.kernel.evaluate_kernel``)."""
     space = env.state_space
     hist = np.ascontiguousarray(kelly_history if kelly_history is not None else np.empty(0), np.float64)
     hist_t = np.full(hist.shape[0], env.times[0], dtype=np.int64)
-    return evaluate_exits_kernel(
+    out = evaluate_kernel(
         q,
         env.mstate,
         env.step_ret,
@@ -600,6 +498,8 @@ def walk(
         float(stop_loss),
         float(take_profit),
     )
+    equity, trade_returns, forced = out[2], out[7], out[10]
+    return equity, trade_returns, forced
 
 
 _UNIT = KellyParams(use_kelly=False, window_trades=1)

@@ -211,7 +211,7 @@ class TrainedAgent:
                 raise ValueError("kelly_history_times must match kelly_history")
         window_trades = kelly.window_trades or 0
         window_ns = round(kelly.window_seconds * 1e9) if kelly.window_seconds else 0
-        (actions, held, equity, entry, exit_, direction, size, ret, _count, next_fraction) = evaluate_kernel(
+        (actions, held, equity, entry, exit_, direction, size, ret, _n, next_fraction, _) = evaluate_kernel(
             self.q,
             env.mstate,
             env.step_ret,

@@ -153,6 +153,8 @@ def evaluate_kernel(
     warmup_fraction: float,
     hist_ret: np.ndarray,
     hist_time: np.ndarray,
+    stop_loss: float = 0.0,
+    take_profit: float = 0.0,
 ) -> tuple[
     np.ndarray,
     np.ndarray,
@@ -164,12 +166,19 @@ def evaluate_kernel(
     np.ndarray,
     np.ndarray,
     float,
+    int,
 ]:
-    """Greedy walk through the bars with Kelly-sized positions.
+    """Greedy walk through the bars with Kelly-sized positions, optionally with exit levels.
 
     Returns (actions, exposure held over each step, equity (n_steps + 1, starts at 1), trade entry
     step, exit step, direction, size, unit-size net return, trade count as a 1-element array, the
-    Kelly fraction a new entry would get after the last bar).
+    Kelly fraction a new entry would get after the last bar, trades closed by a level).
+
+    Stop-loss / take-profit (the strategy genes the optimiser tunes; 0 turns a level off, both off is
+    the agent alone): an open trade whose running unit growth, entry cost included, is at or below
+    ``1 - stop_loss`` or at or above ``1 + take_profit`` at decision t is closed at that fill (the
+    closing action is recorded) instead of asking the agent, like a resting order watched at the bar
+    opens; intrabar excursions are not seen.
 
     A trade's size is fixed when it opens: the Kelly fraction of the closed trades (``hist_*`` first,
     then this walk's) in the window, or ``warmup_fraction`` while fewer than ``min_trades``; 1.0 when
@@ -200,11 +209,17 @@ def evaluate_kernel(
     size = 0.0
     growth = 1.0
     eq = 1.0
+    forced = 0
     for t in range(n_steps):
-        s = mstate[t] * n_pos + pos
-        act = greedy_action(q, s)
-        npos = trans[pos, act]
         e_old = expo[pos]
+        stopped = stop_loss > 0.0 and growth <= 1.0 - stop_loss
+        taken = take_profit > 0.0 and growth >= 1.0 + take_profit
+        if e_old != 0.0 and (stopped or taken):
+            act = 2 if e_old > 0.0 else 1  # sell closes a long, buy covers a short
+            forced += 1
+        else:
+            act = greedy_action(q, mstate[t] * n_pos + pos)
+        npos = trans[pos, act]
         e_new = expo[npos]
         r = 0.0
         unit = 0.0
@@ -283,4 +298,5 @@ def evaluate_kernel(
         tr_ret[:ntr].copy(),
         count,
         next_fraction,
+        forced,
     )
