@@ -18,11 +18,10 @@ import os
 import signal
 import socket
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,13 +31,9 @@ import pandas as pd
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.core.ga.engine import (
     CheckpointSink,
-    Evaluator,
     GAResult,
     GASettings,
     ProgressReport,
-    RunState,
-    _front,
-    _stats,
     optimise,
 )
 from rof_pipelines.core.ga.fitness import FULL, FitnessData, build_fitness_data
@@ -264,27 +259,6 @@ def seeded_units(
     return units
 
 
-class _SeededStart:
-    """Checkpoint sink handing the engine a seeded generation 0 as if resumed from it (the engine has
-    no initial-population argument); everything else goes to the real sink, if any."""
-
-    def __init__(self, inner: CheckpointSink | None, payload: dict[str, Any]) -> None:
-        self.inner = inner
-        self.payload = payload
-
-    def latest(self) -> dict[str, Any] | None:
-        found = self.inner.latest() if self.inner is not None else None
-        return found if found is not None else self.payload
-
-    def save(self, generation: int, payload: dict[str, Any], *, final: bool) -> None:
-        if self.inner is not None:
-            self.inner.save(generation, payload, final=final)
-
-    def progress(self, report: ProgressReport) -> None:
-        if self.inner is not None:
-            self.inner.progress(report)
-
-
 def run_seeded(
     data: FitnessData,
     settings: GASettings,
@@ -296,54 +270,17 @@ def run_seeded(
     stop_requested: Callable[[], bool] | None = None,
 ) -> GAResult:
     """:func:`optimise`, with ``seeds`` in the initial population of a fresh run (a run with a
-    checkpoint resumes as ever). Generation 0 is scored here exactly as the engine scores it, then
-    saved as the task's first checkpoint, so a restart resumes the seeded run, not a cold one."""
-    if not seeds or (checkpoints is not None and checkpoints.latest() is not None):
-        return optimise(
-            data,
-            settings,
-            workers=workers,
-            checkpoints=checkpoints,
-            on_generation=on_generation,
-            stop_requested=stop_requested,
-        )
-    started = time.perf_counter()
-    population = seeded_units(data.space, seeds, settings)
-    slice_name = settings.slice_for(0)
-    with Evaluator(data, workers) as evaluator:
-        fitness = evaluator.evaluate(population, slice_name)
-        state = RunState(
-            generation=0,
-            population=population,
-            fitness=fitness,
-            slice_name=slice_name,
-            mutation_rate=settings.mutation_rate,
-            stagnation=0,
-            reference_front=[tuple(f) for f in _front(np.asarray(fitness))],  # type: ignore[misc]
-        )
-        state.history.append(
-            {**_stats(state, data.space, time.perf_counter() - started, evaluator), "seeded": len(seeds)}
-        )
-        state.evaluations, state.cache_hits = evaluator.evaluations, evaluator.cache_hits
-    state.elapsed_seconds = time.perf_counter() - started
-    payload = state.to_payload(settings)
-    sink = _SeededStart(checkpoints, payload)
-    sink.save(0, payload, final=False)
-    if on_generation is not None:
-        on_generation({**state.history[-1], "eta_seconds": 0.0, "final": False})
-    result = optimise(
+    checkpoint resumes as ever: generation 0 is checkpointed like any other, so a restart resumes
+    the seeded run, not a cold one). Without seeds this is exactly the cold run."""
+    return optimise(
         data,
         settings,
         workers=workers,
-        checkpoints=sink,
+        checkpoints=checkpoints,
         on_generation=on_generation,
         stop_requested=stop_requested,
-    )
-    return replace(
-        result,
-        resumed_from=None,
-        evaluations=result.evaluations + state.evaluations,
-        wall_seconds=time.perf_counter() - started,
+        initial=seeded_units(data.space, seeds, settings) if seeds else None,
+        initial_note={"seeded": len(seeds)},
     )
 
 

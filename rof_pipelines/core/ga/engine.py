@@ -39,7 +39,7 @@ import logging
 import multiprocessing
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -580,6 +580,16 @@ def _one_generation(
     return new_population, new_fitness  # type: ignore[return-value]
 
 
+def _checked_initial(initial: Sequence[UnitGenome], space: SearchSpace) -> list[UnitGenome]:
+    units = [tuple(float(x) for x in unit) for unit in initial]
+    if len(units) < 4:
+        raise ValueError(f"an initial population needs at least 4 genomes, got {len(units)}")
+    for i, unit in enumerate(units):
+        if len(unit) != len(space) or not all(0.0 <= x <= 1.0 for x in unit):
+            raise ValueError(f"initial genome {i} must have {len(space)} unit values in [0, 1], got {unit}")
+    return units
+
+
 def optimise(
     data: FitnessData,
     settings: GASettings,
@@ -589,12 +599,18 @@ def optimise(
     on_generation: Callable[[dict[str, Any]], None] | None = None,
     start_method: str | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    initial: Sequence[UnitGenome] | None = None,
+    initial_note: Mapping[str, Any] | None = None,
 ) -> GAResult:
     """Run (or resume from ``checkpoints``' newest) the optimisation and return the final population.
 
     ``stop_requested`` is asked after every generation; when it says yes (a SIGTERM, say) that
     generation is checkpointed, whatever the interval, and :class:`Interrupted` is raised, so a
-    restart resumes exactly there."""
+    restart resumes exactly there.
+
+    ``initial`` (unit genomes) replaces the random generation 0 of a fresh run, e.g. one seeded from
+    what earlier tasks learned; ``initial_note`` is added to generation 0's history entry. A run
+    that resumes from a checkpoint ignores both: the checkpoint already holds its population."""
     space = data.space
     started = time.perf_counter()
     payload = checkpoints.latest() if checkpoints is not None else None
@@ -640,8 +656,11 @@ def optimise(
 
         if state is None:
             t0 = time.perf_counter()
-            rng = np.random.default_rng(derive_seed(settings.seed, 0, "init"))
-            population = space.random_units(rng, settings.population_size)
+            if initial is None:
+                rng = np.random.default_rng(derive_seed(settings.seed, 0, "init"))
+                population = space.random_units(rng, settings.population_size)
+            else:
+                population = _checked_initial(initial, space)
             slice_name = settings.slice_for(0)
             fitness = evaluator.evaluate(population, slice_name)
             state = RunState(
@@ -653,7 +672,9 @@ def optimise(
                 stagnation=0,
                 reference_front=[tuple(f) for f in _front(np.asarray(fitness))],  # type: ignore[misc]
             )
-            state.history.append(_stats(state, space, time.perf_counter() - t0, evaluator))
+            state.history.append(
+                {**_stats(state, space, time.perf_counter() - t0, evaluator), **(initial_note or {})}
+            )
             sync(state, started)
             after_generation(state, final=False)
         elif state.stop_reason is None:
