@@ -399,6 +399,20 @@ def test_interrupted_run_resumes_bit_identically_from_its_checkpoint(data, refer
     same_run(reference, done)
 
 
+def test_a_given_initial_population_is_generation_0_and_is_checked(data):
+    rng = np.random.default_rng(1)
+    initial = SMALL_SPACE.random_units(rng, FAST.population_size)
+    sink = MemoryCheckpoints()
+    settings = GASettings(**{**FAST.to_dict(), "generations": 2})
+    result = optimise(data, settings, checkpoints=sink, initial=initial, initial_note={"seeded": 3})
+    assert sink.saved[0]["population"] == [list(u) for u in initial]  # checkpointed like any other
+    assert result.history[0]["seeded"] == 3
+    with pytest.raises(ValueError, match="at least 4 genomes"):
+        optimise(data, settings, initial=initial[:3])
+    with pytest.raises(ValueError, match=r"initial genome 1 must have 9 unit values in \[0, 1\]"):
+        optimise(data, settings, initial=[initial[0], (*initial[1][:-1], 1.5), *initial[2:]])
+
+
 def test_history_samples_early_generations_then_uses_the_full_window(reference):
     slices = [h["slice"] for h in reference.history]
     assert slices[:2] == ["sample", "sample"] and set(slices[2:]) == {"full"}
