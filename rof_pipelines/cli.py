@@ -384,7 +384,7 @@ def bench_ga(
     workers: Annotated[int, typer.Option(help="worker processes to compare with 1")] = 2,
     repeats: Annotated[
         int, typer.Option(help="1-worker / K-worker runs alternated; each keeps its fastest")
-    ] = 3,
+    ] = 5,
 ) -> None:
     """Genetic optimiser: population 50 x 20 generations on 7 days of 1-minute bars, 1 vs K workers."""
     from rof_pipelines.bench.ga import bench_ga as run

@@ -38,7 +38,7 @@ def _peak_rss_mb() -> dict[str, float]:
 
 
 def bench_ga(
-    workers: int, days: int = 7, population: int = 50, generations: int = 20, repeats: int = 3
+    workers: int, days: int = 7, population: int = 50, generations: int = 20, repeats: int = 5
 ) -> dict[str, Any]:
     if workers < 1 or repeats < 1:
         raise ValueError("workers and repeats must be >= 1")
@@ -116,7 +116,7 @@ def bench_ga(
 def main(argv: list[str] | None = None) -> None:
     args = argv or sys.argv[1:]
     workers = int(args[0]) if args else 2
-    repeats = int(args[1]) if len(args) > 1 else 3
+    repeats = int(args[1]) if len(args) > 1 else 5
     print(json.dumps(bench_ga(workers, repeats=repeats)), flush=True)
 
 
