@@ -541,18 +541,25 @@ def _one_generation(
     seed: int,
     score: Callable[[list[UnitGenome], bool], list[Fitness]],
     on_reuse: Callable[[int], None] | None = None,
+    fitness: Sequence[Fitness] | None = None,
 ) -> tuple[list[UnitGenome], list[Fitness]]:
-    """pygad's NSGA-II for exactly one generation from ``population`` (already scored)."""
+    """pygad's NSGA-II for exactly one generation from ``population``, already scored (``fitness``,
+    when the caller has it at hand)."""
     global _GA_CLASS
     if _GA_CLASS is None:
         _GA_CLASS = _fast_ga_class()
     n = len(population)
 
-    def fitness_func(ga: Any, solutions: np.ndarray, _indices: Any) -> list[list[float]]:
+    def fitness_func(ga: Any, solutions: np.ndarray, indices: Any) -> list[list[float]]:
         units = [tuple(row) for row in np.asarray(solutions, dtype=np.float64).tolist()]
-        # The first call re-reads the (already scored) starting population: not a cache hit. Later,
-        # pygad passes only rows it has no fitness for; the elites it reused count as hits.
+        # The first call re-reads the starting population, which is scored already: answered from
+        # ``fitness`` (or the cache), not counted as hits. Later, pygad passes only rows it has no
+        # fitness for; the elites it reused count as hits.
         offspring = ga.generations_completed > 0
+        if not offspring and fitness is not None and indices is not None:
+            rows = [int(i) for i in np.atleast_1d(indices)]
+            if units == [population[i] for i in rows]:
+                return [list(fitness[i]) for i in rows]
         if offspring and on_reuse is not None:
             on_reuse(n - len(solutions))
         return [list(f) for f in score(units, offspring)]
@@ -717,6 +724,7 @@ def optimise(
                 derive_seed(settings.seed, g, "pygad"),
                 score,
                 evaluator.count_reused,
+                fitness,
             )
             front = _front(np.asarray(fitness))
             improved = _improves(front, reference, settings.min_delta)
