@@ -582,8 +582,8 @@ def _one_generation(
         logger=_quiet,
     )
     ga.run()
-    new_population = [tuple(float(x) for x in row) for row in ga.population]
-    new_fitness = [tuple(float(x) for x in row) for row in ga.last_generation_fitness]
+    new_population = [tuple(row) for row in np.asarray(ga.population, dtype=np.float64).tolist()]
+    new_fitness = [tuple(row) for row in np.asarray(ga.last_generation_fitness, dtype=np.float64).tolist()]
     return new_population, new_fitness  # type: ignore[return-value]
 
 

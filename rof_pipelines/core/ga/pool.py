@@ -39,7 +39,7 @@ class WorkerLost(TransientError):
 
 def _worker_main(conn: Connection, counter: Any, data: FitnessData, inherited: Sequence[Connection]) -> None:
     """A worker's life: announce itself, then score batches until the parent says stop or goes away."""
-    for other in inherited:  # the parent's ends of every pipe: EOF must reach us if the parent dies
+    for other in inherited:  # every pipe end but our own: EOF must reach us if the parent dies
         other.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
