@@ -9,7 +9,9 @@ can show almost any ratio. Alternating the two and keeping each one's fastest ru
 disturbed; what ``timeit`` does) compares like with like; the median ratio of the pairs is printed
 too."""
 
+import functools
 import json
+import multiprocessing
 import resource
 import sys
 import time
@@ -18,14 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from rof_pipelines.core.ga.engine import GASettings, optimise
+from rof_pipelines.bench.rl import ref_params, synthetic_env
+from rof_pipelines.core.ga.engine import DEFAULT_START_METHOD, GASettings, optimise
 from rof_pipelines.core.ga.fitness import build_fitness_data
 from rof_pipelines.core.ga.space import SearchSpace
 from rof_pipelines.core.ga.warmup import warm
 from rof_pipelines.core.indicators import build_indicator_frame
 from rof_pipelines.core.market import Market
 from rof_pipelines.core.quotes import GeneratorConfig, clean_quotes, generate_quotes, resample_bars
-from rof_pipelines.core.rl.agent import RLParams
+from rof_pipelines.core.rl.agent import RLParams, train
+from rof_pipelines.core.rl.env import EnvArrays
 from rof_pipelines.core.windows import split_train_test
 from rof_pipelines.settings import load_settings
 
@@ -66,9 +70,12 @@ def bench_ga(
         patience=generations + 1,  # measure every generation
     )
     warm()  # compile / load the kernels outside the timings
+    _yardstick_seconds()
     walls: dict[int, list[float]] = {1: [], workers: []}
+    ceilings = []
     results = []
     for _ in range(repeats):
+        ceilings.append(host_ceiling(workers))
         for count in walls:
             data = build_fitness_data(
                 train_part,
@@ -108,9 +115,41 @@ def bench_ga(
         "repeats": repeats,
         "walls_1_worker": [round(w, 3) for w in walls[1]],
         "walls": [round(w, 3) for w in walls[workers]],
+        # What K copies of a fixed piece of RL training gain from running at once, measured before each
+        # pair: this host's parallel capacity at the time (2.0 on two idle cores), what speedup is
+        # bounded by.
+        "host_ceiling": round(float(np.median(ceilings)), 3),
+        "host_ceilings": [round(c, 3) for c in ceilings],
         "same_result_as_1_worker": bool(same),
         **_peak_rss_mb(),
     }
+
+
+def _yardstick_seconds(_: int = 0) -> float:
+    """One fixed piece of the GA's dominant work, about 0.15 s: the RL training kernel, 50 episodes
+    over 200,000 synthetic bars."""
+    env, params = _yardstick()
+    began = time.perf_counter()
+    train(env, params)
+    return time.perf_counter() - began
+
+
+@functools.cache
+def _yardstick() -> tuple[EnvArrays, RLParams]:
+    return synthetic_env(200_000), ref_params(50)
+
+
+def host_ceiling(workers: int) -> float:
+    """K x (the yardstick alone) / (K yardsticks at once, in K forked processes): what this host
+    gives K processes of this kind of work right now (2.0 on two idle cores)."""
+    alone = _yardstick_seconds()
+    ctx = multiprocessing.get_context(DEFAULT_START_METHOD)
+    with ctx.Pool(workers) as pool:
+        pool.map(_yardstick_seconds, range(workers))  # processes up
+        began = time.perf_counter()
+        pool.map(_yardstick_seconds, range(workers), chunksize=1)
+        together = time.perf_counter() - began
+    return workers * alone / together
 
 
 def main(argv: list[str] | None = None) -> None:

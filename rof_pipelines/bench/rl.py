@@ -22,7 +22,7 @@ REF_RL = Path(__file__).resolve().parents[2].parent / "shared/bench/ref-rl"
 N_MARKET_STATES = 256  # as in qlearn_ref.c
 
 
-def _synthetic(bars: int, seed: int = 7) -> EnvArrays:
+def synthetic_env(bars: int, seed: int = 7) -> EnvArrays:
     """Like the C program: uniform returns in +-0.1 % and uniformly random market states."""
     rng = np.random.default_rng(seed)
     space = StateSpace((FeatureBins("rsi", tuple(float(e) for e in range(1, N_MARKET_STATES))),))
@@ -31,7 +31,7 @@ def _synthetic(bars: int, seed: int = 7) -> EnvArrays:
     return EnvArrays.from_arrays(mstate, step_ret, space)
 
 
-def _params(episodes: int) -> RLParams:
+def ref_params(episodes: int) -> RLParams:
     # The C program's constants: alpha 0.2, gamma 0.85, epsilon 0.3 * 0.95 per episode, fee 0.1 %.
     return RLParams(
         alpha=0.2,
@@ -63,11 +63,11 @@ def bench_rl(bars: int, episodes: int) -> dict[str, Any]:
     if bars < 3 or episodes < 1:
         raise ValueError("need bars >= 3 and episodes >= 1")
     started = time.perf_counter()
-    train(_synthetic(16), _params(1))
+    train(synthetic_env(16), ref_params(1))
     compile_seconds = time.perf_counter() - started
 
-    env = _synthetic(bars)
-    params = _params(episodes)
+    env = synthetic_env(bars)
+    params = ref_params(episodes)
     started = time.perf_counter()
     agent = train(env, params)
     seconds = time.perf_counter() - started
