@@ -407,8 +407,8 @@ def test_a_given_initial_population_is_generation_0_and_is_checked(data):
     result = optimise(data, settings, checkpoints=sink, initial=initial, initial_note={"seeded": 3})
     assert sink.saved[0]["population"] == [list(u) for u in initial]  # checkpointed like any other
     assert result.history[0]["seeded"] == 3
-    with pytest.raises(ValueError, match="at least 4 genomes"):
-        optimise(data, settings, initial=initial[:3])
+    with pytest.raises(ValueError, match=r"needs 8 to 16 genomes \(min_population..max_population\), got 7"):
+        optimise(data, settings, initial=initial[:7])
     with pytest.raises(ValueError, match=r"initial genome 1 must have 9 unit values in \[0, 1\]"):
         optimise(data, settings, initial=[initial[0], (*initial[1][:-1], 1.5), *initial[2:]])
 

@@ -587,10 +587,15 @@ def _one_generation(
     return new_population, new_fitness  # type: ignore[return-value]
 
 
-def _checked_initial(initial: Sequence[UnitGenome], space: SearchSpace) -> list[UnitGenome]:
+def _checked_initial(
+    initial: Sequence[UnitGenome], space: SearchSpace, settings: GASettings
+) -> list[UnitGenome]:
     units = [tuple(float(x) for x in unit) for unit in initial]
-    if len(units) < 4:
-        raise ValueError(f"an initial population needs at least 4 genomes, got {len(units)}")
+    if not settings.min_population <= len(units) <= settings.max_population:
+        raise ValueError(
+            f"an initial population needs {settings.min_population} to {settings.max_population} "
+            f"genomes (min_population..max_population), got {len(units)}"
+        )
     for i, unit in enumerate(units):
         if len(unit) != len(space) or not all(0.0 <= x <= 1.0 for x in unit):
             raise ValueError(f"initial genome {i} must have {len(space)} unit values in [0, 1], got {unit}")
@@ -667,7 +672,7 @@ def optimise(
                 rng = np.random.default_rng(derive_seed(settings.seed, 0, "init"))
                 population = space.random_units(rng, settings.population_size)
             else:
-                population = _checked_initial(initial, space)
+                population = _checked_initial(initial, space, settings)
             slice_name = settings.slice_for(0)
             fitness = evaluator.evaluate(population, slice_name)
             state = RunState(
