@@ -198,15 +198,21 @@ def crowding(fitness: np.ndarray) -> np.ndarray:
     return distance
 
 
-def nsga2_order(fitness: np.ndarray) -> list[int]:
-    """Indices best first: by front, then crowding (larger first), then index."""
+def ranks_and_crowding(fitness: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: its front (0 = first) and its crowding distance within that front."""
     f = np.asarray(fitness, dtype=np.float64)
     ranks = pareto_ranks(f)
     dist = np.zeros(f.shape[0])
     for r in np.unique(ranks):
         members = np.flatnonzero(ranks == r)
         dist[members] = crowding(f[members])
-    return sorted(range(f.shape[0]), key=lambda i: (ranks[i], -dist[i], i))
+    return ranks, dist
+
+
+def nsga2_order(fitness: np.ndarray) -> list[int]:
+    """Indices best first: by front, then crowding (larger first), then index."""
+    ranks, dist = ranks_and_crowding(fitness)
+    return sorted(range(ranks.shape[0]), key=lambda i: (ranks[i], -dist[i], i))
 
 
 def champion_index(population: Sequence[Genome], fitness: np.ndarray) -> int:
@@ -491,11 +497,7 @@ MUTATION_ETA = 20.0
 def _tournament(fitness: np.ndarray, num_parents: int, ga: Any) -> tuple[np.ndarray, np.ndarray]:
     """NSGA-II binary tournament: lower front wins, then larger crowding distance, then the first."""
     f = np.asarray(fitness, dtype=np.float64)
-    ranks = pareto_ranks(f)
-    crowd = np.zeros(f.shape[0])
-    for r in np.unique(ranks):
-        members = np.flatnonzero(ranks == r)
-        crowd[members] = crowding(f[members])
+    ranks, crowd = ranks_and_crowding(f)
     rng = ga.numpy_random_generator
     a = rng.randint(0, f.shape[0], num_parents)
     b = rng.randint(0, f.shape[0], num_parents)

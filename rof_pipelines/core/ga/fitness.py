@@ -234,13 +234,8 @@ class FitnessData:
         start = _recall(self._pieces, key)
         if start is None:
             s = self.slices[slice_name]
-            ok = ~np.isnan(s.open[lo:hi]) & ~np.isnan(s.close[lo:hi])
-            for name, window in columns:
-                ok &= ~np.isnan(self.feature(slice_name, name, window)[lo:hi])
-            hits = np.flatnonzero(ok)
-            if hits.size == 0:
-                raise DataValidationError("no row of the indicator frame has every feature defined")
-            start = int(hits[0])
+            raw = {name: self.feature(slice_name, name, window)[lo:hi] for name, window in columns}
+            start = _first_valid(raw, s.open[lo:hi], s.close[lo:hi])
             _remember(self._pieces, key, start, _PIECE_CACHE_SIZE)
         return start
 
