@@ -65,8 +65,9 @@ def market_features(frame: pd.DataFrame, bars_per_year: float | None = None) -> 
 
     Uses ``log_return`` (or log closes), ``volume`` x ``close``, ``bid``/``ask`` or ``spread`` and
     ``adx`` when present; a missing input gives NaN for its feature, which distances skip.
-    ``bars_per_year`` defaults to the median bar spacing of a DatetimeIndex; without either, volatility
-    and liquidity stay per bar (only comparable between tasks with equal bars).
+    ``bars_per_year`` defaults to ``frame.attrs["bars_per_year"]`` (the market calendar's figure),
+    then to the median bar spacing of a DatetimeIndex taken as round-the-clock trading; without any,
+    volatility and liquidity stay per bar (only comparable between tasks with equal bars).
     """
     if "log_return" in frame:
         r = frame["log_return"].to_numpy(dtype=np.float64)
@@ -77,6 +78,8 @@ def market_features(frame: pd.DataFrame, bars_per_year: float | None = None) -> 
     r = r[np.isfinite(r)]
     if r.shape[0] < 3:
         raise ValueError(f"market_features needs at least 3 returns, got {r.shape[0]}")
+    if bars_per_year is None and frame.attrs.get("bars_per_year") is not None:
+        bars_per_year = float(frame.attrs["bars_per_year"])
     if bars_per_year is None and isinstance(frame.index, pd.DatetimeIndex) and len(frame.index) > 1:
         spacing = float(np.median(np.diff(frame.index.as_unit("ns").asi8)))
         bars_per_year = 365.25 * 86400e9 / spacing if spacing > 0 else None

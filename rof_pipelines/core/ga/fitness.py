@@ -65,6 +65,7 @@ class MarketSlice:
     features: dict[str, np.ndarray]  # raw feature values as the state space reads them; inf -> nan
     fit_rows: int
     fingerprint: str
+    bars_per_year: float | None = None  # from the market's calendar (frame.attrs); None: bar spacing
 
     @property
     def n(self) -> int:
@@ -109,6 +110,7 @@ def make_slice(name: str, frame: pd.DataFrame, validation_fraction: float) -> Ma
     for column in ("open", "high", "low", "close"):
         if column not in frame.columns:
             raise DataValidationError(f"the optimiser's frame lacks column {column!r}")
+    annual = frame.attrs.get("bars_per_year")
     frame = frame.sort_index()
     n = len(frame)
     fit_rows = round(n * (1.0 - validation_fraction))
@@ -126,7 +128,10 @@ def make_slice(name: str, frame: pd.DataFrame, validation_fraction: float) -> Ma
         close=frame["close"].to_numpy(dtype=np.float64),
         features=_raw_frame_features(frame),
         fit_rows=fit_rows,
-        fingerprint=_fingerprint(frame) + f"|v{validation_fraction!r}",
+        fingerprint=_fingerprint(frame)
+        + f"|v{validation_fraction!r}"
+        + (f"|y{float(annual)!r}" if annual else ""),
+        bars_per_year=float(annual) if annual else None,
     )
 
 
@@ -219,7 +224,7 @@ class FitnessData:
     def bars_per_year(self, env: EnvArrays) -> float:
         """``env.bars_per_year()`` (a median over every bar) once per time axis: environments' axes
         are suffixes of their slice's, so length and ends tell them apart."""
-        key = (env.times.shape[0], int(env.times[0]), int(env.times[-1]))
+        key = (env.times.shape[0], int(env.times[0]), int(env.times[-1]), env.calendar_bars_per_year)
         value = _recall(self._pieces, ("bars_per_year", key))
         if value is None:
             value = env.bars_per_year()
@@ -280,7 +285,8 @@ class FitnessData:
             f0, codes = self._codes(slice_name, name, window, feature.edges, lo, hi)
             states += codes[start - f0 :] * np.int32(stride)
         step_ret, times = self._prices(slice_name, lo, hi, start)
-        return EnvArrays(states, step_ret, times, space)
+        annual = self.slices[slice_name].bars_per_year
+        return EnvArrays(states, step_ret, times, space, calendar_bars_per_year=annual)
 
 
 def _recall(cache: OrderedDict, key: Any) -> Any:

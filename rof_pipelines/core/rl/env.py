@@ -231,6 +231,8 @@ class EnvArrays:
     times: np.ndarray  # int64 ns (bar open time), n bars
     state_space: StateSpace
     index: pd.DatetimeIndex | None = None
+    # From the market's calendar and bar interval (``frame.attrs["bars_per_year"]``); None: 24/7 rule.
+    calendar_bars_per_year: float | None = None
 
     def __post_init__(self) -> None:
         n = self.mstate.shape[0]
@@ -245,6 +247,9 @@ class EnvArrays:
             raise DataValidationError("market states out of range for this state space")
         if not np.isfinite(self.step_ret).all():
             raise DataValidationError("step returns must be finite")
+        per_year = self.calendar_bars_per_year
+        if per_year is not None and not (np.isfinite(per_year) and per_year > 0):
+            raise DataValidationError(f"calendar_bars_per_year must be finite and > 0, got {per_year}")
 
     @property
     def n_bars(self) -> int:
@@ -270,7 +275,10 @@ class EnvArrays:
         )
 
     def bars_per_year(self) -> float:
-        """From the median bar spacing; markets trade around the clock (365.25 days)."""
+        """The calendar's figure when the frame carried one; else from the median bar spacing, as if
+        the market traded around the clock (365.25 days), which overstates it for exchanges."""
+        if self.calendar_bars_per_year is not None:
+            return self.calendar_bars_per_year
         if self.times.shape[0] < 2:
             raise ValueError("need two bars to infer the bar interval")
         spacing = float(np.median(np.diff(self.times)))
@@ -280,7 +288,11 @@ class EnvArrays:
 
 
 def build_env(frame: pd.DataFrame, state_space: StateSpace) -> EnvArrays:
-    """States, fill-to-fill returns and times of the usable bars of an indicator frame."""
+    """States, fill-to-fill returns and times of the usable bars of an indicator frame.
+
+    ``frame.attrs["bars_per_year"]``, set by whoever knows the market's calendar and bar interval,
+    becomes the environment's annualisation factor.
+    """
     for column in ("open", "close"):
         if column not in frame.columns:
             raise DataValidationError(f"indicator frame lacks column {column!r}")
@@ -303,7 +315,10 @@ def build_env(frame: pd.DataFrame, state_space: StateSpace) -> EnvArrays:
         times = index.as_unit("ns").asi8.astype(np.int64)
     else:
         times = np.arange(len(part), dtype=np.int64) * 60_000_000_000
-    return EnvArrays(mstate, step_ret, times, state_space, index)
+    per_year = frame.attrs.get("bars_per_year")
+    return EnvArrays(
+        mstate, step_ret, times, state_space, index, None if per_year is None else float(per_year)
+    )
 
 
 # --- helpers ----------------------------------------------------------------------------------------
