@@ -5,8 +5,11 @@ numpy/pandas, so it is unit-tested without any store or Dagster.
 """
 
 import hashlib
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -338,60 +341,386 @@ def _empty_bars() -> pd.DataFrame:
 
 # --- imports: validation and candles --------------------------------------------------------------
 
+MAX_PROBLEMS_SHOWN = 20
+US_PER_DAY = 86_400 * US_PER_SECOND
+# Imported timestamps must fall in [1970-01-01, 2100-01-01): anything else is a unit or typing mistake.
+EARLIEST_IMPORT_US = 0
+LATEST_IMPORT_US = datetime_to_us(datetime(2100, 1, 1))
+MIN_CANDLE_INTERVAL = timedelta(seconds=1)
+MAX_CANDLE_INTERVAL = timedelta(days=1)
 
-def _fail(row: int | None, column: str | None, problem: str, source: str, row_offset: int) -> None:
-    where = []
-    if row is not None:
-        where.append(f"row {row + 1} (file line {row + row_offset})")
-    if column is not None:
-        where.append(f"column {column!r}")
-    raise DataValidationError(f"{source}: {', '.join(where)}: {problem}" if where else f"{source}: {problem}")
+
+class ImportProblems:
+    """Every problem of one file, so a single refusal lists them all in file order.
+
+    Only the first ``limit`` are kept per check (enough to show the first ``limit`` overall); the
+    rest are counted, so a file where every row is bad still gives a short message."""
+
+    def __init__(self, source: str, row_offset: int, limit: int = MAX_PROBLEMS_SHOWN) -> None:
+        self.source = source
+        self.row_offset = row_offset
+        self.limit = limit
+        self.count = 0
+        self._kept: list[tuple[int, int, str]] = []  # (row, or -1 for the whole file; order; text)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def _where(self, row: int | None, column: str | None, problem: str) -> str:
+        where = []
+        if row is not None:
+            where.append(f"row {row + 1} (file line {row + self.row_offset})")
+        if column is not None:
+            where.append(f"column {column!r}")
+        return f"{', '.join(where)}: {problem}" if where else problem
+
+    def add(self, problem: str, row: int | None = None, column: str | None = None) -> None:
+        self.count += 1
+        self._kept.append((-1 if row is None else row, len(self._kept), self._where(row, column, problem)))
+
+    def add_rows(self, rows: np.ndarray, column: str | None, describe: Callable[[int], str]) -> None:
+        """One problem per row position in ``rows`` (any order); ``describe(row)`` words it."""
+        ordered = np.sort(np.asarray(rows, dtype=np.int64))
+        self.count += len(ordered)
+        for row in ordered[: self.limit].tolist():
+            self._kept.append((row, len(self._kept), self._where(row, column, describe(row))))
+
+    def add_mask(self, mask: np.ndarray, column: str | None, describe: Callable[[int], str]) -> None:
+        self.add_rows(np.flatnonzero(mask), column, describe)
+
+    def raise_if_any(self) -> None:
+        if not self.count:
+            return
+        shown = [text for _, _, text in sorted(self._kept)[: self.limit]]
+        if self.count == 1:
+            raise DataValidationError(f"{self.source}: {shown[0]}")
+        lines = [f"{self.source}: {self.count} problems, nothing was imported:"]
+        lines += [f"  {text}" for text in shown]
+        if self.count > len(shown):
+            lines.append(f"  ... and {self.count - len(shown)} more problems")
+        raise DataValidationError("\n".join(lines))
 
 
-def _numeric_column(
-    frame: pd.DataFrame, column: str, source: str, row_offset: int, required: bool
-) -> np.ndarray:
-    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
-    raw = frame[column]
-    bad = np.isnan(values) & raw.notna().to_numpy() & (raw.astype(str).str.strip() != "").to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        _fail(row, column, f"{raw.iloc[row]!r} is not a number", source, row_offset)
-    if required and np.isnan(values).any():
-        row = int(np.flatnonzero(np.isnan(values))[0])
-        _fail(row, column, "value is missing", source, row_offset)
-    if np.isinf(values).any():
-        row = int(np.flatnonzero(np.isinf(values))[0])
-        _fail(row, column, "value is infinite", source, row_offset)
+def resolve_zone(tz: str | None) -> ZoneInfo | None:
+    """The IANA zone naive timestamps are read in; an unknown name is refused before reading the file."""
+    if tz is None:
+        return None
+    name = "UTC" if tz.strip().upper() in ("UTC", "Z") else tz.strip()
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise DataValidationError(
+            f"unknown time zone {tz!r}: use an IANA name such as UTC, Europe/London or America/New_York"
+        ) from exc
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool | np.bool_)
+
+
+def _shown(value: object) -> str:
+    """A cell as a message shows it: ``'12x'``, ``True``, ``5`` (not ``np.True_`` or ``np.int64(5)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _present_text(raw: pd.Series) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """A column as stripped strings, with masks of booleans and of present (non-empty) values.
+
+    Booleans are singled out because ``pd.to_numeric`` would read them as 1/0."""
+    if pd.api.types.is_bool_dtype(raw.dtype):
+        present = raw.notna().to_numpy(dtype=bool)
+        return raw.astype(str), present.copy(), present
+    if raw.dtype == object:
+        is_bool = raw.map(_is_bool).to_numpy(dtype=bool)
+        text = raw.map(lambda value: "" if value is None or pd.isna(value) else str(value).strip())
+    else:
+        is_bool = np.zeros(len(raw), dtype=bool)
+        text = raw.astype(str).where(raw.notna(), "").str.strip()
+    present = (text != "").to_numpy(dtype=bool)
+    is_bool = is_bool | text.str.lower().isin(("true", "false")).to_numpy(dtype=bool)
+    return text, is_bool & present, present
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, problems: ImportProblems, required: bool) -> np.ndarray:
+    """A column as floats, NaN where a value is missing or bad; each bad value is a problem."""
+    raw = frame[column].reset_index(drop=True)
+    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+        values = np.array(raw.to_numpy(dtype="float64", na_value=np.nan))
+        present = ~np.isnan(values)
+        not_number = np.zeros(len(raw), dtype=bool)
+    else:
+        text, is_bool, present = _present_text(raw)
+        numbers = pd.to_numeric(text.where(~is_bool, ""), errors="coerce")
+        values = np.array(numbers.to_numpy(dtype="float64", na_value=np.nan))
+        values[is_bool] = np.nan
+        not_number = present & np.isnan(values)
+    problems.add_mask(not_number, column, lambda row: f"{_shown(raw.iloc[row])} is not a number")
+    if required:
+        problems.add_mask(~present, column, lambda row: "value is missing")
+    infinite = np.isinf(values)
+    problems.add_mask(infinite, column, lambda row: "value is infinite")
+    values[infinite] = np.nan
     return values
 
 
-def parse_timestamps(values: pd.Series, source: str, column: str, row_offset: int) -> np.ndarray:
-    """ISO strings or epoch numbers (seconds, milliseconds or microseconds, told apart by size) -> UTC us."""
-    numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all() and len(values):
-        as_float = numeric.to_numpy(dtype="float64")
-        magnitude = np.nanmedian(np.abs(as_float))
-        scale = 1e6 if magnitude < 1e11 else (1e3 if magnitude < 1e14 else 1.0)
-        return np.round(as_float * scale).astype(np.int64)
-    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
-    bad = parsed.isna().to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        _fail(row, column, f"{values.iloc[row]!r} is not a timestamp", source, row_offset)
-    return parsed.dt.as_unit("us").astype("int64").to_numpy()
+# A zone written after a time: Z, UTC/GMT, or an offset such as +01:00, +0100, -05.
+ZONE_SUFFIX_RE = (
+    r"(?:\d:\d{2}(?::\d{2})?(?:[.,]\d+)?|T\d{2,6}(?:[.,]\d+)?)"
+    r"\s*(?:[zZ]|UTC|GMT|(?:UTC|GMT)?\s*[+-]\d{2}(?::?\d{2})?)$"
+)
+EPOCH_UNITS = ("seconds", "milliseconds", "microseconds", "nanoseconds")
+EPOCH_UNIT_BOUNDS = (1e11, 1e14, 1e17)  # |value| below 1e11 is seconds, below 1e14 milliseconds, ...
+EPOCH_TO_US = (1e6, 1e3, 1.0, 1e-3)
+
+
+def _to_datetime(text: pd.Series, utc: bool) -> pd.Series:
+    """Strings -> datetimes in us (NaT where unreadable): fast ISO 8601 first, any other layout after."""
+    if text.empty:
+        return pd.Series([], dtype=TS_DTYPE if utc else "datetime64[us]", index=text.index)
+    parsed = pd.to_datetime(text, format="ISO8601", utc=utc, errors="coerce")
+    failed = parsed.isna()
+    if failed.any():
+        retry = pd.to_datetime(text[failed], format="mixed", utc=utc, errors="coerce")
+        if not pd.api.types.is_datetime64_any_dtype(retry.dtype):
+            raise ValueError("values with and without a zone in one column")
+        parsed = parsed.dt.as_unit("us").where(~failed, retry.dt.as_unit("us"))
+    if not pd.api.types.is_datetime64_any_dtype(parsed.dtype):
+        raise ValueError("values with and without a zone in one column")
+    return parsed.dt.as_unit("us")
+
+
+# A date part (a four-digit year, or d/m/y-like digits): without one, a lenient parser would fill the
+# missing fields from today's date ("10:30", "5", "March" are not timestamps).
+DATE_PART_RE = r"\d{4}|\d{1,2}[/.\-]\d{1,2}[/.\-]\d{2}"
+
+
+def _parse_text(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Date strings split into those carrying a zone (parsed to UTC) and naive ones (parsed as is);
+    strings without a date part come back as NaT among the zoned ones."""
+    dated = text.str.contains(DATE_PART_RE, regex=True)
+    undated = pd.Series(pd.NaT, index=text.index[~dated], dtype=TS_DTYPE)
+    text = text[dated]
+    has_zone = text.str.contains(ZONE_SUFFIX_RE, regex=True)
+    try:
+        aware = _to_datetime(text[has_zone], utc=True)
+        naive = _to_datetime(text[~has_zone], utc=False)
+        if isinstance(naive.dtype, pd.DatetimeTZDtype) or naive.dtype == object:
+            raise ValueError("a zone the pattern did not see")
+    except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        aware, naive = _parse_text_one_by_one(text)
+    return pd.concat([aware, undated]) if len(undated) else aware, naive
+
+
+def _parse_text_one_by_one(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Slow path for what pandas cannot read in bulk: each value on its own (unreadable -> NaT)."""
+    aware: dict[int, pd.Timestamp] = {}
+    naive: dict[int, pd.Timestamp] = {}
+    for row, value in text.items():
+        try:
+            stamp = pd.Timestamp(value)
+        except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime):
+            stamp = pd.NaT
+        if stamp is pd.NaT or stamp.tzinfo is not None:
+            aware[row] = stamp if stamp is pd.NaT else stamp.tz_convert("UTC")
+        else:
+            naive[row] = stamp
+    return pd.Series(aware, dtype=TS_DTYPE), pd.Series(naive, dtype="datetime64[us]")
+
+
+def _localise(naive: pd.Series, zone: ZoneInfo, column: str, problems: ImportProblems) -> pd.Series:
+    """Naive wall-clock times in ``zone`` -> UTC; times a DST change skips or repeats are problems (NaT)."""
+    if zone.key == "UTC":
+        return naive.dt.tz_localize("UTC")
+    shifted = naive.dt.tz_localize(zone, ambiguous="NaT", nonexistent="shift_forward")
+    strict = naive.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+    rows = np.asarray(naive.index, dtype=np.int64)
+    ambiguous = shifted.isna().to_numpy()
+    nonexistent = strict.isna().to_numpy() & ~ambiguous
+    problems.add_rows(
+        rows[ambiguous],
+        column,
+        lambda row: (
+            f"{naive.loc[row]} happens twice in {zone.key} (clocks go back), so it is ambiguous; "
+            "write it with its UTC offset"
+        ),
+    )
+    problems.add_rows(
+        rows[nonexistent],
+        column,
+        lambda row: f"{naive.loc[row]} does not exist in {zone.key} (clocks go forward past it)",
+    )
+    return strict.dt.tz_convert("UTC")
+
+
+def _parse_epochs(
+    numbers: np.ndarray,
+    integers: np.ndarray | None,
+    valid: np.ndarray,
+    raw: pd.Series,
+    column: str,
+    problems: ImportProblems,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch numbers -> UTC us. The unit is decided once, from the median; rows of another unit are refused.
+
+    ``integers`` (the same values, exactly, when they all are integers) keeps nanoseconds exact,
+    which float64 cannot."""
+    ts_us = np.zeros(len(numbers), dtype=np.int64)
+    if not valid.any():
+        return ts_us, valid
+    magnitude = np.abs(numbers)
+    unit = int(np.searchsorted(EPOCH_UNIT_BOUNDS, np.median(magnitude[valid]), side="right"))
+    row_units = np.searchsorted(EPOCH_UNIT_BOUNDS, np.nan_to_num(magnitude), side="right")
+    with np.errstate(over="ignore", invalid="ignore"):
+        beyond_every_unit = magnitude * EPOCH_TO_US[-1] >= LATEST_IMPORT_US
+    wrong_unit = valid & (row_units != unit) & ~beyond_every_unit
+    problems.add_mask(
+        wrong_unit,
+        column,
+        lambda row: (
+            f"{_shown(raw.iloc[row])} looks like epoch {EPOCH_UNITS[row_units[row]]}, but this file's "
+            f"epoch timestamps are {EPOCH_UNITS[unit]} (judged from their median); one file must use one unit"
+        ),
+    )
+    ok = valid & ~wrong_unit
+    with np.errstate(over="ignore", invalid="ignore"):
+        as_us = np.where(ok, numbers * EPOCH_TO_US[unit], 0.0)
+    out_of_range = ok & ((as_us < EARLIEST_IMPORT_US) | (as_us >= LATEST_IMPORT_US))
+    problems.add_mask(
+        out_of_range,
+        column,
+        lambda row: (
+            f"{_shown(raw.iloc[row])} (epoch {EPOCH_UNITS[unit]}) is out of range: "
+            "timestamps must fall between 1970-01-01 and 2100-01-01"
+        ),
+    )
+    ok &= ~out_of_range
+    if integers is None:
+        ts_us[ok] = np.round(as_us[ok]).astype(np.int64)
+    elif EPOCH_TO_US[unit] >= 1:
+        ts_us[ok] = integers[ok].astype(np.int64) * int(EPOCH_TO_US[unit])
+    else:
+        ts_us[ok] = integers[ok].astype(np.int64) // 1_000
+    return ts_us, ok
+
+
+def _parse_timestamps(
+    values: pd.Series, column: str, problems: ImportProblems, zone: ZoneInfo | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """UTC epoch microseconds of a timestamp column and a mask of the rows that parsed."""
+    raw = values.reset_index(drop=True)
+    if pd.api.types.is_datetime64_any_dtype(raw.dtype):
+        present = raw.notna().to_numpy(dtype=bool)
+        problems.add_mask(~present, column, lambda row: "timestamp is missing")
+        text = raw.astype(str)
+        stamps = raw[present].dt.as_unit("us")
+        if stamps.dt.tz is not None:
+            aware, naive = stamps.dt.tz_convert("UTC"), pd.Series([], dtype="datetime64[us]")
+        else:
+            aware, naive = pd.Series([], dtype=TS_DTYPE), stamps
+    else:
+        text, is_bool, present = _present_text(raw)
+        problems.add_mask(
+            is_bool, column, lambda row: f"{_shown(raw.iloc[row])} is a boolean, not a timestamp"
+        )
+        problems.add_mask(~present, column, lambda row: "timestamp is missing")
+        present = present & ~is_bool
+        if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+            parsed_numbers = raw
+        else:
+            parsed_numbers = pd.to_numeric(text.where(present, ""), errors="coerce")
+        numbers = parsed_numbers.to_numpy(dtype="float64", na_value=np.nan)
+        integers = parsed_numbers.to_numpy() if parsed_numbers.dtype.kind in "iu" else None
+        numeric = present & ~np.isnan(numbers)
+        if numeric.sum() * 2 > present.sum():
+            finite = numeric & np.isfinite(numbers)
+            problems.add_mask(
+                present & ~finite,
+                column,
+                lambda row: f"{_shown(raw.iloc[row])} is not a timestamp (this column holds epoch numbers)",
+            )
+            return _parse_epochs(numbers, integers, finite, raw, column, problems)
+        aware, naive = _parse_text(text[present])
+
+    unreadable = np.concatenate(
+        [np.asarray(part.index[part.isna().to_numpy()], dtype=np.int64) for part in (aware, naive)]
+    )
+    problems.add_rows(unreadable, column, lambda row: f"{text.iloc[row]!r} is not a timestamp")
+    aware, naive = aware.dropna(), naive.dropna()
+    if len(naive) and zone is None:
+        first = int(naive.index.min())
+        problems.add(
+            f"timestamp {text.iloc[first]!r} has no time zone ({len(naive)} of {len(raw)} are like it); "
+            "pass --tz ZONE naming the zone the file's clock is in, e.g. --tz UTC or "
+            "--tz America/New_York (for the dates of daily candles: --tz UTC)",
+            first,
+            column,
+        )
+        localised = pd.Series([], dtype=TS_DTYPE)
+    elif len(naive):
+        localised = _localise(naive, zone, column, problems).dropna()
+    else:
+        localised = pd.Series([], dtype=TS_DTYPE)
+
+    ts_us = np.zeros(len(raw), dtype=np.int64)
+    ok = np.zeros(len(raw), dtype=bool)
+    for parsed in (aware, localised):
+        if len(parsed):
+            rows = np.asarray(parsed.index, dtype=np.int64)
+            ts_us[rows] = parsed.dt.as_unit("us").astype("int64").to_numpy()
+            ok[rows] = True
+    out_of_range = ok & ((ts_us < EARLIEST_IMPORT_US) | (ts_us >= LATEST_IMPORT_US))
+    problems.add_mask(
+        out_of_range,
+        column,
+        lambda row: (
+            f"{text.iloc[row]!r} is out of range: timestamps must fall between 1970-01-01 and 2100-01-01"
+        ),
+    )
+    return ts_us, ok & ~out_of_range
 
 
 TS_ALIASES = ("ts", "timestamp", "time", "datetime", "date", "open_time", "opentime")
+# What pandas calls an index column written without a name (``df.to_csv()``, ``df.reset_index()``).
+UNNAMED_INDEX_COLUMNS = ("", "unnamed: 0", "index")
 
 
-def _find_ts_column(frame: pd.DataFrame, source: str) -> str:
+def normalise_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Lower-cased, stripped column names ("Adj Close" -> "adj close") and positional rows."""
+    return frame.rename(columns=lambda c: str(c).strip().lower()).reset_index(drop=True)
+
+
+def _looks_like_timestamps(values: pd.Series) -> bool:
+    """Whether a nameless column holds timestamps, judged from its first values.
+
+    Small integers (a RangeIndex written to CSV) would read as 1970 epoch seconds, so epoch numbers
+    only count from 1e9 (September 2001 in seconds, any date in ms/us/ns)."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return True
+    text, is_bool, present = _present_text(values.head(200).reset_index(drop=True))
+    sample = text[present & ~is_bool].head(20)
+    if sample.empty or is_bool.any():
+        return False
+    numbers = pd.to_numeric(sample, errors="coerce")
+    if numbers.notna().all():
+        return bool(np.abs(numbers.to_numpy(dtype="float64")).min() >= 1e9)
+    try:
+        return bool(pd.to_datetime(sample, format="mixed", utc=True, errors="coerce").notna().all())
+    except (ValueError, TypeError, OverflowError):
+        return False
+
+
+def find_ts_column(frame: pd.DataFrame, source: str) -> str:
+    """The timestamp column: a known name, else an unnamed first column holding timestamps."""
     for alias in TS_ALIASES:
         if alias in frame.columns:
             return alias
+    first = str(frame.columns[0]) if len(frame.columns) else None
+    unnamed = first is not None and (first in UNNAMED_INDEX_COLUMNS or first.startswith("unnamed:"))
+    if unnamed and _looks_like_timestamps(frame[frame.columns[0]]):
+        return frame.columns[0]
     raise DataValidationError(
-        f"{source}: no timestamp column; expected one of {', '.join(TS_ALIASES)} "
-        f"(columns found: {', '.join(map(str, frame.columns))})"
+        f"{source}: no timestamp column; expected one of {', '.join(TS_ALIASES)}, or an unnamed first "
+        f"column of timestamps as pandas writes an index (columns found: {', '.join(map(str, frame.columns))})"
     )
 
 
@@ -404,31 +733,40 @@ def detect_kind(frame: pd.DataFrame) -> str:
     return "unknown"
 
 
-def snapshots_from_table(frame: pd.DataFrame, source: str = "input", row_offset: int = 2) -> pd.DataFrame:
+def _refuse_non_positive(values: np.ndarray, column: str, problems: ImportProblems, what: str) -> None:
+    problems.add_mask(values <= 0, column, lambda row: f"{what} must be positive, got {values[row]}")
+
+
+def snapshots_from_table(
+    frame: pd.DataFrame, source: str = "input", row_offset: int = 2, tz: str | None = None
+) -> pd.DataFrame:
     """Validate a user's snapshot table (ts, price, optional bid/ask/volume) into the canonical frame.
 
-    Every row is checked before anything is returned; the first problem raises DataValidationError
-    naming the row, the file line and the column."""
-    frame = frame.rename(columns=lambda c: str(c).strip().lower())
-    ts_col = _find_ts_column(frame, source)
+    Every row is checked before anything is returned; all problems (row, file line, column) are
+    raised together as one DataValidationError."""
+    zone = resolve_zone(tz)
+    frame = normalise_columns(frame)
+    ts_col = find_ts_column(frame, source)
     if "price" not in frame.columns:
         raise DataValidationError(f"{source}: no 'price' column (columns found: {', '.join(frame.columns)})")
-    ts_us = parse_timestamps(frame[ts_col], source, ts_col, row_offset)
-    price = _numeric_column(frame, "price", source, row_offset, required=True)
-    if (price <= 0).any():
-        row = int(np.flatnonzero(price <= 0)[0])
-        _fail(row, "price", f"price must be positive, got {price[row]}", source, row_offset)
+    problems = ImportProblems(source, row_offset)
+    ts_us, _ = _parse_timestamps(frame[ts_col], ts_col, problems, zone)
+    price = _numeric_column(frame, "price", problems, required=True)
+    _refuse_non_positive(price, "price", problems, "price")
     optional = {
         col: (
-            _numeric_column(frame, col, source, row_offset, required=False)
+            _numeric_column(frame, col, problems, required=False)
             if col in frame.columns
             else np.full(len(frame), np.nan)
         )
         for col in ("bid", "ask", "volume")
     }
-    if (optional["volume"] < 0).any():
-        row = int(np.flatnonzero(optional["volume"] < 0)[0])
-        _fail(row, "volume", "volume must not be negative", source, row_offset)
+    bid, ask, volume = optional["bid"], optional["ask"], optional["volume"]
+    _refuse_non_positive(bid, "bid", problems, "bid")
+    _refuse_non_positive(ask, "ask", problems, "ask")
+    problems.add_mask(bid > ask, "bid", lambda row: f"crossed quote: bid {bid[row]} is above ask {ask[row]}")
+    problems.add_mask(volume < 0, "volume", lambda row: f"volume must not be negative, got {volume[row]}")
+    problems.raise_if_any()
     return pd.DataFrame(
         {
             "ts": pd.to_datetime(ts_us, unit="us", utc=True).astype(TS_DTYPE),
@@ -438,54 +776,219 @@ def snapshots_from_table(frame: pd.DataFrame, source: str = "input", row_offset:
     )
 
 
-def candles_from_table(frame: pd.DataFrame, source: str = "input", row_offset: int = 2) -> pd.DataFrame:
-    """Validate an OHLCV candle table; returns ts (open time, UTC us), open, high, low, close, volume."""
-    frame = frame.rename(columns=lambda c: str(c).strip().lower())
-    ts_col = _find_ts_column(frame, source)
-    missing = [c for c in ("open", "high", "low", "close") if c not in frame.columns]
+CANDLE_PRICES = ("open", "high", "low", "close")
+
+
+def _validated_candles(
+    frame: pd.DataFrame, problems: ImportProblems, zone: ZoneInfo | None, source: str
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Candles of every row (positional index) and a mask of the rows without any problem."""
+    ts_col = find_ts_column(frame, source)
+    missing = [c for c in CANDLE_PRICES if c not in frame.columns]
     if missing:
         raise DataValidationError(f"{source}: candle file lacks column(s) {', '.join(missing)}")
-    ts_us = parse_timestamps(frame[ts_col], source, ts_col, row_offset)
-    values = {
-        c: _numeric_column(frame, c, source, row_offset, required=True)
-        for c in ("open", "high", "low", "close")
-    }
+    count_before = problems.count
+    ts_us, ts_ok = _parse_timestamps(frame[ts_col], ts_col, problems, zone)
+    values = {c: _numeric_column(frame, c, problems, required=True) for c in CANDLE_PRICES}
     volume = (
-        _numeric_column(frame, "volume", source, row_offset, required=False)
+        _numeric_column(frame, "volume", problems, required=False)
         if "volume" in frame.columns
         else np.zeros(len(frame))
     )
-    for col in ("open", "high", "low", "close"):
-        if (values[col] <= 0).any():
-            row = int(np.flatnonzero(values[col] <= 0)[0])
-            _fail(row, col, f"price must be positive, got {values[col][row]}", source, row_offset)
-    top = np.maximum(values["open"], values["close"])
-    bottom = np.minimum(values["open"], values["close"])
+    for col in CANDLE_PRICES:
+        _refuse_non_positive(values[col], col, problems, "price")
+    top = np.fmax(values["open"], values["close"])
+    bottom = np.fmin(values["open"], values["close"])
     bad_high = values["high"] < top
-    if bad_high.any():
-        row = int(np.flatnonzero(bad_high)[0])
-        _fail(row, "high", "high is below open or close", source, row_offset)
     bad_low = values["low"] > bottom
-    if bad_low.any():
-        row = int(np.flatnonzero(bad_low)[0])
-        _fail(row, "low", "low is above open or close", source, row_offset)
-    if (np.nan_to_num(volume) < 0).any():
-        row = int(np.flatnonzero(np.nan_to_num(volume) < 0)[0])
-        _fail(row, "volume", "volume must not be negative", source, row_offset)
-    dup = pd.Series(ts_us).duplicated().to_numpy()
-    if dup.any():
-        row = int(np.flatnonzero(dup)[0])
-        _fail(row, ts_col, "duplicate candle open time", source, row_offset)
-    return pd.DataFrame({"ts_us": ts_us, **values, "volume": np.nan_to_num(volume)}).sort_values(
-        "ts_us", kind="stable"
-    )
+    problems.add_mask(bad_high, "high", lambda row: "high is below open or close")
+    problems.add_mask(bad_low, "low", lambda row: "low is above open or close")
+    problems.add_mask(volume < 0, "volume", lambda row: "volume must not be negative")
+    duplicate = ts_ok & pd.Series(np.where(ts_ok, ts_us, -1)).duplicated().to_numpy()
+    problems.add_mask(duplicate, ts_col, lambda row: "duplicate candle open time")
+    candles = pd.DataFrame({"ts_us": ts_us, **values, "volume": np.nan_to_num(volume)})
+    if problems.count == count_before:
+        return candles, np.ones(len(frame), dtype=bool)
+    numbers_ok = np.logical_and.reduce([np.isfinite(values[c]) & (values[c] > 0) for c in CANDLE_PRICES])
+    return candles, ts_ok & numbers_ok & ~bad_high & ~bad_low & ~duplicate
+
+
+def candles_from_table(
+    frame: pd.DataFrame, source: str = "input", row_offset: int = 2, tz: str | None = None
+) -> pd.DataFrame:
+    """Validate an OHLCV candle table; returns ts_us (open time, UTC us), open, high, low, close, volume
+    sorted by open time. All problems are raised together."""
+    zone = resolve_zone(tz)
+    problems = ImportProblems(source, row_offset)
+    candles, _ = _validated_candles(normalise_columns(frame), problems, zone, source)
+    problems.raise_if_any()
+    return candles.sort_values("ts_us", kind="stable")
+
+
+# --- candle intervals -----------------------------------------------------------------------------
+
+INTERVAL_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86_400}
+MONTH_UNITS = ("M", "mo", "mon", "mth", "month", "months")
+WEEK_UNITS = ("w", "wk", "week", "weeks")
+NOT_BEYOND_A_DAY = "the pipeline builds bars from 1m to 1d, so import the daily candles instead"
+
+
+def interval_text(interval: timedelta) -> str:
+    """``timedelta(hours=4)`` -> ``"4h"``: the way intervals are typed on the command line."""
+    seconds = interval.total_seconds()
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return str(interval)
+
+
+def check_candle_interval(interval: timedelta) -> timedelta:
+    """Refuse intervals the pipeline cannot run: weekly, monthly, beyond a day, under 1s, or uneven."""
+    if timedelta(days=28) <= interval <= timedelta(days=31):
+        raise DataValidationError(f"monthly candles are not supported: {NOT_BEYOND_A_DAY}")
+    if interval == timedelta(days=7):
+        raise DataValidationError(f"weekly candles are not supported: {NOT_BEYOND_A_DAY}")
+    if interval > MAX_CANDLE_INTERVAL:
+        raise DataValidationError(
+            f"candles of {interval_text(interval)} are not supported: {NOT_BEYOND_A_DAY}"
+        )
+    if interval < MIN_CANDLE_INTERVAL:
+        raise DataValidationError(f"candles of {interval} are not supported: the shortest interval is 1s")
+    if US_PER_DAY % (interval // timedelta(microseconds=1)):
+        raise DataValidationError(
+            f"a candle interval of {interval_text(interval)} does not divide a day evenly; "
+            "use e.g. 1m, 5m, 15m, 1h, 4h or 1d"
+        )
+    return interval
+
+
+def parse_candle_interval(text: str) -> timedelta:
+    """``"5m"``, ``"4h"``, ``"1d"`` -> timedelta. ``1M``/``1mo`` mean a month and ``1w`` a week, both refused."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text or "")
+    if not match:
+        raise DataValidationError(f"--interval {text!r} is not an interval; use e.g. 1m, 5m, 1h, 4h or 1d")
+    number, unit = float(match.group(1)), match.group(2)
+    if unit in MONTH_UNITS or unit.lower() in MONTH_UNITS[1:]:
+        raise DataValidationError(f"--interval {text!r} means monthly candles: {NOT_BEYOND_A_DAY}")
+    if unit.lower() in WEEK_UNITS:
+        raise DataValidationError(f"--interval {text!r} means weekly candles: {NOT_BEYOND_A_DAY}")
+    size = INTERVAL_UNITS.get(unit.lower() or "s")
+    if size is None:
+        raise DataValidationError(f"--interval {text!r} is not an interval; use e.g. 1m, 5m, 1h, 4h or 1d")
+    return check_candle_interval(timedelta(seconds=number * size))
+
+
+def _most_common_gap(ts_sorted: np.ndarray) -> tuple[int, int, int]:
+    """(gap in us, how many gaps have it, how many gaps there are); ties go to the shorter gap."""
+    gaps = np.diff(ts_sorted)
+    gaps = gaps[gaps > 0]
+    if not len(gaps):
+        return 0, 0, 0
+    values, counts = np.unique(gaps, return_counts=True)
+    best = int(np.argmax(counts))  # np.unique sorts ascending, argmax takes the first (shortest) tie
+    return int(values[best]), int(counts[best]), len(gaps)
 
 
 def infer_candle_interval(candles: pd.DataFrame) -> timedelta:
-    diffs = np.diff(np.sort(candles["ts_us"].to_numpy()))
-    if not len(diffs):
+    """The most common spacing of open times: a few missing candles or a weekend do not change it."""
+    gap, _, _ = _most_common_gap(np.sort(candles["ts_us"].to_numpy()))
+    if not gap:
         raise DataValidationError("a single candle does not tell its interval; pass --interval")
-    return timedelta(microseconds=int(np.min(diffs[diffs > 0])))
+    return timedelta(microseconds=gap)
+
+
+def _refuse_off_interval(
+    good: pd.DataFrame, interval: timedelta, note: str, ts_col: str, problems: ImportProblems
+) -> None:
+    """Rows closer to the previous candle than the interval, and rows off the interval's UTC grid."""
+    step = interval // timedelta(microseconds=1)
+    ts_sorted = good["ts_us"].to_numpy()
+    rows = good.index.to_numpy()
+    gaps = np.diff(ts_sorted)
+    after = np.flatnonzero(gaps < step) + 1
+    previous_row = dict(zip(rows[after].tolist(), rows[after - 1].tolist(), strict=True))
+    gap_before = dict(zip(rows[after].tolist(), gaps[after - 1].tolist(), strict=True))
+    problems.add_rows(
+        rows[after],
+        ts_col,
+        lambda row: (
+            f"open time is only {interval_text(timedelta(microseconds=gap_before[row]))} after the "
+            f"candle on row {previous_row[row] + 1}, closer than the {interval_text(interval)} interval ({note})"
+        ),
+    )
+    off_grid = ts_sorted % step != 0
+    off_grid[after] = False  # already refused for its spacing
+    daily_hint = "; read the dates of daily candles with --tz UTC" if interval == MAX_CANDLE_INTERVAL else ""
+    problems.add_rows(
+        rows[off_grid],
+        ts_col,
+        lambda row: (
+            f"{pd.Timestamp(int(good.at[row, 'ts_us']), unit='us', tz='UTC')} is not on the "
+            f"{interval_text(interval)} grid counted from 00:00 UTC, so the candle would straddle "
+            f"two bars{daily_hint}"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ValidatedCandles:
+    candles: pd.DataFrame  # ts_us, open, high, low, close, volume, sorted by open time
+    interval: timedelta
+    interval_note: str  # where the interval came from, for the user
+
+
+def validate_candles(
+    frame: pd.DataFrame,
+    source: str = "input",
+    row_offset: int = 2,
+    tz: str | None = None,
+    interval: timedelta | None = None,
+) -> ValidatedCandles:
+    """Candles and their interval, with every problem of the file (rows and spacing) raised at once.
+
+    The interval is ``interval`` when given, which the data must match, else the most common spacing.
+    Candles closer than the interval would overlap once stored, and candles off the interval's grid
+    (counted from 00:00 UTC) would straddle two bars, so both are refused row by row."""
+    zone = resolve_zone(tz)
+    if interval is not None:
+        check_candle_interval(interval)
+    frame = normalise_columns(frame)
+    problems = ImportProblems(source, row_offset)
+    candles, ok = _validated_candles(frame, problems, zone, source)
+    ts_col = find_ts_column(frame, source)
+    good = candles[ok].sort_values("ts_us", kind="stable")
+    ts_sorted = good["ts_us"].to_numpy()
+    gap, gap_count, gaps = _most_common_gap(ts_sorted)
+    spacing = (
+        f"{interval_text(timedelta(microseconds=gap))} apart ({gap_count} of {gaps} gaps)" if gap else ""
+    )
+    chosen = interval
+    if interval is None and gap:
+        note = f"inferred from the most common spacing ({gap_count} of {gaps} gaps)"
+        try:
+            chosen = check_candle_interval(timedelta(microseconds=gap))
+        except DataValidationError as exc:
+            problems.add(f"the candles are mostly {spacing}; {exc}")
+            chosen = None
+    elif interval is None:
+        if not problems:
+            raise DataValidationError(
+                f"{source}: a single candle does not tell its interval; pass --interval"
+            )
+        note = ""
+    else:
+        note = "given by --interval"
+        if gap and gap != interval // timedelta(microseconds=1):
+            relation = "finer" if gap < interval // timedelta(microseconds=1) else "coarser"
+            problems.add(
+                f"the candles are mostly {spacing}, {relation} than --interval {interval_text(interval)}; "
+                f"pass --interval {interval_text(timedelta(microseconds=gap))} or leave it out"
+            )
+            chosen = None
+    if chosen is not None and len(ts_sorted):
+        _refuse_off_interval(good, chosen, note, ts_col, problems)
+    problems.raise_if_any()
+    return ValidatedCandles(good.reset_index(drop=True), chosen, note)
 
 
 def candles_to_snapshots(candles: pd.DataFrame, interval: timedelta) -> pd.DataFrame:
@@ -510,3 +1013,15 @@ def candles_to_snapshots(candles: pd.DataFrame, interval: timedelta) -> pd.DataF
             "volume": volume.ravel(),
         }
     )
+
+
+def parse_timestamps(
+    values: pd.Series, source: str, column: str, row_offset: int, tz: str | None = None
+) -> np.ndarray:
+    """ISO strings (zones converted to UTC; naive ones read in ``tz``) or epoch numbers -> UTC us.
+
+    The epoch unit (seconds, ms, us, ns) is decided once from the median; all problems raise together."""
+    problems = ImportProblems(source, row_offset)
+    ts_us, _ = _parse_timestamps(values, column, problems, resolve_zone(tz))
+    problems.raise_if_any()
+    return ts_us

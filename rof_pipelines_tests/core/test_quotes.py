@@ -11,8 +11,11 @@ from rof_pipelines.core.quotes import (
     candles_to_snapshots,
     clean_quotes,
     generate_quotes,
+    infer_candle_interval,
+    parse_candle_interval,
     resample_bars,
     snapshots_from_table,
+    validate_candles,
 )
 from rof_pipelines.errors import DataValidationError
 
@@ -174,3 +177,285 @@ def test_epoch_units_are_told_apart():
     millis = snapshots_from_table(pd.DataFrame({"ts": [epoch * 1000], "price": [1.0]}))
     micros = snapshots_from_table(pd.DataFrame({"ts": [epoch * 1_000_000], "price": [1.0]}))
     assert seconds["ts"].iloc[0] == millis["ts"].iloc[0] == micros["ts"].iloc[0] == pd.Timestamp(DAY)
+
+
+# --- imports: time zones, epochs, every problem at once --------------------------------------------
+
+
+def test_zoned_timestamps_are_converted_to_utc():
+    table = pd.DataFrame(
+        {
+            "ts": ["2026-11-20T00:00:00Z", "2026-11-20T02:00:00+01:00", "2026-11-19 20:00:01-05:00"],
+            "price": ["1", "2", "3"],
+        }
+    )
+    ts = snapshots_from_table(table)["ts"]
+    assert ts.tolist() == [
+        pd.Timestamp(DAY),
+        pd.Timestamp(DAY + timedelta(hours=1)),
+        pd.Timestamp(DAY + timedelta(hours=1, seconds=1)),
+    ]
+
+
+def test_naive_timestamps_are_refused_naming_column_value_and_fix():
+    table = pd.DataFrame({"Time": ["2026-11-20 00:00:00", "2026-11-20 00:00:10"], "price": ["1", "2"]})
+    with pytest.raises(DataValidationError) as refused:
+        snapshots_from_table(table, "q.csv")
+    message = str(refused.value)
+    assert "row 1 (file line 2), column 'time'" in message
+    assert "'2026-11-20 00:00:00' has no time zone" in message
+    assert "--tz UTC" in message and "--tz America/New_York" in message
+
+
+def test_naive_timestamps_are_localised_in_the_given_zone_dst_aware():
+    table = pd.DataFrame({"ts": ["2024-01-15 09:30", "2024-07-15 09:30"], "price": ["1", "2"]})
+    ts = snapshots_from_table(table, tz="America/New_York")["ts"]
+    assert ts.tolist() == [
+        pd.Timestamp("2024-01-15 14:30", tz="UTC"),
+        pd.Timestamp("2024-07-15 13:30", tz="UTC"),
+    ]
+    assert snapshots_from_table(table, tz="UTC")["ts"].iloc[0] == pd.Timestamp("2024-01-15 09:30", tz="UTC")
+
+
+def test_local_times_a_dst_change_skips_or_repeats_are_refused_with_the_row():
+    table = pd.DataFrame(
+        {"ts": ["2024-03-10 01:30", "2024-03-10 02:30", "2024-11-03 01:30"], "price": ["1", "1", "1"]}
+    )
+    with pytest.raises(DataValidationError) as refused:
+        snapshots_from_table(table, "q.csv", tz="America/New_York")
+    message = str(refused.value)
+    assert "2 problems" in message
+    assert (
+        "row 2 (file line 3), column 'ts': 2024-03-10 02:30:00 does not exist in America/New_York" in message
+    )
+    assert "row 3 (file line 4), column 'ts': 2024-11-03 01:30:00 happens twice" in message
+
+
+def test_unknown_zone_is_refused():
+    table = pd.DataFrame({"ts": ["2024-01-15 09:30"], "price": ["1"]})
+    with pytest.raises(DataValidationError, match="unknown time zone 'Mars/Olympus'"):
+        snapshots_from_table(table, tz="Mars/Olympus")
+
+
+def test_epoch_numbers_are_utc_and_need_no_zone():
+    epoch = int(DAY.timestamp())
+    nanos = snapshots_from_table(pd.DataFrame({"ts": [str(epoch * 10**9 + 1_000)], "price": ["1"]}))
+    assert nanos["ts"].iloc[0] == pd.Timestamp(DAY) + pd.Timedelta(microseconds=1)
+    assert snapshots_from_table(pd.DataFrame({"ts": [epoch], "price": [1.0]}), tz="Asia/Tokyo")["ts"].iloc[
+        0
+    ] == pd.Timestamp(DAY)
+
+
+def test_a_seconds_value_in_a_milliseconds_file_is_refused_not_stored_in_1970():
+    epoch_ms = int(DAY.timestamp()) * 1000
+    seconds = str(epoch_ms // 1000 + 2)
+    table = pd.DataFrame({"ts": [str(epoch_ms), str(epoch_ms + 1000), seconds], "price": ["1", "1", "1"]})
+    with pytest.raises(
+        DataValidationError,
+        match=rf"row 3 \(file line 4\), column 'ts': '{seconds}' looks like epoch seconds, "
+        r"but this file's epoch timestamps are milliseconds",
+    ):
+        snapshots_from_table(table, "q.csv")
+
+
+EPOCH_NOW = str(int(DAY.timestamp()))
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "problem"),
+    [
+        ("2026-11-20T00:00:00Z", "1969-12-31T23:59:59Z", "is out of range"),
+        ("2026-11-20T00:00:00Z", "2100-01-01T00:00:00Z", "is out of range"),
+        ("2026-11-20T00:00:00Z", "0001-01-01T00:00:00Z", "is out of range"),
+        ("2026-11-20T00:00:00Z", "99999-01-01T00:00:00Z", "is not a timestamp"),
+        (EPOCH_NOW, "-5", "is out of range"),
+        (EPOCH_NOW, "99999999999999999999", "is out of range"),
+        (EPOCH_NOW, "1e300", "is out of range"),
+        (EPOCH_NOW, "inf", "is not a timestamp"),
+    ],
+)
+def test_out_of_range_timestamps_are_refused_without_a_traceback(good, bad, problem):
+    table = pd.DataFrame({"ts": [good, bad], "price": ["1", "1"]})
+    with pytest.raises(
+        DataValidationError, match=rf"row 2 \(file line 3\), column 'ts': '{bad}'.* {problem}"
+    ):
+        snapshots_from_table(table, "q.csv")
+
+
+def test_every_problem_is_reported_in_file_order_up_to_a_limit():
+    n = 60
+    ts = [f"2026-11-20T00:00:{i:02d}Z" for i in range(n)]
+    price = ["1"] * n
+    volume = ["1"] * n
+    for row in range(5, n, 2):
+        price[row] = "x"  # 28 broken prices
+    volume[2] = "-1"
+    ts[1] = "never"
+    table = pd.DataFrame({"ts": ts, "price": price, "volume": volume})
+    with pytest.raises(DataValidationError) as refused:
+        snapshots_from_table(table, "q.csv")
+    lines = str(refused.value).splitlines()
+    assert lines[0] == "q.csv: 30 problems, nothing was imported:"
+    assert lines[1] == "  row 2 (file line 3), column 'ts': 'never' is not a timestamp"
+    assert lines[2] == "  row 3 (file line 4), column 'volume': volume must not be negative, got -1.0"
+    assert lines[3] == "  row 6 (file line 7), column 'price': 'x' is not a number"
+    assert len(lines) == 1 + 20 + 1 and lines[-1] == "  ... and 10 more problems"
+
+
+def test_bid_and_ask_must_be_positive_and_not_crossed():
+    table = pd.DataFrame(
+        {
+            "ts": [f"2026-11-20T00:00:0{i}Z" for i in range(4)],
+            "price": ["5", "5", "5", "5"],
+            "bid": ["4.9", "0", "5.2", "-1"],
+            "ask": ["5.1", "5.1", "5.1", "0"],
+        }
+    )
+    with pytest.raises(DataValidationError) as refused:
+        snapshots_from_table(table, "q.csv")
+    message = str(refused.value)
+    assert "row 2 (file line 3), column 'bid': bid must be positive, got 0.0" in message
+    assert "row 3 (file line 4), column 'bid': crossed quote: bid 5.2 is above ask 5.1" in message
+    assert "row 4 (file line 5), column 'bid': bid must be positive" in message
+    assert "row 4 (file line 5), column 'ask': ask must be positive" in message
+    assert "row 1 " not in message
+
+
+def test_booleans_are_not_numbers_nor_timestamps():
+    epoch = int(DAY.timestamp())
+    typed = pd.DataFrame({"ts": [epoch, epoch + 1], "price": [True, False]})  # as Parquet gives them
+    with pytest.raises(DataValidationError, match=r"row 1 .*column 'price': True is not a number"):
+        snapshots_from_table(typed)
+    mixed = pd.DataFrame({"ts": [epoch, epoch + 1], "price": [1.5, True]}, dtype=object)
+    with pytest.raises(DataValidationError, match=r"row 2 .*column 'price': True is not a number"):
+        snapshots_from_table(mixed)
+    texts = pd.DataFrame({"ts": ["2026-11-20T00:00:00Z"], "price": ["1"], "volume": ["true"]})
+    with pytest.raises(DataValidationError, match=r"column 'volume': 'true' is not a number"):
+        snapshots_from_table(texts)
+    for stamps in ([True, False], pd.Series([True, epoch], dtype=object), ["False", "2026-11-20T00:00:00Z"]):
+        table = pd.DataFrame({"ts": stamps, "price": [1.0, 1.0]})
+        with pytest.raises(
+            DataValidationError, match=r"column 'ts': (True|'False') is a boolean, not a timestamp"
+        ):
+            snapshots_from_table(table)
+
+
+def test_datetime_columns_from_parquet_are_understood():
+    aware = pd.DataFrame({"ts": pd.date_range(DAY, periods=2, freq="s"), "price": [1.0, 2.0]})
+    assert snapshots_from_table(aware)["ts"].iloc[1] == pd.Timestamp(DAY + timedelta(seconds=1))
+    naive = aware.assign(ts=aware["ts"].dt.tz_localize(None))
+    with pytest.raises(DataValidationError, match="has no time zone"):
+        snapshots_from_table(naive)
+    assert snapshots_from_table(naive, tz="Europe/Berlin")["ts"].iloc[0] == pd.Timestamp(
+        DAY - timedelta(hours=1)
+    )
+
+
+def test_unnamed_first_column_is_the_timestamp_only_when_it_holds_timestamps():
+    written = pd.DataFrame({"Unnamed: 0": ["2026-11-20 00:00:00+00:00"], "price": ["1"]})
+    assert snapshots_from_table(written)["ts"].iloc[0] == pd.Timestamp(DAY)
+    range_index = pd.DataFrame({"Unnamed: 0": ["0", "1"], "price": ["1", "2"]})
+    with pytest.raises(DataValidationError, match="no timestamp column"):
+        snapshots_from_table(range_index)
+
+
+# --- candle intervals ------------------------------------------------------------------------------
+
+
+def hourly_candles(open_times: list[pd.Timestamp]) -> pd.DataFrame:
+    n = len(open_times)
+    return pd.DataFrame(
+        {
+            "ts": [t.isoformat() for t in open_times],
+            "open": ["10"] * n,
+            "high": ["11"] * n,
+            "low": ["9"] * n,
+            "close": ["10.5"] * n,
+        }
+    )
+
+
+def test_interval_is_the_most_common_spacing_not_the_smallest_gap():
+    hours = pd.date_range(DAY, periods=48, freq="h")
+    kept = [t for i, t in enumerate(hours) if i not in (5, 6, 20)]  # a few missing candles
+    kept += list(pd.date_range(DAY + timedelta(days=4), periods=24, freq="h"))  # after a weekend
+    validated = validate_candles(hourly_candles(kept))
+    assert validated.interval == timedelta(hours=1)
+    assert (
+        validated.interval_note
+        == f"inferred from the most common spacing ({len(kept) - 4} of {len(kept) - 1} gaps)"
+    )
+    assert infer_candle_interval(validated.candles) == timedelta(hours=1)
+
+
+def test_weekly_and_monthly_candles_are_refused_with_advice():
+    weekly = hourly_candles(list(pd.date_range(DAY, periods=10, freq="7D")))
+    with pytest.raises(
+        DataValidationError,
+        match=r"mostly 7d apart .*weekly candles are not supported.*import the daily candles",
+    ):
+        validate_candles(weekly, "w.csv")
+    monthly = hourly_candles(list(pd.date_range("2024-01-01", periods=13, freq="MS", tz="UTC")))
+    with pytest.raises(
+        DataValidationError, match=r"monthly candles are not supported.*import the daily candles"
+    ):
+        validate_candles(monthly, "m.csv")
+    with pytest.raises(DataValidationError, match="monthly candles"):
+        validate_candles(weekly, interval=timedelta(days=30))
+
+
+def test_explicit_interval_must_match_the_data():
+    candles = hourly_candles(list(pd.date_range(DAY, periods=24, freq="h")))
+    assert validate_candles(candles, interval=timedelta(hours=1)).interval_note == "given by --interval"
+    with pytest.raises(
+        DataValidationError, match=r"mostly 1h apart \(23 of 23 gaps\), finer than --interval 4h"
+    ):
+        validate_candles(candles, interval=timedelta(hours=4))
+    with pytest.raises(DataValidationError, match=r"coarser than --interval 1m; pass --interval 1h"):
+        validate_candles(candles, interval=timedelta(minutes=1))
+
+
+def test_candles_closer_than_the_interval_or_off_its_grid_are_refused_by_row():
+    times = list(pd.date_range(DAY, periods=24, freq="h"))
+    times[10] = times[10] + timedelta(minutes=30)  # 10:30: off the hourly grid
+    times.insert(5, times[4] + timedelta(minutes=15))  # 04:15, only 15m after the 04:00 candle
+    with pytest.raises(DataValidationError) as refused:
+        validate_candles(hourly_candles(times), "k.csv")
+    message = str(refused.value)
+    assert "row 6 (file line 7), column 'ts': open time is only 15m after the candle on row 5" in message
+    assert "row 12 (file line 13), column 'ts': 2026-11-20 10:30:00+00:00 is not on the 1h grid" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1m", timedelta(minutes=1)),
+        ("3m", timedelta(minutes=3)),
+        ("15m", timedelta(minutes=15)),
+        ("1h", timedelta(hours=1)),
+        ("4H", timedelta(hours=4)),
+        ("12h", timedelta(hours=12)),
+        ("1d", timedelta(days=1)),
+        ("30s", timedelta(seconds=30)),
+        ("5min", timedelta(minutes=5)),
+    ],
+)
+def test_parse_candle_interval_accepts_bar_intervals(text, expected):
+    assert parse_candle_interval(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1M", "monthly"),
+        ("1mo", "monthly"),
+        ("1w", "weekly"),
+        ("2d", "not supported"),
+        ("7m", "does not divide a day"),
+        ("500ms", "not an interval|shortest"),
+        ("soon", "not an interval"),
+    ],
+)
+def test_parse_candle_interval_refuses_what_the_pipeline_cannot_run(text, message):
+    with pytest.raises(DataValidationError, match=message):
+        parse_candle_interval(text)
