@@ -10,8 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
+from rof_pipelines.core.market import duration_text
 from rof_pipelines.errors import RofError
-from rof_pipelines.settings import PROJECT_ROOT, Settings, load_settings, parse_duration
+from rof_pipelines.settings import PROJECT_ROOT, Settings, load_settings
 
 app = typer.Typer(
     help="rof_pipelines: market quotes to tested trading-strategy configurations.",
@@ -99,30 +100,104 @@ def quotes_import(
     file: Annotated[Path, typer.Argument(help="CSV or Parquet: snapshots (ts, price, ...) or OHLCV candles")],
     market: Annotated[str, typer.Option("--market", "-m", help="exchange:PAIR, e.g. binance:TONUSDT")],
     kind: Annotated[str, typer.Option(help="auto | snapshots | candles")] = "auto",
-    interval: Annotated[str | None, typer.Option(help="candle interval, e.g. 1m (default: inferred)")] = None,
+    interval: Annotated[
+        str | None, typer.Option(help="candle interval 1m .. 1d, e.g. 5m, 1h, 1d (default: inferred)")
+    ] = None,
+    tz: Annotated[
+        str | None,
+        typer.Option(
+            "--tz", help="IANA zone of timestamps written without one, e.g. UTC or America/New_York"
+        ),
+    ] = None,
     store: StoreOption = None,
 ) -> None:
     """Import a user's quotes. The file is validated completely before anything is written."""
     from rof_pipelines.adapters.quote_files import import_quote_file
     from rof_pipelines.adapters.quote_stores import open_quote_store
     from rof_pipelines.core.market import Market
+    from rof_pipelines.core.quotes import parse_candle_interval, resolve_zone
 
     if kind not in ("auto", "snapshots", "candles"):
         _fail(f"--kind must be auto, snapshots or candles, got {kind!r}")
     try:
         parsed_market = Market.parse(market)
-        candle_interval = parse_duration(interval) if interval else None
-    except ValueError as exc:
+        candle_interval = parse_candle_interval(interval) if interval else None
+        resolve_zone(tz)
+    except (ValueError, RofError) as exc:
         _fail(str(exc))
     settings = _settings(store)
+    profile = settings.market_profile(parsed_market)
     with open_quote_store(settings) as quote_store:
         quote_store.ensure_schema()
-        result = import_quote_file(quote_store, parsed_market, file, kind, candle_interval)
+        try:
+            result = import_quote_file(
+                quote_store, parsed_market, file, kind, candle_interval, tz, bar_interval=profile.bar_interval
+            )
+        except RofError as exc:
+            _fail(str(exc))
         typer.echo(
             f"{result.market}: {result.rows_in_file} {result.kind} rows -> {result.snapshots_written} "
             f"snapshots {result.first_ts} .. {result.last_ts} in {quote_store.describe()}"
             + (f" (candle interval {result.candle_interval})" if result.candle_interval else "")
         )
+        if result.candle_interval_note:
+            typer.echo(f"{result.market}: candle interval {result.candle_interval_note}")
+        typer.echo(
+            f"{result.market}: covers {result.days} UTC day(s) with data, "
+            f"{result.first_day} .. {result.last_day}"
+        )
+    _report_partitions(
+        settings, profile, date.fromisoformat(result.first_day), date.fromisoformat(result.last_day)
+    )
+
+
+def _report_partitions(settings: Settings, profile: Any, first: date, last: date) -> None:
+    """Which `date` x `markets` partitions the data fills, that the market exists in the local
+    Dagster instance, and what stops the window from running (days before history_start, a window
+    too short for the market's bars)."""
+    from dagster import DagsterInstance
+
+    from rof_pipelines.demo import register_markets
+    from rof_pipelines.partitions import HISTORY_START
+
+    market = profile.market
+    home = _dagster_home()
+    added = register_markets(DagsterInstance.get(), [market])
+    open_days = profile.calendar.open_days(max(first, HISTORY_START), last) if last >= HISTORY_START else []
+    typer.echo(
+        f"{market}: partitions date {first} .. {last} x markets {market}: {len(open_days)} trading day(s) "
+        f"on the {profile.calendar_name} calendar (closed days are skipped); market "
+        f"{'added to' if added else 'already in'} the Dagster instance at DAGSTER_HOME={home}"
+    )
+    if first < HISTORY_START:
+        typer.secho(
+            f"warning: {market}: data from {first} starts before the first partition day {HISTORY_START} "
+            f"(storage.history_start); those days cannot be materialised until storage.history_start is "
+            f"set to {first} or earlier in config.yaml and the code location reloads",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    problem = settings.window_problems(profile)
+    if problem:
+        typer.secho(f"warning: {problem}", fg=typer.colors.YELLOW, err=True)
+    held = profile.calendar.bar_slots(
+        datetime.combine(first, datetime.min.time(), tzinfo=UTC),
+        datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC),
+        profile.bar_interval,
+    )
+    needed = profile.window.expected_bars(profile.bars_per_year)
+    if held < needed:
+        typer.secho(
+            f"warning: {market}: too few bars for one window: the data spans {held} "
+            f"{duration_text(profile.bar_interval)} bars, the {profile.window} window needs about {needed} "
+            f"(plus the indicators' warm-up); import more history or shorten the market's data_period",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    typer.echo(
+        f"run it: rof run -m {market} -d {open_days[-1] if open_days else last}   "
+        f"(bar interval {duration_text(profile.bar_interval)}, window {profile.window}, {profile.costs_text()})"
+    )
 
 
 # --- db -------------------------------------------------------------------------------------------
@@ -371,6 +446,17 @@ def bench_indicators(rows: int = 1_000_000) -> None:
     _emit(run(rows))
 
 
+@bench_app.command("window")
+def bench_window(
+    interval: Annotated[str, typer.Option(help="bar interval: 1m (crypto), 1h (FX), 1d (stocks)")] = "1h",
+    days: Annotated[int, typer.Option(help="window length in days")] = 90,
+) -> None:
+    """Seconds to assemble the window frame the optimiser sees, against one store query of its rows."""
+    from rof_pipelines.bench.window import run
+
+    _emit(run(interval, days))
+
+
 @bench_app.command("sensor")
 def bench_sensor(messages: int = 20, spacing: float = 1.5, interval: int = 5) -> None:
     """Publish-to-run-request delay through the real dagster-daemon, RabbitMQ and state store."""
@@ -435,6 +521,65 @@ def demo(
     typer.echo("open the UI with: .venv/bin/rof ui   (then http://127.0.0.1:3000)")
     if summary.failed:
         raise typer.Exit(1)
+
+
+@app.command("run")
+def run_partitions(
+    market: Annotated[list[str], typer.Option("--market", "-m", help="exchange:PAIR, repeatable")],
+    date_: Annotated[
+        list[str], typer.Option("--date", "-d", help="UTC day YYYY-MM-DD, repeatable; or FIRST..LAST")
+    ],
+    ga_generations: Annotated[int | None, typer.Option(help="override ab_tests.experiment.ga")] = None,
+    ga_population: Annotated[int | None, typer.Option(help="override ab_tests.experiment.ga")] = None,
+    job: str = "all_market_day_assets",
+) -> None:
+    """Materialise every asset (quotes -> indicators -> agent, optimiser -> A/B report -> knowledge)
+    for the given markets and days through Dagster, in the local instance `rof ui` shows. Days the
+    market's calendar is closed are skipped, not failed; a day outside the partitions is refused."""
+    from dagster import DagsterInstance
+
+    from rof_pipelines.adapters.quote_stores import open_quote_store
+    from rof_pipelines.core.market import Market
+    from rof_pipelines.demo import DemoSummary, run_market_days
+    from rof_pipelines.errors import PartitionOutOfRange
+    from rof_pipelines.partitions import check_partition_day
+
+    settings = _settings()
+    try:
+        markets = [Market.parse(m) for m in market]
+        days = sorted({day for spec in date_ for day in _day_range(spec)})
+        for day in days:
+            check_partition_day(day)
+    except (ValueError, PartitionOutOfRange) as exc:
+        _fail(str(exc))
+    ga_config = {
+        key: value
+        for key, value in (("generations", ga_generations), ("population_size", ga_population))
+        if value is not None
+    }
+    run_config = {"ops": {"ga_population": {"config": ga_config}}} if ga_config else None
+    home = _dagster_home()
+    started = time.perf_counter()
+    outcomes = run_market_days(markets, days, DagsterInstance.get(), job_name=job, run_config=run_config)
+    summary = DemoSummary(open_quote_store(settings).describe(), {}, outcomes)
+    typer.echo(summary.render())
+    typer.echo(
+        f"\n{summary.runs} runs in {time.perf_counter() - started:.1f}s, recorded in DAGSTER_HOME={home}"
+    )
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _day_range(spec: str) -> list[date]:
+    first, sep, last = spec.partition("..")
+    try:
+        start = date.fromisoformat(first.strip())
+        end = date.fromisoformat(last.strip()) if sep else start
+    except ValueError:
+        raise ValueError(f"--date {spec!r}: use YYYY-MM-DD or FIRST..LAST") from None
+    if end < start:
+        raise ValueError(f"--date {spec!r}: the last day is before the first")
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
 @app.command()

@@ -75,8 +75,6 @@ def demo_days(days: int, today: date | None = None) -> list[date]:
 def run_demo(
     settings: Settings, days: int = 3, seed: int = 0, instance: DagsterInstance | None = None
 ) -> DemoSummary:
-    from rof_pipelines.definitions import defs
-
     day_list = demo_days(days)
     start = datetime.combine(day_list[0], datetime.min.time(), tzinfo=UTC)
     end = datetime.combine(day_list[-1], datetime.min.time(), tzinfo=UTC) + timedelta(days=1)
@@ -90,41 +88,69 @@ def run_demo(
             if held is None or held[0] > start + timedelta(hours=1) or held[1] < end - timedelta(hours=1):
                 generated[market.key] = store.write(market, generate_quotes(market, start, end, seed=seed))
 
-    instance = instance or DagsterInstance.get()
+    outcomes = run_market_days(markets, day_list, instance or DagsterInstance.get())
+    return DemoSummary(described, generated, outcomes)
+
+
+def register_markets(instance: DagsterInstance, markets: list[Market]) -> list[str]:
+    """Add markets the instance does not know yet to the `markets` partitions; returns the new ones."""
     known = set(instance.get_dynamic_partitions(markets_partitions.name))
     missing = [m.key for m in markets if m.key not in known]
     if missing:
         instance.add_dynamic_partitions(markets_partitions.name, missing)
+    return missing
 
-    job = defs.resolve_job_def(DEMO_JOB)
+
+def run_market_days(
+    markets: list[Market],
+    days: list[date],
+    instance: DagsterInstance,
+    *,
+    job_name: str = DEMO_JOB,
+    run_config: dict | None = None,
+    log_level: str = "WARNING",
+) -> list[PartitionOutcome]:
+    """Materialise ``job_name`` for every market and day through Dagster, in this process, day by
+    day, recorded in ``instance`` (the UI shows the runs afterwards)."""
+    from rof_pipelines.definitions import defs
+
+    register_markets(instance, markets)
+    job = defs.resolve_job_def(job_name)
+    config = {"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})}
     outcomes = []
-    for day in day_list:  # day by day, so each day's warm-up input already exists
+    for day in days:
         for market in markets:
             result = job.execute_in_process(
                 partition_key=market_day_key(market, day),
                 instance=instance,
                 raise_on_error=False,
-                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                run_config=config,
                 tags={"rof/trigger": "demo", "rof/market": market.key, "rof/date": day.isoformat()},
             )
-            outcome = PartitionOutcome(market.key, day.isoformat(), result.success, result.run_id)
-            for event in result.get_asset_materialization_events():
-                materialization = event.step_materialization_data.materialization
-                meta = {k: v.value for k, v in materialization.metadata.items()}
-                name = materialization.asset_key.to_user_string()
-                if name == "quote_snapshots":
-                    outcome.facts["snapshots"] = meta.get("dagster/row_count")
-                elif name == "indicator_frame":
-                    outcome.facts["bars"] = meta.get("dagster/row_count")
-                    outcome.facts["last_close"] = meta.get("last_close")
-                    outcome.facts["last_rsi"] = meta.get("last_rsi")
-                elif name == "q_table":
-                    outcome.facts["agent_return"] = meta.get("test/total_return")
-                    outcome.facts["bh_return"] = meta.get("test/bh_total_return")
-                elif name == "ab_report":
-                    outcome.facts["decision"] = meta.get("decision")
-            for evaluation in result.get_asset_check_evaluations():
-                if not evaluation.passed:
-                    outcome.failed_checks.append(evaluation.check_name)
-            outcomes.append(outcome)
-    return DemoSummary(described, generated, outcomes)
+            outcomes.append(_outcome(market, day, result))
+    return outcomes
+
+
+def _outcome(market: Market, day: date, result) -> PartitionOutcome:  # type: ignore[no-untyped-def]
+    outcome = PartitionOutcome(market.key, day.isoformat(), result.success, result.run_id)
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        meta = {k: v.value for k, v in materialization.metadata.items()}
+        name = materialization.asset_key.to_user_string()
+        if name == "quote_snapshots":
+            outcome.facts["snapshots"] = meta.get("dagster/row_count")
+        elif name == "indicator_frame":
+            outcome.facts["bars"] = meta.get("dagster/row_count")
+            outcome.facts["last_close"] = meta.get("last_close")
+            outcome.facts["last_rsi"] = meta.get("last_rsi")
+        elif name == "q_table":
+            outcome.facts["agent_return"] = meta.get("test/total_return")
+            outcome.facts["bh_return"] = meta.get("test/bh_total_return")
+        elif name == "ab_report":
+            outcome.facts["decision"] = meta.get("decision")
+    if result.success and not result.get_asset_materialization_events():
+        outcome.facts["decision"] = "skipped: market closed"
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            outcome.failed_checks.append(evaluation.check_name)
+    return outcome

@@ -44,3 +44,11 @@ class NotFoundError(PermanentError):
 
 class TradingDisabledError(PermanentError):
     """An order path was invoked while ``ai_config.allow_trading`` is false."""
+
+
+class PartitionOutOfRange(PermanentError):
+    """A day outside the `date` partitions (before ``storage.history_start`` or in the future)."""
+
+
+class BarIntervalTooFine(DataValidationError):
+    """The bar interval asked for is finer than the stored data: bars would have to be invented."""

@@ -1,4 +1,7 @@
-"""Markets (dynamic) crossed with days, and the mappings that read windows longer than a day.
+"""Markets (dynamic) crossed with days from ``storage.history_start``.
+
+Windows longer than a day are not read through partition mappings (hundreds of per-day loads for a
+long window) but in one store query (rof_pipelines.adapters.windows).
 
 Read a key's parts with :func:`market_and_day`; the dimension order inside a multi-partition key
 string is alphabetical (``date|markets``) and must never be split by hand.
@@ -9,51 +12,65 @@ from datetime import UTC, date, datetime, timedelta
 
 from dagster import (
     DailyPartitionsDefinition,
-    DimensionPartitionMapping,
     DynamicPartitionsDefinition,
-    IdentityPartitionMapping,
     MultiPartitionKey,
-    MultiPartitionMapping,
     MultiPartitionsDefinition,
-    TimeWindowPartitionMapping,
 )
 
 from rof_pipelines.core.market import Market
 
-# MultiPartitionMapping and partitioned asset checks are Dagster beta/preview features this project
+# Partitioned asset checks are a Dagster beta/preview feature this project
 # relies on deliberately; their warnings would otherwise repeat on every load.
 warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
 
 MARKETS_PARTITION = "markets"
 DATE_DIMENSION = "date"
-HISTORY_START = "2024-01-01"
+
+
+def _history_start() -> date:
+    """``storage.history_start``, fixed when the code location loads (Dagster needs the partition set
+    before any run); an invalid config falls back to the default, and the runs say why."""
+    from rof_pipelines.errors import ConfigError
+    from rof_pipelines.settings import StorageConfig, load_settings
+
+    try:
+        return load_settings().storage.history_start
+    except ConfigError:
+        return StorageConfig.model_fields["history_start"].default
+
+
+HISTORY_START = _history_start()
 
 markets_partitions = DynamicPartitionsDefinition(name=MARKETS_PARTITION)
-daily_partitions = DailyPartitionsDefinition(start_date=HISTORY_START, timezone="UTC")
+daily_partitions = DailyPartitionsDefinition(start_date=HISTORY_START.isoformat(), timezone="UTC")
 market_day_partitions = MultiPartitionsDefinition(
     {DATE_DIMENSION: daily_partitions, MARKETS_PARTITION: markets_partitions}
 )
 
 
-def trailing_days(days: int) -> MultiPartitionMapping:
-    """Same market, this day and the ``days - 1`` before it (days before HISTORY_START are skipped)."""
-    return MultiPartitionMapping(
-        {
-            DATE_DIMENSION: DimensionPartitionMapping(
-                DATE_DIMENSION,
-                TimeWindowPartitionMapping(
-                    start_offset=-(days - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
-                ),
-            ),
-            MARKETS_PARTITION: DimensionPartitionMapping(MARKETS_PARTITION, IdentityPartitionMapping()),
-        }
-    )
-
-
 def market_day_key(market: Market | str, day: date | str) -> MultiPartitionKey:
     market_key = market.key if isinstance(market, Market) else Market.parse(market).key
-    day_key = day.isoformat() if isinstance(day, date) else date.fromisoformat(day).isoformat()
-    return MultiPartitionKey({DATE_DIMENSION: day_key, MARKETS_PARTITION: market_key})
+    day = day if isinstance(day, date) else date.fromisoformat(day)
+    if day < HISTORY_START:
+        check_partition_day(day)
+    return MultiPartitionKey({DATE_DIMENSION: day.isoformat(), MARKETS_PARTITION: market_key})
+
+
+def check_partition_day(day: date) -> date:
+    """Refuse a day outside the `date` partitions with what to change, instead of Dagster's
+    "PartitionsDefinition containing the passed partition key"."""
+    from rof_pipelines.errors import PartitionOutOfRange
+
+    today = datetime.now(UTC).date()
+    if day < HISTORY_START:
+        raise PartitionOutOfRange(
+            f"{day} is before the first partition day {HISTORY_START} (storage.history_start); set "
+            f"storage.history_start to {day} or earlier in config.yaml and reload the code location "
+            f"(restart `rof ui` / the daemon)"
+        )
+    if day > today:
+        raise PartitionOutOfRange(f"{day} is in the future (today is {today} UTC): no partition yet")
+    return day
 
 
 def market_and_day(key: str | MultiPartitionKey) -> tuple[Market, date]:

@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,19 +20,22 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from rof_pipelines.core.market import Market, MarketProfile, WindowLength, duration_text
+from rof_pipelines.core.windows import window_budget
 from rof_pipelines.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config.yaml"
 CONFIG_PATH_ENV = "ROF_CONFIG"
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w|y)?\s*$")
 _DURATION_UNITS = {
     "ms": 0.001,
     "s": 1,
@@ -40,6 +43,7 @@ _DURATION_UNITS = {
     "h": 3600,
     "d": 86400,
     "w": 604800,
+    "y": 365 * 86400,  # a window length ("2y"); calendar years differ, a window need not care
     None: 1,
 }
 
@@ -58,6 +62,25 @@ def parse_duration(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+WindowSpec = Annotated[
+    WindowLength,
+    BeforeValidator(lambda value: WindowLength.parse(value, parse_duration)),
+    PlainSerializer(str, return_type=str),
+]
+
+
+def validate_bar_interval(value: timedelta) -> timedelta:
+    """Bars sit on a UTC grid of whole divisions of a day, from 1 s to 1 d."""
+    seconds = value.total_seconds()
+    if seconds < 1 or seconds > 86400 or 86400 % seconds:
+        raise ValueError(
+            f"bar_interval must divide a day evenly, between 1s and 1d (e.g. 1m, 5m, 1h, 4h, 1d); "
+            f"got {duration_text(value)}"
+        )
+    return value
+
+
+BarInterval = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 MARKET_RE = re.compile(r"^[a-z0-9_.-]+:[A-Z0-9_.-]+$")
 SQL_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -264,33 +287,126 @@ class RabbitMQConfig(_Section):
         return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.url.get_secret_value())
 
 
+ASSET_CLASSES = ("crypto", "fx", "equity")
+
+
+class CostsConfig(_Section):
+    """Trading costs as fractions of the traded notional, per side."""
+
+    fee: float = Field(ge=0, lt=0.5)
+    slippage: float = Field(ge=0, lt=0.5)
+
+
+# Per asset class, where neither the market nor its exchange says otherwise. Crypto takes
+# ai_config.rl.fee/slippage (a taker fee of 10 bp is typical); FX and stocks trade far cheaper.
+DEFAULT_COSTS: dict[str, CostsConfig] = {
+    "fx": CostsConfig(fee=0.00002, slippage=0.00001),  # 0.2 bp commission + 0.1 bp slippage
+    "equity": CostsConfig(fee=0.00005, slippage=0.0001),  # 0.5 bp commission + 1 bp slippage
+}
+
+
+class MarketOverrides(_Section):
+    """What one exchange, or one market, does differently from the defaults."""
+
+    calendar: str | None = None
+    bar_interval: BarInterval | None = None
+    data_period: WindowSpec | None = None
+    fee: float | None = Field(default=None, ge=0, lt=0.5)
+    slippage: float | None = Field(default=None, ge=0, lt=0.5)
+
+    @field_validator("calendar")
+    @classmethod
+    def _calendar(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from rof_pipelines.core.calendars import calendar_for
+
+        return calendar_for(value).name
+
+    @field_validator("bar_interval")
+    @classmethod
+    def _interval(cls, value: timedelta | None) -> timedelta | None:
+        return None if value is None else validate_bar_interval(value)
+
+
 class StorageConfig(_Section):
     quote_store: Literal["parquet", "postgres", "clickhouse"] = "parquet"
     data_dir: Path = Path("data")
-    bar_interval: Duration = "1m"
+    bar_interval: BarInterval = "1m"
+    # The first day of the `date` partitions (applied when the code location loads). Real history
+    # goes back decades; days before it cannot be materialised.
+    history_start: date = date(2000, 1, 1)
+    # Entries are "exchange:PAIR" or {market: "exchange:PAIR", calendar, bar_interval, data_period,
+    # fee, slippage}; the keys end up in `markets`, the rest in `market_overrides`.
     markets: list[str] = ["binance:TONUSDT", "binance:BTCUSDT"]
+    market_overrides: dict[str, MarketOverrides] = Field(default_factory=dict)
+    exchanges: dict[str, MarketOverrides] = Field(default_factory=dict)
+    costs: dict[Literal["crypto", "fx", "equity"], CostsConfig] = Field(
+        default_factory=lambda: dict(DEFAULT_COSTS)
+    )
     postgres: PostgresConfig = PostgresConfig()
     clickhouse: ClickHouseConfig = ClickHouseConfig()
     rabbitmq: RabbitMQConfig = RabbitMQConfig()
 
-    @field_validator("markets", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _markets(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part for part in re.split(r"[,\s]+", value) if part]
-        return value
+    def _market_entries(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        entries = data.get("markets")
+        if isinstance(entries, str):
+            entries = [part for part in re.split(r"[,\s]+", entries) if part]
+        if isinstance(entries, list):
+            keys: list[Any] = []
+            overrides = dict(data.get("market_overrides") or {})
+            for entry in entries:
+                if isinstance(entry, Mapping):
+                    entry = dict(entry)
+                    key = entry.pop("market", None)
+                    if not isinstance(key, str):
+                        raise ValueError("a market entry given as a mapping needs `market: exchange:PAIR`")
+                    overrides[normalise_market(key)] = entry
+                    keys.append(key)
+                else:
+                    keys.append(entry)
+            data["markets"] = keys
+            data["market_overrides"] = overrides
+        return data
 
     @field_validator("markets")
     @classmethod
     def _normalise_markets(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(normalise_market(m) for m in value))
 
+    @field_validator("market_overrides")
+    @classmethod
+    def _normalise_overrides(cls, value: dict[str, MarketOverrides]) -> dict[str, MarketOverrides]:
+        return {normalise_market(key): entry for key, entry in value.items()}
+
+    @field_validator("exchanges")
+    @classmethod
+    def _normalise_exchanges(cls, value: dict[str, MarketOverrides]) -> dict[str, MarketOverrides]:
+        return {key.strip().lower(): entry for key, entry in value.items()}
+
     @field_validator("bar_interval")
     @classmethod
     def _interval(cls, value: timedelta) -> timedelta:
-        seconds = value.total_seconds()
-        if seconds < 1 or seconds > 86400 or 86400 % seconds:
-            raise ValueError("bar_interval must divide a day evenly, between 1s and 1d")
+        return validate_bar_interval(value)
+
+    @field_validator("costs", mode="before")
+    @classmethod
+    def _costs_over_defaults(cls, value: Any) -> Any:
+        """An asset class the file leaves out keeps its default costs."""
+        if isinstance(value, Mapping):
+            return {**DEFAULT_COSTS, **value}
+        return value
+
+    @field_validator("history_start")
+    @classmethod
+    def _history_start(cls, value: date) -> date:
+        if not date(1970, 1, 1) <= value <= date.today():
+            raise ValueError(f"history_start must lie between 1970-01-01 and today, got {value}")
         return value
 
     def resolved_data_dir(self) -> Path:
@@ -479,7 +595,8 @@ class ABTestsConfig(_Section):
     enabled: bool = True
     exchange: str = "binance"
     pair: str = "TONUSDT"
-    data_period: Duration = "24h"
+    # The window every agent, GA run and A/B test sees: a span ("24h", "90d", "2y") or bars ("500 bars").
+    data_period: WindowSpec = "24h"
     experiment: ExperimentConfig = ExperimentConfig()
     meta_learning: MetaLearningConfig = MetaLearningConfig()
     transfer_learning: TransferLearningConfig = TransferLearningConfig()
@@ -511,8 +628,6 @@ class ABTestsConfig(_Section):
     @model_validator(mode="after")
     def _check_market(self) -> "ABTestsConfig":
         normalise_market(f"{self.exchange}:{self.pair}")
-        if self.data_period < timedelta(hours=1):
-            raise ValueError("data_period must be at least 1h")
         return self
 
 
@@ -683,6 +798,100 @@ class Settings(_Section):
         """A JSON-able dump with every secret starred; safe for logs and Dagster metadata."""
         return self.model_dump(mode="json", by_alias=True)
 
+    def market_profile(self, market: Market | str) -> MarketProfile:
+        """The market's calendar, bar interval, window and costs: its own entry in
+        ``storage.markets`` first, then its exchange's in ``storage.exchanges``, then the defaults
+        (calendar by exchange, costs by asset class, ``storage.bar_interval``, ``ab_tests.data_period``)."""
+        from rof_pipelines.core.calendars import asset_class_of, default_calendar_name
+
+        market = market if isinstance(market, Market) else Market.parse(market)
+        layers = [
+            layer
+            for layer in (
+                self.storage.market_overrides.get(market.key),
+                self.storage.exchanges.get(market.exchange),
+            )
+            if layer is not None
+        ]
+
+        def pick(name: str) -> Any:
+            return next((getattr(layer, name) for layer in layers if getattr(layer, name) is not None), None)
+
+        calendar = pick("calendar") or default_calendar_name(market.exchange)
+        asset_class = asset_class_of(calendar)
+        class_costs = self.storage.costs.get(asset_class)  # type: ignore[call-overload]
+        fee, slippage = pick("fee"), pick("slippage")
+        if fee is None:
+            fee = class_costs.fee if class_costs else self.ai_config.rl.fee
+        if slippage is None:
+            slippage = class_costs.slippage if class_costs else self.ai_config.rl.slippage
+        return MarketProfile(
+            market=market,
+            calendar_name=calendar,
+            asset_class=asset_class,
+            bar_interval=pick("bar_interval") or self.storage.bar_interval,
+            window=pick("data_period") or self.ab_tests.data_period,
+            fee=float(fee),
+            slippage=float(slippage),
+        )
+
+    def window_problems(self, profile: MarketProfile) -> str | None:
+        """Why the market's window cannot feed the agent, the GA and the A/B test (None: it can),
+        with the numbers; checked at config load for configured markets and at import for others."""
+        ab, ga = self.ab_tests, self.ab_tests.experiment.ga
+        bars = profile.window.expected_bars(profile.bars_per_year)
+        budget = window_budget(
+            bars,
+            train_fraction=ab.train_fraction,
+            folds=ab.folds,
+            validation_fraction=ga.validation_fraction,
+            sample_fraction=ga.sample_fraction if ga.full_window_from_generation > 0 else 1.0,
+            min_periods=ab.min_periods,
+        )
+        problems = budget.problems()
+        if not problems:
+            return None
+        return (
+            f"{profile.market}: a {profile.window} window at {duration_text(profile.bar_interval)} bars on the "
+            f"{profile.calendar_name} calendar holds about {budget.describe()}; too few: "
+            f"{'; '.join(problems)}. Lengthen the window (ab_tests.data_period or the market's "
+            f"data_period, e.g. '{_suggest_window(profile, bars, budget)}') or use a finer bar_interval"
+        )
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> "Settings":
+        markets = dict.fromkeys([*self.storage.markets, self.ab_tests.market])
+        for key in markets:
+            problem = self.window_problems(self.market_profile(key))
+            if problem:
+                raise ValueError(f"{self._window_key_path(Market.parse(key))}: {problem}")
+        return self
+
+    def _window_key_path(self, market: Market) -> str:
+        own = self.storage.market_overrides.get(market.key)
+        if own is not None and (own.data_period or own.bar_interval):
+            return f"storage.markets[{market.key}]"
+        venue = self.storage.exchanges.get(market.exchange)
+        if venue is not None and (venue.data_period or venue.bar_interval):
+            return f"storage.exchanges.{market.exchange}"
+        return "ab_tests.data_period"
+
+
+def _suggest_window(profile: MarketProfile, bars: int, budget: Any) -> str:
+    """A window about twice as long as the first one that would pass, in the market's own terms."""
+    from rof_pipelines.core.windows import MIN_GA_VALIDATION_BARS, MIN_TRAIN_BARS
+
+    scale = max(
+        MIN_TRAIN_BARS / max(budget.train, 1),
+        budget.min_test / max(budget.per_fold, 1),
+        MIN_GA_VALIDATION_BARS / max(budget.ga_validation, 1),
+    )
+    needed = int(bars * scale * 2) + 1
+    if profile.window.bars is not None:
+        return f"{needed} bars"
+    days = needed / profile.bars_per_year * 365.25
+    return f"{int(days) + 1}d"
+
 
 def _format_error(exc: ValidationError, environ: Mapping[str, str], source: str) -> str:
     env_by_path = {path: name for name, path in ENV_OVERRIDES.items() if name in environ}
@@ -690,8 +899,11 @@ def _format_error(exc: ValidationError, environ: Mapping[str, str], source: str)
     for err in exc.errors():
         loc = tuple(str(part) for part in err["loc"])
         loc = tuple("schema" if part == "schema_" else part for part in loc)
-        path = ".".join(loc) or "<root>"
+        path = ".".join(loc)
         message = err["msg"].removeprefix("Value error, ")
+        if not path:  # a check across sections names its own key path
+            lines.append(f"  {message}")
+            continue
         origin = ""
         for length in range(len(loc), 0, -1):
             if loc[:length] in env_by_path:

@@ -15,7 +15,7 @@ def test_project_config_has_every_seed_section_and_defaults():
     assert settings.system_setup.worker_pool.task_worker.task_timeout == timedelta(seconds=30)
     assert settings.storage.postgres.db_name == "quotes"
     assert settings.state_storage.schema_name == "public"
-    assert settings.ab_tests.data_period == timedelta(hours=24)
+    assert settings.ab_tests.data_period.span == timedelta(hours=24)
     assert settings.ab_tests.state_management.checkpoint_interval == 5
     assert settings.ai_config.kelly.window_trades == 200
     assert settings.ai_config.rl.gamma == 0.85

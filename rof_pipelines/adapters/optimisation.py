@@ -38,6 +38,7 @@ from rof_pipelines.core.ga.engine import (
 )
 from rof_pipelines.core.ga.fitness import FULL, FitnessData, build_fitness_data
 from rof_pipelines.core.ga.space import SearchSpace, UnitGenome, derive_seed
+from rof_pipelines.core.market import MarketProfile
 from rof_pipelines.core.rl.agent import RLParams
 from rof_pipelines.settings import Settings, normalise_market
 
@@ -134,6 +135,7 @@ def prepare_optimisation(
     window_start: datetime,
     window_end: datetime,
     *,
+    base: RLParams | None = None,
     workers: int | None = None,
     ga_overrides: dict[str, Any] | None = None,
     seeds: Sequence[Mapping[str, Any]] = (),
@@ -146,7 +148,7 @@ def prepare_optimisation(
         ga_config, settings.ab_tests.state_management.checkpoint_interval, **(ga_overrides or {})
     )
     space = SearchSpace.from_mapping(ga_config.search_space)
-    base = RLParams.from_settings(settings.ai_config)
+    base = base or RLParams.from_settings(settings.ai_config)
     data = build_fitness_data(
         train_frame,
         base,
@@ -177,6 +179,11 @@ def prepare_optimisation(
         retention_days=settings.ab_tests.state_management.retention_days,
         seeds=seeds,
     )
+
+
+def market_base_params(settings: Settings, profile: MarketProfile) -> RLParams:
+    """The agent's fixed parameters for one market: the config's, with the market's own costs."""
+    return RLParams.from_settings(settings.ai_config, fee=profile.fee, slippage=profile.slippage)
 
 
 @contextmanager

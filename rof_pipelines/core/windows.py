@@ -95,3 +95,63 @@ def walk_forward_folds(
             raise ValueError(f"fold {k} would train on {max(end - start, 0)} bars (< {min_bars})")
         folds.append(Fold(train=data.iloc[start:end], test=data.iloc[edges[k] : edges[k + 1]], number=k))
     return folds
+
+
+# --- how many bars a window must hold ------------------------------------------------------------
+
+MIN_TRAIN_BARS = 200  # the agent needs a few hundred steps to fill a Q-table; the GA splits these again
+MIN_GA_VALIDATION_BARS = 30  # the GA scores each genome on this many bars at least
+MIN_TEST_BARS = 30  # per walk-forward test block, whatever ab_tests.min_periods says
+
+
+@dataclass(frozen=True)
+class WindowBudget:
+    """Where a window's bars go: the training part, the held-out part and the GA's validation slice."""
+
+    bars: int
+    train: int
+    test: int
+    per_fold: int
+    ga_validation: int
+    min_test: int
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.train < MIN_TRAIN_BARS:
+            out.append(f"{self.train} training bars (need >= {MIN_TRAIN_BARS})")
+        if self.per_fold < self.min_test:
+            out.append(f"{self.per_fold} held-out bars per test block (need >= {self.min_test})")
+        if self.ga_validation < MIN_GA_VALIDATION_BARS:
+            out.append(f"{self.ga_validation} GA validation bars (need >= {MIN_GA_VALIDATION_BARS})")
+        return out
+
+    def describe(self) -> str:
+        return (
+            f"{self.bars} bars: {self.train} train, {self.test} held out "
+            f"({self.per_fold} per test block), {self.ga_validation} for GA validation"
+        )
+
+
+def window_budget(
+    bars: int,
+    *,
+    train_fraction: float = DEFAULT_TRAIN_FRACTION,
+    folds: int = 1,
+    validation_fraction: float = 0.3,
+    sample_fraction: float = 1.0,
+    min_periods: int = MIN_TEST_BARS,
+) -> WindowBudget:
+    """The same cuts :func:`split_train_test`, :func:`walk_forward_folds` and the GA make, computed
+    from a bar count alone, so a config can be refused before any run (``sample_fraction``: the
+    share of the training part early GA generations score on)."""
+    train = round(bars * train_fraction)
+    test = bars - train
+    sampled = int(train * sample_fraction)
+    return WindowBudget(
+        bars=bars,
+        train=train,
+        test=test,
+        per_fold=test // max(folds, 1),
+        ga_validation=int(sampled * validation_fraction),
+        min_test=max(min_periods, MIN_TEST_BARS),
+    )

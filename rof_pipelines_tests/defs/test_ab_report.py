@@ -33,7 +33,7 @@ def write_config(tmp_path: Path, state_storage: dict, meta: bool) -> Path:
     config = {
         "storage": {"data_dir": str(tmp_path / "data"), "quote_store": "parquet"},
         "state_storage": state_storage,
-        "ai_config": {"rl": {"episodes": 2}},
+        "ai_config": {"rl": {"episodes": 2, "fee": 0.0, "slippage": 0.0}},  # costs low enough to trade
         "ab_tests": {
             "experiment": {"ga": {"min_population": 8}},
             "folds": 2,

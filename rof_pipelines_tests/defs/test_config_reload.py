@@ -71,11 +71,11 @@ def test_edits_apply_without_restart_and_bad_edits_are_refused(tmp_path, pg_data
 def test_state_store_down_defers_recording_but_still_protects_runs(tmp_path):
     config = tmp_path / "config.yaml"
     state = {"db_host": "127.0.0.1:1", "db_user": "x", "db_password": "pw"}
-    write(config, state, bar_interval="15m")
+    write(config, state, bar_interval="2m")
     settings = RofSettings(config_path=str(config))
     resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
     with instance_for_test() as instance:
         result, cursor = tick(instance, resources, None)
     assert "not yet recorded" in result.skip_message and cursor is None
     write(config, state, bar_interval="nonsense")
-    assert settings.load().storage.bar_interval == timedelta(minutes=15)
+    assert settings.load().storage.bar_interval == timedelta(minutes=2)

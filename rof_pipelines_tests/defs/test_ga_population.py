@@ -26,7 +26,7 @@ def write_config(tmp_path: Path, state_storage: dict) -> Path:
     config = {
         "storage": {"data_dir": str(tmp_path / "data"), "quote_store": "parquet"},
         "state_storage": state_storage,
-        "ai_config": {"rl": {"episodes": 3}},
+        "ai_config": {"rl": {"episodes": 3, "fee": 0.0, "slippage": 0.0}},  # costs low enough to trade
         "ab_tests": {
             "experiment": {"ga": {"min_population": 8}},
             "state_management": {"checkpoint_interval": 2},
@@ -94,3 +94,29 @@ def test_unreachable_state_store_means_no_checkpoints_not_failure(tmp_path):
         assert result.success
     meta = metadata(result)
     assert meta["checkpointing"].startswith("none (state store unavailable")
+
+
+def test_a_flat_landscape_names_no_champion_and_the_ab_test_no_challenger(tmp_path, state_storage):
+    """Costs of 5 % a side: no genome trades, every one scores (0, 0, 0); the GA says so and the A/B
+    test has no arbitrary champion to test."""
+    from rof_pipelines.defs.experiments.assets import ab_report
+
+    config_path = write_config(tmp_path, state_storage)
+    config = yaml.safe_load(config_path.read_text())
+    config["ai_config"]["rl"].update(fee=0.05, slippage=0.0)
+    config_path.write_text(yaml.safe_dump(config))
+    with instance_for_test() as instance:
+        result = materialize_day(
+            config_path, instance, [quote_snapshots, indicator_frame, ga_population, ab_report]
+        )
+        assert result.success
+        meta = metadata(result)
+        assert meta["landscape"].startswith("flat: all ")
+        assert "no configuration trades profitably under these costs (fee 500.00 bp" in meta["landscape"]
+        assert "champion_params" not in meta and "champion/sharpe" not in meta
+        assert pd.read_parquet(meta["path"])["champion"].sum() == 0
+        logs = " ".join(str(record) for record in instance.all_logs(result.run_id))
+        assert "flat: all" in logs
+        report = asset_metadata(result, "ab_report")
+        assert "ga_champion" not in report["arms"] and report["decision"] == "keep active"
+        assert report["costs"] == "fee 500.00 bp + slippage 0.00 bp per side"

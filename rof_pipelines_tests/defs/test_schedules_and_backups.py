@@ -13,11 +13,15 @@ from rof_pipelines.defs.ops.schedules import nightly_optimisation_schedule
 from rof_pipelines.partitions import market_and_day, markets_partitions
 
 MARKETS = ["binance:TONUSDT", "okx:BTCUSDT", "binance:BTCUSDT"]
+SETTINGS = {"settings": RofSettings()}
 
 
 def evaluate(instance: DagsterInstance, when: datetime):
     context = build_schedule_context(
-        instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
+        instance=instance,
+        scheduled_execution_time=when,
+        repository_def=defs.get_repository_def(),
+        resources=SETTINGS,
     )
     return list(nightly_optimisation_schedule.evaluate_tick(context).run_requests or [])
 
@@ -40,10 +44,34 @@ def test_nightly_requests_are_identical_when_evaluated_twice():
 def test_nightly_skips_without_markets():
     with instance_for_test() as instance:
         context = build_schedule_context(
-            instance=instance, scheduled_execution_time=datetime(2026, 11, 24, tzinfo=UTC)
+            instance=instance, scheduled_execution_time=datetime(2026, 11, 24, tzinfo=UTC), resources=SETTINGS
         )
         result = nightly_optimisation_schedule.evaluate_tick(context)
     assert not result.run_requests and "no markets yet" in result.skip_message
+
+
+def test_nightly_requests_only_markets_that_traded_yesterday():
+    """Sunday 01:00: Saturday had crypto trading but no FX and no stocks; Friday 2024-12-27 all
+    three traded; the tick after Christmas Day only crypto and FX (no FX holidays are modelled)."""
+    markets = ["binance:BTCUSDT", "oanda:EURUSD", "nasdaq:GOOG"]
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(markets_partitions.name, markets)
+
+        def requested(when: datetime) -> list[str]:
+            return sorted(market_and_day(r.partition_key)[0].key for r in evaluate(instance, when))
+
+        assert requested(datetime(2024, 12, 29, 1, 0, tzinfo=UTC)) == ["binance:BTCUSDT"]
+        assert requested(datetime(2024, 12, 28, 1, 0, tzinfo=UTC)) == sorted(markets)
+        assert requested(datetime(2024, 12, 26, 1, 0, tzinfo=UTC)) == ["binance:BTCUSDT", "oanda:EURUSD"]
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(markets_partitions.name, ["nasdaq:GOOG"])
+        context = build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=datetime(2024, 12, 29, 1, 0, tzinfo=UTC),
+            resources=SETTINGS,
+        )
+        result = nightly_optimisation_schedule.evaluate_tick(context)
+    assert not result.run_requests and "no market traded on 2024-12-28" in result.skip_message
 
 
 def test_schedules_and_jobs_are_described_in_the_definitions():

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from rof_pipelines.adapters.quote_stores import validated_quotes
@@ -138,15 +139,23 @@ class ParquetQuoteStore(QuoteStore):
         return files
 
     def read(self, market: Market, start: datetime, end: datetime) -> pd.DataFrame:
+        """One dataset scan over the range's day files (pyarrow reads them on its thread pool), so a
+        two-year window is one call, not hundreds of sequential file reads."""
         low, high = datetime_to_us(start), datetime_to_us(end)
-        parts = []
-        for path in self._day_files(market, start, end):
-            frame = self._read_file(path)
-            ts_us = ts_to_us(frame["ts"])
-            parts.append(frame.loc[(ts_us >= low) & (ts_us < high)])
-        if not parts:
+        files = self._day_files(market, start, end)
+        if not files:
             return empty_quotes()
-        return pd.concat(parts, ignore_index=True).sort_values("ts", kind="stable").reset_index(drop=True)
+        try:
+            dataset = ds.dataset([str(path) for path in files], schema=_SCHEMA, format="parquet")
+            ts = ds.field("ts")
+            table = dataset.to_table(
+                filter=(ts >= pa.scalar(low, pa.timestamp("us", tz="UTC")))
+                & (ts < pa.scalar(high, pa.timestamp("us", tz="UTC")))
+            )
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise PermanentError(f"{self.describe()}: cannot read {market} files: {exc}") from exc
+        frame = table.to_pandas()
+        return frame.sort_values("ts", kind="stable").reset_index(drop=True)
 
     def markets(self) -> list[Market]:
         found = []

@@ -425,6 +425,13 @@ class GAResult:
     def champion_objectives(self) -> dict[str, float]:
         return objectives_dict(self.fitness[self.champion])
 
+    @property
+    def flat(self) -> bool:
+        """Every genome of the final population scores the same: nothing to choose between (under
+        high costs typically no configuration trades at all), so no champion should be named."""
+        fitness = np.asarray(self.fitness, dtype=np.float64)
+        return bool(len(fitness)) and bool(np.all(np.ptp(fitness, axis=0) == 0))
+
 
 def objectives_dict(fitness: Sequence[float]) -> dict[str, float]:
     """Maximised GA vector -> the metrics' own signs."""

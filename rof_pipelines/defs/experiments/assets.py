@@ -13,7 +13,6 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetRecordsFilter,
-    Failure,
     MetadataValue,
     Output,
     asset,
@@ -33,17 +32,16 @@ from rof_pipelines.adapters.experiments import (
     seed_plan_for,
     top_pareto,
 )
-from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.adapters.optimisation import market_base_params
+from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
 from rof_pipelines.adapters.state_store import ExperimentRecord
 from rof_pipelines.core.abtest import DecisionRule
 from rof_pipelines.core.ga.space import SearchSpace
 from rof_pipelines.core.knowledge import TaskRecord, market_features
-from rof_pipelines.core.rl.agent import RLParams
-from rof_pipelines.core.windows import split_train_test
+from rof_pipelines.defs.market_day import market_day, skipped_closed_day, window_frame
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown
-from rof_pipelines.defs.rl.assets import MAX_WINDOW_DAYS, window_frame
 from rof_pipelines.errors import TransientError
-from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions, trailing_days
+from rof_pipelines.partitions import market_day_partitions
 
 CHAMPION = "ga_champion"
 TRANSFER = "transfer_source"
@@ -92,17 +90,15 @@ def arms_markdown(frame: pd.DataFrame) -> MetadataValue:
     group_name="experiments",
     io_manager_key="frame_io_manager",
     kinds={"pandas", "scipy"},
-    ins={
-        "indicator_frame": AssetIn(partition_mapping=trailing_days(MAX_WINDOW_DAYS)),
-        "ga_population": AssetIn(),
-    },
-    deps=[AssetDep("quote_snapshots", partition_mapping=trailing_days(MAX_WINDOW_DAYS))],
+    ins={"ga_population": AssetIn()},
+    deps=[AssetDep("quote_snapshots"), AssetDep("indicator_frame")],
+    output_required=False,  # nothing on a day the market is closed
 )
 def ab_report(
     context: AssetExecutionContext,
     settings: RofSettings,
+    quote_store: QuoteStoreResource,
     state_store: StateStoreResource,
-    indicator_frame: pd.DataFrame,
     ga_population: pd.DataFrame,
 ):
     """A/B test of the market's active config against the GA champion (optionally more of the Pareto
@@ -111,18 +107,16 @@ def ab_report(
     metadata; a winner becomes the active config with optimistic locking (a lost race is recorded, not
     retried). Stored: one row per arm with held-out metrics and p-values; every experiment is also kept
     in the state store (ab_experiments / ab_arms)."""
-    config = settings.load()
+    md = market_day(context, settings)
+    if skipped_closed_day(context, md):
+        return
+    config, market, day = md.settings, md.market, md.day
     ab = config.ab_tests
-    market, day = market_and_day(context.partition_key)
-    period = pd.Timedelta(ab.data_period)
-    _, end = day_bounds(day)
-    end_ts = pd.Timestamp(end)
-    frame = window_frame(indicator_frame, end_ts, period)
-    split = split_train_test(frame, ab.train_fraction)
-    if len(split.test) < 60:
-        raise Failure(description=f"only {len(split.test)} held-out bars for {market}", allow_retries=False)
+    window, split = window_frame(context, md, quote_store)
+    frame = window.frame
+    end_ts = pd.Timestamp(md.end)
     space = SearchSpace.from_mapping(ab.experiment.ga.search_space)
-    base = RLParams.from_settings(config.ai_config)
+    base = market_base_params(config, md.profile)
     experiment_id = f"{ab.experiment.id}:{market.key}:{day.isoformat()}:{context.run.run_id[:8]}"
     started = time.perf_counter()
 
@@ -149,9 +143,10 @@ def ab_report(
         context.log.warning(f"state store {store_note}")
 
     arms = {ACTIVE: ("active", candidate_from_params(active.params if active else None, base, space))}
-    champion_row = ga_population[ga_population["champion"]].iloc[0]
-    champion_genome = gene_tuple(champion_row, space.names)
-    arms[CHAMPION] = ("challenger", space.decode(space.canonical(champion_genome), base))
+    champions = ga_population[ga_population["champion"]]
+    if len(champions):  # none when the GA's landscape was flat
+        champion_genome = gene_tuple(champions.iloc[0], space.names)
+        arms[CHAMPION] = ("challenger", space.decode(space.canonical(champion_genome), base))
     for rank, pos in enumerate(top_pareto(ga_population, ab.pareto_challengers), start=1):
         genome = gene_tuple(ga_population.iloc[pos], space.names)
         arms[f"pareto_{rank}"] = ("challenger", space.decode(space.canonical(genome), base))
@@ -240,8 +235,7 @@ def ab_report(
     yield Output(
         table.reset_index(),
         metadata={
-            "market": market.key,
-            "date": day.isoformat(),
+            **md.profile_metadata(),
             "experiment_id": experiment_id,
             "decision": decision_text,
             "winner": decision.winner or "none",
@@ -289,17 +283,15 @@ def _uplift(ga_meta: dict[str, Any]) -> dict[str, Any]:
     group_name="experiments",
     io_manager_key="frame_io_manager",
     kinds={"pandas"},
-    ins={
-        "indicator_frame": AssetIn(partition_mapping=trailing_days(MAX_WINDOW_DAYS)),
-        "ga_population": AssetIn(),
-        "ab_report": AssetIn(),
-    },
+    output_required=False,  # nothing without a champion to learn from
+    ins={"ga_population": AssetIn(), "ab_report": AssetIn()},
+    deps=[AssetDep("indicator_frame")],
 )
 def strategy_knowledge(
     context: AssetExecutionContext,
     settings: RofSettings,
+    quote_store: QuoteStoreResource,
     state_store: StateStoreResource,
-    indicator_frame: pd.DataFrame,
     ga_population: pd.DataFrame,
     ab_report: pd.DataFrame,
 ):
@@ -307,14 +299,16 @@ def strategy_knowledge(
     genes, its held-out Sharpe from the A/B test, generations) to the knowledge base meta/transfer
     learning seed from, and prunes tasks older than `knowledge_retention_days`. Stored: the knowledge
     base as retained at this day (one row per task)."""
-    config = settings.load()
+    md = market_day(context, settings)
+    config, market, day, end = md.settings, md.market, md.day, md.end
     ab = config.ab_tests
-    market, day = market_and_day(context.partition_key)
-    _, end = day_bounds(day)
-    frame = window_frame(indicator_frame, pd.Timestamp(end), pd.Timedelta(ab.data_period))
-    split = split_train_test(frame, ab.train_fraction)
+    _, split = window_frame(context, md, quote_store)
     space = SearchSpace.from_mapping(ab.experiment.ga.search_space)
-    champion = ga_population[ga_population["champion"]].iloc[0]
+    champions = ga_population[ga_population["champion"]]
+    if champions.empty:
+        context.log.info(f"{market} {day}: no GA champion (flat landscape), no knowledge to add")
+        return
+    champion = champions.iloc[0]
     held_out = ab_report.set_index("arm")
     score = float(held_out.loc[CHAMPION, "sharpe"]) if CHAMPION in held_out.index else float("nan")
     ga_meta = ga_metadata(context)

@@ -1,5 +1,6 @@
 """``indicator_frame``: OHLCV bars at the configured interval with indicators and features."""
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -8,8 +9,8 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
-    AssetIn,
     Config,
     Failure,
     MetadataValue,
@@ -17,22 +18,21 @@ from dagster import (
     asset,
 )
 
-from rof_pipelines.adapters.resources import RofSettings
-from rof_pipelines.core.indicators import INDICATOR_COLUMNS, IndicatorWindows, build_indicator_frame
-from rof_pipelines.core.quotes import resample_bars
-from rof_pipelines.errors import ConfigError
-from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions, trailing_days
-from rof_pipelines.settings import parse_duration
+from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings
+from rof_pipelines.core.indicators import INDICATOR_COLUMNS
+from rof_pipelines.core.market import duration_text
+from rof_pipelines.defs.market_day import day_frame, market_day, skipped_closed_day
+from rof_pipelines.defs.quotes.assets import closed_day_checks
+from rof_pipelines.partitions import market_day_partitions
+from rof_pipelines.settings import parse_duration, validate_bar_interval
 
 ASSET = "indicator_frame"
-# The previous day's snapshots warm the indicators up, so the day starts with every column defined.
-WARMUP_DAYS = 2
-# A quiet minute without a tick happens; many of them mean a feed problem.
+# A quiet bar without a tick happens; many of them mean a feed problem.
 MAX_EMPTY_BAR_SHARE = 0.01
 
 
 class IndicatorFrameConfig(Config):
-    """Run-time overrides, e.g. to build frames from imported 5-minute candles at their own interval."""
+    """Run-time overrides, e.g. to build frames at a coarser interval than the market's own."""
 
     bar_interval: Optional[str] = None  # noqa: UP045 - Dagster's config schema needs Optional
 
@@ -42,7 +42,8 @@ class IndicatorFrameConfig(Config):
     group_name="indicators",
     io_manager_key="frame_io_manager",
     kinds={"pandas", "parquet"},
-    ins={"quote_snapshots": AssetIn(partition_mapping=trailing_days(WARMUP_DAYS))},
+    deps=[AssetDep("quote_snapshots")],
+    output_required=False,  # nothing on a day the market is closed
     check_specs=[
         AssetCheckSpec("ohlc_consistent", asset=ASSET, partitions_def=market_day_partitions),
         AssetCheckSpec("indicators_defined", asset=ASSET, partitions_def=market_day_partitions),
@@ -53,53 +54,54 @@ def indicator_frame(
     context: AssetExecutionContext,
     config: IndicatorFrameConfig,
     settings: RofSettings,
-    quote_snapshots: pd.DataFrame,
+    quote_store: QuoteStoreResource,
 ):
-    """OHLCV bars for the day at ``storage.bar_interval`` with RSI, MACD, ATR, Bollinger Bands (from
-    ``ta``), ADX, EMAs, volatility, trend and a composite signal. The previous day's snapshots are read
-    through a partition mapping to warm the indicators up."""
-    market, day = market_and_day(context.partition_key)
-    start, end = day_bounds(day)
-    try:
-        interval = (
-            parse_duration(config.bar_interval)
-            if config.bar_interval
-            else settings.load().storage.bar_interval
-        )
-    except (ValueError, ConfigError) as exc:
-        raise Failure(description=f"bar_interval: {exc}", allow_retries=False) from exc
-    windows = IndicatorWindows()
-    bars = resample_bars(quote_snapshots, interval)
-    frame = build_indicator_frame(bars, windows)
-    day_frame = frame.loc[(frame.index >= pd.Timestamp(start)) & (frame.index < pd.Timestamp(end))]
-    if day_frame.empty:
+    """OHLCV bars for the day at the market's bar interval (its `bar_interval` in storage.markets,
+    else storage.bar_interval) with RSI, MACD, ATR, Bollinger Bands (from ``ta``), ADX, EMAs,
+    volatility, trend and a composite signal. Closed time (nights, weekends, holidays) has no bars.
+    The indicators warm up on as many earlier bars as they need, read in the same store query (a
+    Monday's MACD is defined at 1h, a January day's at 1d). A bar interval finer than stored
+    candles is refused."""
+    md = market_day(context, settings)
+    if config.bar_interval:
+        try:
+            interval = validate_bar_interval(parse_duration(config.bar_interval))
+        except ValueError as exc:
+            raise Failure(description=f"bar_interval: {exc}", allow_retries=False) from exc
+        md = replace(md, profile=replace(md.profile, bar_interval=interval))
+    if skipped_closed_day(context, md):
+        yield from closed_day_checks(md.closed_reason or "")
+        return
+    built = day_frame(context, md, quote_store)
+    day = built.frame
+    if day.empty:
         raise Failure(
-            description=f"no bars for {market} on {day}: quote_snapshots holds nothing for that day",
+            description=f"no bars for {md.market} on {md.day}: the quote store holds nothing for that day",
             allow_retries=False,
         )
-    expected_bars = int(pd.Timedelta(days=1) / pd.Timedelta(interval))
-    last = day_frame.iloc[-1]
+    expected_bars = md.profile.calendar.bar_slots(md.start, md.end, md.profile.bar_interval)
+    last = day.iloc[-1]
     yield Output(
-        day_frame,
+        day,
         metadata={
-            "market": market.key,
-            "date": day.isoformat(),
-            "bar_interval": str(pd.Timedelta(interval)),
-            "dagster/row_count": len(day_frame),
-            "warmup_bars_available": int(len(frame) - len(day_frame)),
+            **md.profile_metadata(),
+            "bar_interval": duration_text(md.profile.bar_interval),
+            "stored_candles": duration_text(built.candle_interval) if built.candle_interval else "none",
+            "dagster/row_count": len(day),
+            "warmup_bars_available": built.warmup_bars,
             "last_close": float(last["close"]),
             "last_rsi": _finite(last["rsi"]),
             "last_macd_hist": _finite(last["macd_hist"]),
             "last_atr_pct": _finite(last["atr_pct"]),
-            "mean_volatility": _finite(day_frame["volatility"].mean()),
+            "mean_volatility": _finite(day["volatility"].mean()),
             "trend_at_close": _finite(last["trend"]),
             "signal_counts": MetadataValue.json(
-                {str(int(k)): int(v) for k, v in day_frame["signal"].value_counts().items()}
+                {str(int(k)): int(v) for k, v in day["signal"].value_counts().items()}
             ),
-            "tail": MetadataValue.md(day_frame.tail(5).round(6).to_markdown()),
+            "tail": MetadataValue.md(day.tail(5).round(6).to_markdown()),
         },
     )
-    yield from frame_checks(day_frame, expected_bars)
+    yield from frame_checks(day, expected_bars)
 
 
 def frame_checks(frame: pd.DataFrame, expected_bars: int):
@@ -114,7 +116,7 @@ def frame_checks(frame: pd.DataFrame, expected_bars: int):
         passed=not undefined,
         severity=AssetCheckSeverity.WARN,
         metadata={"undefined_values": MetadataValue.json(undefined)},
-        description="every indicator defined on every bar (needs the previous day for warm-up)",
+        description="every indicator defined on every bar (warmed up on the bars before the day)",
     )
     empty_bars = int((frame["n_ticks"] == 0).sum())
     yield AssetCheckResult(

@@ -3,27 +3,28 @@
 import base64
 import io
 import time
+from datetime import datetime
 from typing import Optional
 
 import numpy as np
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, Config, Failure, MetadataValue, Output, asset
+from dagster import AssetDep, AssetExecutionContext, Config, MetadataValue, Output, asset
 
 from rof_pipelines.adapters.experiments import knowledge_task_id, seed_plan_for
 from rof_pipelines.adapters.optimisation import (
     Optimisation,
     generations_to_reach,
+    market_base_params,
     prepare_optimisation,
     run_optimisation,
 )
-from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
 from rof_pipelines.core.ga.engine import OBJECTIVES, GAResult, objectives_dict
 from rof_pipelines.core.ga.space import SearchSpace
-from rof_pipelines.core.windows import split_train_test
+from rof_pipelines.defs.market_day import market_day, skipped_closed_day, window_frame
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown, metrics_markdown
-from rof_pipelines.defs.rl.assets import MAX_WINDOW_DAYS, window_frame
 from rof_pipelines.errors import TransientError
-from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions, trailing_days
+from rof_pipelines.partitions import market_day_partitions
 from rof_pipelines.settings import Settings
 
 
@@ -41,7 +42,8 @@ def population_frame(result: GAResult) -> pd.DataFrame:
     objectives = pd.DataFrame([objectives_dict(f) for f in result.fitness], columns=list(OBJECTIVES))
     frame = pd.concat([genes, objectives], axis=1)
     frame["pareto"] = result.pareto
-    frame["champion"] = np.arange(len(frame)) == result.champion
+    # A flat landscape has no champion: any pick would be arbitrary.
+    frame["champion"] = (np.arange(len(frame)) == result.champion) & (not result.flat)
     return frame
 
 
@@ -81,14 +83,15 @@ def pareto_plot_markdown(frame: pd.DataFrame) -> MetadataValue:
     group_name="optimisation",
     io_manager_key="frame_io_manager",
     kinds={"pandas", "numba"},
-    ins={"indicator_frame": AssetIn(partition_mapping=trailing_days(MAX_WINDOW_DAYS))},
+    deps=[AssetDep("indicator_frame")],
+    output_required=False,  # nothing on a day the market is closed
 )
 def ga_population(
     context: AssetExecutionContext,
     config: GAPopulationConfig,
     settings: RofSettings,
+    quote_store: QuoteStoreResource,
     state_store: StateStoreResource,
-    indicator_frame: pd.DataFrame,
 ):
     """NSGA-II search (pygad) over the RL agent's and the strategy's parameters for the market, on the
     training part (first `ab_tests.train_fraction`) of the `ab_tests.data_period` window ending with this
@@ -97,20 +100,14 @@ def ga_population(
     `validation_fraction` of that training part. Checkpoints every `checkpoint_interval` generations
     into the state store and resumes from them after a restart. Stored: the final population with its
     objectives, Pareto-front flags and the champion (rule: core/ga/engine.py)."""
-    settings_obj = settings.load()
-    market, day = market_and_day(context.partition_key)
-    period = pd.Timedelta(settings_obj.ab_tests.data_period)
-    if period > pd.Timedelta(days=MAX_WINDOW_DAYS):
-        raise Failure(
-            description=f"ab_tests.data_period {period} is longer than the {MAX_WINDOW_DAYS} days read",
-            allow_retries=False,
-        )
-    _, end = day_bounds(day)
-    end_ts = pd.Timestamp(end)
-    frame = window_frame(indicator_frame, end_ts, period)
-    split = split_train_test(frame, settings_obj.ab_tests.train_fraction)
-    if len(split.train) < 200:
-        raise Failure(description=f"only {len(split.train)} training bars in the window for {market}")
+    md = market_day(context, settings)
+    if skipped_closed_day(context, md):
+        return
+    settings_obj, market, day = md.settings, md.market, md.day
+    window, split = window_frame(context, md, quote_store)
+    frame = window.frame
+    end_ts = pd.Timestamp(md.end)
+    window_start = frame.index[0].to_pydatetime()
     overrides = {
         name: value
         for name, value in (("generations", config.generations), ("population_size", config.population_size))
@@ -142,8 +139,9 @@ def ga_population(
         settings_obj,
         market.key,
         split.train,
-        (end_ts - period).to_pydatetime(),
+        window_start,
         end_ts.to_pydatetime(),
+        base=market_base_params(settings_obj, md.profile),
         workers=config.workers,
         ga_overrides=overrides,
         seeds=seeding["seeds"],
@@ -166,20 +164,25 @@ def ga_population(
         result = run_optimisation(job, None, on_generation=log_generation)
         checkpointing = f"none (state store unavailable: {type(exc).__name__})"
     wall = time.perf_counter() - started
-    uplift = measure_uplift(
-        context, settings_obj, job, result, market.key, split.train, end_ts, period, overrides
-    )
+    uplift = measure_uplift(context, settings_obj, job, result, split.train, window_start, end_ts, overrides)
 
     population = population_frame(result)
     champion = result.space.decode(result.champion_genome, job.data.base)
+    landscape = "varied"
+    if result.flat:
+        objectives = objectives_dict(result.fitness[0])
+        landscape = (
+            f"flat: all {len(population)} genomes score the same ({objectives}); no configuration "
+            f"trades profitably under these costs ({md.profile.costs_text()}), so no champion is named"
+        )
+        context.log.warning(f"{market}: {landscape}")
     history = result.history
     gens = [h["generation"] for h in history]
     champion_objectives = finite_metadata(result.champion_objectives())
     yield Output(
         population,
         metadata={
-            "market": market.key,
-            "date": day.isoformat(),
+            **md.profile_metadata(),
             "task_id": job.key.task_id,
             "experiment_id": job.key.experiment_id,
             "train_bars": len(split.train),
@@ -198,11 +201,19 @@ def ga_population(
             "wall_seconds": round(wall, 3),
             "population_size": len(population),
             "pareto_size": int(population["pareto"].sum()),
+            "landscape": landscape,
             "champion_rule": "Pareto-front member nearest the ideal point after min-max normalising "
-            "each objective over the front; ties: Sharpe, return, drawdown, genome",
-            "champion_params": MetadataValue.json(champion.to_dict()),
-            "champion": metrics_markdown({"champion (validation)": champion_objectives}),
-            **{f"champion/{k}": v for k, v in champion_objectives.items()},
+            "each objective over the front; ties: Sharpe, return, drawdown, genome; none when every "
+            "genome scores the same",
+            **(
+                {}
+                if result.flat
+                else {
+                    "champion_params": MetadataValue.json(champion.to_dict()),
+                    "champion": metrics_markdown({"champion (validation)": champion_objectives}),
+                    **{f"champion/{k}": v for k, v in champion_objectives.items()},
+                }
+            ),
             "fitness_per_generation": line_plot_markdown(
                 "Sharpe per generation",
                 {
@@ -233,10 +244,9 @@ def measure_uplift(
     settings_obj: Settings,
     job: Optimisation,
     result: GAResult,
-    market: str,
     train: pd.DataFrame,
+    window_start: datetime,
     end_ts: pd.Timestamp,
-    period: pd.Timedelta,
     overrides: dict,
 ) -> dict:
     """What warm-starting bought: the same GA run cold (no seeds, no checkpoints), then the
@@ -245,12 +255,14 @@ def measure_uplift(
         return {"uplift/measured": "no: the population was not seeded"}
     if not settings_obj.ab_tests.measure_uplift:
         return {"uplift/measured": "no: ab_tests.measure_uplift is off"}
+    market = job.key.market
     cold_job = prepare_optimisation(
         settings_obj,
         market,
         train,
-        (end_ts - period).to_pydatetime(),
+        window_start,
         end_ts.to_pydatetime(),
+        base=job.data.base,
         workers=job.workers,
         ga_overrides=overrides,
         seeds=[],

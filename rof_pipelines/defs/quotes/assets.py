@@ -1,5 +1,7 @@
 """``quote_snapshots``: the day's snapshots from the configured store, cleaned, with checks."""
 
+from datetime import timedelta
+
 import numpy as np
 import pandas as pd
 from dagster import (
@@ -15,11 +17,13 @@ from dagster import (
     asset,
 )
 
-from rof_pipelines.adapters.resources import QuoteStoreResource
-from rof_pipelines.core.market import ts_to_us
+from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings
+from rof_pipelines.core.market import duration_text, ts_to_us
 from rof_pipelines.core.quotes import CleaningConfig, clean_quotes
+from rof_pipelines.core.window_frame import GAP_LOOKBACK_BARS, bar_gaps, gap_bars_for
+from rof_pipelines.defs.market_day import market_day, skipped_closed_day
 from rof_pipelines.errors import PermanentError
-from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions
+from rof_pipelines.partitions import market_day_partitions
 
 ASSET = "quote_snapshots"
 MAX_SANE_JUMP = 0.2  # a 20 % move between two consecutive snapshots is not a market, it is a bug
@@ -34,40 +38,53 @@ STORE_RETRY = RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL)
     io_manager_key="frame_io_manager",
     kinds={"pandas", "parquet"},
     retry_policy=STORE_RETRY,
+    output_required=False,  # nothing on a day the market is closed
     check_specs=[
         AssetCheckSpec("unique_ordered_timestamps", asset=ASSET, partitions_def=market_day_partitions),
         AssetCheckSpec("price_sanity", asset=ASSET, partitions_def=market_day_partitions),
         AssetCheckSpec("gaps", asset=ASSET, partitions_def=market_day_partitions),
     ],
 )
-def quote_snapshots(context: AssetExecutionContext, quote_store: QuoteStoreResource):
+def quote_snapshots(context: AssetExecutionContext, settings: RofSettings, quote_store: QuoteStoreResource):
     """One market's quote snapshots for one UTC day, read from the configured quote store and cleaned:
     duplicates, out-of-order deliveries, NaN and non-positive prices, isolated spikes and crossed
-    quotes are removed or repaired, and gaps are counted. The counts are in the metadata."""
-    market, day = market_and_day(context.partition_key)
-    start, end = day_bounds(day)
+    quotes are removed or repaired. Gaps are runs of open bars (the market's calendar and bar
+    interval) without a snapshot, seen across the day boundary too. On a day the market's calendar
+    is closed (an FX Saturday, an exchange holiday) nothing is materialised and the checks say why."""
+    md = market_day(context, settings)
+    if skipped_closed_day(context, md):
+        yield from closed_day_checks(md.closed_reason or "")
+        return
+    interval = md.profile.bar_interval
+    gap_bars = gap_bars_for(interval)
+    lookback = md.profile.calendar.start_for_bars(md.start, max(gap_bars, GAP_LOOKBACK_BARS), interval)
     try:
         with quote_store.open() as store:
             described = store.describe()
-            raw = store.read(market, start, end)
+            raw = store.read(md.market, lookback, md.end)
     except PermanentError as exc:
         raise Failure(description=str(exc), allow_retries=False) from exc
-    if raw.empty:
+    before = raw["ts"] < pd.Timestamp(md.start)
+    day_raw = raw.loc[~before]
+    if day_raw.empty:
         raise Failure(
             description=(
-                f"no quote snapshots for {market} on {day} in {described}; load some with "
-                f"`rof quotes generate` or `rof quotes import`"
+                f"no quote snapshots for {md.market} on {md.day} ({md.profile.calendar_name} calendar: "
+                f"a trading day) in {described}; load some with `rof quotes generate` or "
+                f"`rof quotes import`"
             ),
             allow_retries=False,
         )
-    clean, report = clean_quotes(raw, CleaningConfig())
+    clean, report = clean_quotes(day_raw, CleaningConfig())
     counts = report.as_dict()
-    gap_starts = counts.pop("gap_starts")
+    for name in ("gap_starts", "gaps", "max_gap_seconds"):  # gaps below come from the calendar
+        counts.pop(name)
+    ts_all = np.concatenate([ts_to_us(raw.loc[before, "ts"]), ts_to_us(clean["ts"])])
+    gaps = bar_gaps(ts_all, md.profile.calendar, interval, md.start, md.end, gap_bars)
     yield Output(
         clean,
         metadata={
-            "market": market.key,
-            "date": day.isoformat(),
+            **md.profile_metadata(),
             "store": described,
             "dagster/row_count": len(clean),
             "first_ts": str(clean["ts"].iloc[0]),
@@ -76,18 +93,26 @@ def quote_snapshots(context: AssetExecutionContext, quote_store: QuoteStoreResou
             "preview": MetadataValue.md(clean.head(10).to_markdown(index=False)),
         },
     )
-    yield from snapshot_checks(
-        clean, report.duplicates, report.outliers, report.gaps, report.max_gap_seconds, gap_starts
-    )
+    yield from snapshot_checks(clean, report.duplicates, report.outliers, gaps, gap_bars, interval)
+
+
+def closed_day_checks(reason: str):
+    for name in ("unique_ordered_timestamps", "price_sanity", "gaps"):
+        yield AssetCheckResult(
+            check_name=name,
+            passed=True,
+            metadata={"market_closed": reason},
+            description=f"market closed: {reason}",
+        )
 
 
 def snapshot_checks(
     clean: pd.DataFrame,
     raw_duplicates: int,
     raw_outliers: int,
-    gaps: int,
-    max_gap_seconds: float,
-    gap_starts: list[str],
+    gaps: list[tuple[pd.Timestamp, pd.Timestamp, int]],
+    gap_bars: int,
+    interval: timedelta,
 ):
     """Checks on the cleaned output (what downstream relies on), with the raw feed's counts attached."""
     ts = ts_to_us(clean["ts"])
@@ -111,13 +136,19 @@ def snapshot_checks(
         passed=not any(problems.values()),
         metadata={**problems, "outliers_removed": raw_outliers},
     )
+    longest = max((n for _, _, n in gaps), default=0)
     yield AssetCheckResult(
         check_name="gaps",
-        passed=gaps == 0,
+        passed=not gaps,
         severity=AssetCheckSeverity.WARN,
         metadata={
-            "gaps": gaps,
-            "max_gap_seconds": max_gap_seconds,
-            "gap_starts": MetadataValue.json(gap_starts),
+            "gaps": len(gaps),
+            "longest_gap_bars": longest,
+            "longest_gap_seconds": longest * interval.total_seconds(),
+            "gap_starts": MetadataValue.json([f"{a} .. {b} ({n} bars)" for a, b, n in gaps[:20]]),
         },
+        description=(
+            f"no run of {gap_bars} or more open {duration_text(interval)} bars without a snapshot "
+            "(the market's calendar; closed time does not count)"
+        ),
     )

@@ -3,21 +3,17 @@
 import hashlib
 import math
 
-import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, Failure, MetadataValue, Output, asset
+from dagster import AssetDep, AssetExecutionContext, MetadataValue, Output, asset
 
 from rof_pipelines.adapters.experiments import active_rl_params
-from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
 from rof_pipelines.core.kelly import KellyParams
 from rof_pipelines.core.market import Market
 from rof_pipelines.core.rl import RLParams, train
-from rof_pipelines.core.windows import split_train_test
+from rof_pipelines.defs.market_day import market_day, skipped_closed_day, window_frame
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown, metrics_markdown
 from rof_pipelines.errors import TransientError
-from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions, trailing_days
-
-# The longest `ab_tests.data_period` a window may span; the mapping reads at most this many days.
-MAX_WINDOW_DAYS = 7
+from rof_pipelines.partitions import market_day_partitions
 
 
 def partition_seed(market: Market, day_key: str) -> int:
@@ -25,44 +21,40 @@ def partition_seed(market: Market, day_key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{market.key}|{day_key}".encode()).digest()[:4], "little")
 
 
-def window_frame(frames: pd.DataFrame, end: pd.Timestamp, period: pd.Timedelta) -> pd.DataFrame:
-    return frames.loc[(frames.index >= end - period) & (frames.index < end)].sort_index()
-
-
 @asset(
     partitions_def=market_day_partitions,
     group_name="rl",
     io_manager_key="frame_io_manager",
     kinds={"numba"},
-    ins={"indicator_frame": AssetIn(partition_mapping=trailing_days(MAX_WINDOW_DAYS))},
+    deps=[AssetDep("indicator_frame")],
+    output_required=False,  # nothing on a day the market is closed
 )
 def q_table(
     context: AssetExecutionContext,
     settings: RofSettings,
+    quote_store: QuoteStoreResource,
     state_store: StateStoreResource,
-    indicator_frame: pd.DataFrame,
 ):
-    """Tabular Q-learning agent for the market, trained on the first 70 % of the `ab_tests.data_period`
-    window ending with this day, backtested greedily with Kelly sizing on the remaining 30 %. Uses the
+    """Tabular Q-learning agent for the market, trained on the first `ab_tests.train_fraction` of the
+    market's window (`data_period`: a span or a number of bars) ending with this day, backtested
+    greedily with Kelly sizing on the rest, with the market's costs and calendar annualisation. Uses the
     market's active parameters from the state store (the config's `ai_config` until the optimiser
     promotes others). The stored value is the serialised agent: Q-table, state space and parameters."""
-    config = settings.load()
-    market, day = market_and_day(context.partition_key)
-    period = pd.Timedelta(config.ab_tests.data_period)
-    if period > pd.Timedelta(days=MAX_WINDOW_DAYS):
-        raise Failure(
-            description=f"ab_tests.data_period {period} is longer than the {MAX_WINDOW_DAYS} days q_table reads",
-            allow_retries=False,
-        )
-    _, end = day_bounds(day)
-    frame = window_frame(indicator_frame, pd.Timestamp(end), period)
-    split = split_train_test(frame, config.ab_tests.train_fraction)
-    if len(split.train) < 100 or len(split.test) < 30:
-        raise Failure(description=f"only {len(frame)} bars in the window for {market}; need at least 150")
+    md = market_day(context, settings)
+    if skipped_closed_day(context, md):
+        return
+    config, market, day = md.settings, md.market, md.day
+    window, split = window_frame(context, md, quote_store)
+    frame = window.frame
     train_part, test_part = split.train, split.test
 
     overrides, source = active_overrides(context, state_store, market)
-    params = RLParams.from_settings(config.ai_config, seed=partition_seed(market, day.isoformat()))
+    params = RLParams.from_settings(
+        config.ai_config,
+        seed=partition_seed(market, day.isoformat()),
+        fee=md.profile.fee,
+        slippage=md.profile.slippage,
+    )
     not_applied: list[str] = []
     if overrides:  # a promoted champion ({rl, indicator_windows, strategy}) or flat RLParams overrides
         params, not_applied = active_rl_params(params, overrides)
@@ -85,8 +77,7 @@ def q_table(
     yield Output(
         agent.to_bytes(),
         metadata={
-            "market": market.key,
-            "date": day.isoformat(),
+            **md.profile_metadata(),
             "params_source": source,
             "params": MetadataValue.json(params.to_dict()),
             "params_not_applied": "; ".join(not_applied) or "none",
