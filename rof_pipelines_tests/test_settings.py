@@ -1,3 +1,4 @@
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -163,3 +164,40 @@ def test_environment_is_read_at_call_time(monkeypatch):
     assert load_settings(DEFAULT_CONFIG_PATH).storage.postgres.db_name == "first"
     monkeypatch.setenv("DB_NAME", "second")
     assert load_settings(DEFAULT_CONFIG_PATH).storage.postgres.db_name == "second"
+
+
+def test_rof_config_empty_or_dev_null_means_defaults(tmp_path):
+    assert load_settings(environ={"ROF_CONFIG": ""}).source_path == DEFAULT_CONFIG_PATH
+    quiet = load_settings(environ={"ROF_CONFIG": os.devnull})
+    assert quiet.storage.markets == ["binance:TONUSDT", "binance:BTCUSDT"]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_settings(environ={"ROF_CONFIG": str(empty)}).source_path == empty
+    with pytest.raises(ConfigError, match=r"configuration file not found: .*nope.yaml \(from ROF_CONFIG\)"):
+        load_settings(environ={"ROF_CONFIG": str(tmp_path / "nope.yaml")})
+
+
+def test_durations_keep_their_usual_forms_within_bounds():
+    settings = load_settings(
+        DEFAULT_CONFIG_PATH,
+        environ={},
+        overrides={"system_setup": {"circuit_breaker": {"call_timeout": "250ms", "reset_timeout": "36525d"}}},
+    )
+    assert settings.system_setup.circuit_breaker.call_timeout == timedelta(milliseconds=250)
+    assert settings.system_setup.circuit_breaker.reset_timeout == timedelta(days=36525)
+    with pytest.raises(
+        ConfigError, match=r"circuit_breaker.reset_timeout: duration too long \(at most 36525d\)"
+    ):
+        load_settings(
+            DEFAULT_CONFIG_PATH,
+            environ={},
+            overrides={"system_setup": {"circuit_breaker": {"reset_timeout": "36526d"}}},
+        )
+
+
+def test_credentials_in_plain_fields_are_masked_when_shown():
+    dsn = f"clickhouse://reader:{SECRET}@ch.example:8443/quotes"
+    s = load_settings(DEFAULT_CONFIG_PATH, environ={"CLICKHOUSE_DSN": dsn})
+    assert s.storage.clickhouse.describe() == "clickhouse://reader:***@ch.example:8443/quotes"
+    assert SECRET not in str(s.redacted())
+    assert s.redacted()["storage"]["clickhouse"]["dsn"] == "clickhouse://reader:***@ch.example:8443/quotes"

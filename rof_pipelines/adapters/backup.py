@@ -5,14 +5,19 @@ sha256 of each table's data) and one PostgreSQL binary ``COPY`` stream per table
 in one REPEATABLE READ, READ ONLY transaction, so the snapshot is consistent across tables, and
 binary COPY round-trips every type (jsonb, bytea, timestamptz, double precision) exactly.
 
-The destination is any fsspec URL (a local directory by default). Restoring migrates the empty target
-schema to the backup's revision first, then loads the rows, so a backup can be restored into a new
-schema or a new database.
+The destination is a directory on a durable filesystem (local, s3, gcs, azure, sftp, hdfs; see
+``DURABLE_BACKUP_PROTOCOLS``); in-memory, caching and read-only filesystems are refused. Next to each
+archive goes ``<archive>.manifest.json`` with the archive's sha256: retention deletes only archives
+that such a manifest lists and whose bytes still match it, so files of the same name pattern that
+this project did not write are never deleted. Restoring migrates the empty target schema to the
+backup's revision first, then loads the rows, so a backup can be restored into a new schema or a new
+database.
 """
 
 import hashlib
 import io
 import json
+import logging
 import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,10 +29,15 @@ from psycopg import sql
 
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.errors import DataValidationError, PermanentError
+from rof_pipelines.settings import durable_backup_location
 
 FORMAT_VERSION = 1
 SKIPPED_TABLES = {"alembic_version"}  # recreated by the migrations on restore
 PREFIX = "state-backup-"
+MANIFEST_SUFFIX = ".manifest.json"  # <archive>.manifest.json: this project wrote <archive>
+WRITTEN_BY = "rof_pipelines state backup"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,11 +108,22 @@ def _quoted(connection: sa.Connection, name: str) -> str:
     return connection.dialect.identifier_preparer.quote(name)
 
 
+def durable_directory(directory_url: str) -> str:
+    """``directory_url`` if it is on a durable filesystem, else PermanentError (the URL is not echoed)."""
+    try:
+        return durable_backup_location(directory_url)
+    except ValueError as exc:
+        raise PermanentError(f"backup destination refused: {exc}") from None
+
+
 def write_backup(store: StateStore, directory_url: str) -> BackupResult:
-    """Snapshot the store and write one archive under ``directory_url`` (any fsspec URL)."""
+    """Snapshot the store and write one archive, and the manifest that lets retention prune it, under
+    ``directory_url`` (a path or a URL of a durable filesystem)."""
+    durable_directory(directory_url)
     manifest, data = snapshot(store)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    url = f"{directory_url.rstrip('/')}/{PREFIX}{store.schema}-{stamp}.tar"
+    created = datetime.now(UTC)
+    name = f"{PREFIX}{store.schema}-{created.strftime('%Y%m%dT%H%M%S%fZ')}.tar"
+    url = f"{directory_url.rstrip('/')}/{name}"
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w") as tar:
         _add(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
@@ -111,10 +132,17 @@ def write_backup(store: StateStore, directory_url: str) -> BackupResult:
     payload = archive.getvalue()
     fs, path = fsspec.core.url_to_fs(url)
     fs.makedirs(fs._parent(path), exist_ok=True)
-    partial = f"{path}.partial"
-    with fs.open(partial, "wb") as handle:  # a crash leaves a .partial, never a truncated backup
-        handle.write(payload)
-    fs.mv(partial, path)
+    _write_whole(fs, path, payload)
+    # The archive first: a crash before its manifest leaves a backup that is kept, never one deleted.
+    owned = {
+        "written_by": WRITTEN_BY,
+        "archive": name,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "bytes": len(payload),
+        "created_at": created.isoformat(),
+        "schema": store.schema,
+    }
+    _write_whole(fs, path + MANIFEST_SUFFIX, json.dumps(owned, indent=2).encode())
     return BackupResult(
         url,
         store.schema,
@@ -122,6 +150,14 @@ def write_backup(store: StateStore, directory_url: str) -> BackupResult:
         {t: v["rows"] for t, v in manifest["tables"].items()},
         len(payload),
     )
+
+
+def _write_whole(fs: Any, path: str, payload: bytes) -> None:
+    """A crash leaves a ``.partial``, never a truncated file under the final name."""
+    partial = f"{path}.partial"
+    with fs.open(partial, "wb") as handle:
+        handle.write(payload)
+    fs.mv(partial, path)
 
 
 def _add(tar: tarfile.TarFile, name: str, blob: bytes) -> None:
@@ -208,22 +244,56 @@ def _reset_sequences(cursor: Any, schema: str, tables: list[str]) -> None:
 
 
 def prune_backups(directory_url: str, retention_days: int, now: datetime | None = None) -> list[str]:
-    """Delete this project's backup archives older than ``retention_days``; returns what was removed."""
+    """Delete the backups this project wrote that are older than ``retention_days``; returns the
+    archives removed.
+
+    Only archives named by a ``<archive>.manifest.json`` next to them are candidates, aged by the
+    manifest's ``created_at``, and only when their bytes still match its sha256. A file that merely
+    matches the name pattern, or was replaced since, is left alone.
+    """
+    durable_directory(directory_url)
     now = now or datetime.now(UTC)
     fs, path = fsspec.core.url_to_fs(directory_url)
     if not fs.exists(path):
         return []
     removed = []
-    for entry in fs.ls(path, detail=False):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if not (name.startswith(PREFIX) and name.endswith(".tar")):
+    for entry in sorted(fs.ls(path, detail=False)):
+        manifest_name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if not (manifest_name.startswith(PREFIX) and manifest_name.endswith(".tar" + MANIFEST_SUFFIX)):
             continue
-        stamp = name.removesuffix(".tar").rsplit("-", 1)[-1]
-        try:
-            created = datetime.strptime(stamp, "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
-        except ValueError:
+        archive = manifest_name.removesuffix(MANIFEST_SUFFIX)
+        owned = _owned(fs, entry, archive)
+        if owned is None or now - owned["created_at"] <= timedelta(days=retention_days):
             continue
-        if now - created > timedelta(days=retention_days):
-            fs.rm(entry)
-            removed.append(entry)
+        archive_path = f"{path.rstrip('/')}/{archive}"
+        if fs.exists(archive_path):
+            if _sha256(fs, archive_path) != owned["sha256"]:
+                log.warning("backup %s differs from its manifest; not deleting it", archive)
+                continue
+            fs.rm(archive_path)
+            removed.append(f"{directory_url.rstrip('/')}/{archive}")
+        fs.rm(entry)
     return removed
+
+
+def _owned(fs: Any, manifest_path: str, archive: str) -> dict[str, Any] | None:
+    """The manifest's record of ``archive``, or None when it is not one this project wrote for it."""
+    try:
+        with fs.open(manifest_path, "rb") as handle:
+            owned = json.loads(handle.read())
+        if owned["written_by"] != WRITTEN_BY or owned["archive"] != archive:
+            return None
+        created = datetime.fromisoformat(owned["created_at"])
+        if created.tzinfo is None or not isinstance(owned["sha256"], str):
+            return None
+        return {**owned, "created_at": created}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _sha256(fs: Any, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

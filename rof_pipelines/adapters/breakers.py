@@ -12,6 +12,8 @@ from typing import ParamSpec, TypeVar
 import pybreaker
 from prometheus_client import Counter, Gauge
 
+# The adapters' password-free error text; defined beside the config's redaction, one set of rules.
+from rof_pipelines.core.redaction import error_message, scrub  # noqa: F401
 from rof_pipelines.errors import CircuitOpenError, PermanentError, RofError, StoreUnavailableError
 from rof_pipelines.settings import CircuitBreakerConfig
 
@@ -110,17 +112,3 @@ def generic_translate(service: str) -> Callable[[BaseException], RofError]:
         return PermanentError(f"{service}: {type(exc).__name__}: {exc}")
 
     return translate
-
-
-def scrub(text: str, *secrets: str) -> str:
-    """``text`` with every non-empty secret replaced by ``***``: driver messages can echo connection
-    strings, and nothing this project raises or logs may carry a password. Longer secrets go first, so
-    a secret that contains another is hidden whole."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def error_message(label: str, exc: BaseException, *secrets: str) -> str:
-    """``"<label>: <ExceptionType>: <message>"`` with the secrets scrubbed."""
-    return scrub(f"{label}: {type(exc).__name__}: {exc}", *secrets)

@@ -11,12 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-import yaml
 from prometheus_client import Counter
 
 from rof_pipelines.adapters.state_store import StateStore
+from rof_pipelines.core.redaction import scrub, secret_values
 from rof_pipelines.errors import ConfigError
-from rof_pipelines.settings import Settings, config_path_from_env, load_settings
+from rof_pipelines.settings import (
+    Settings,
+    config_path_from_env,
+    load_settings,
+    parse_config_yaml,
+    read_config_file,
+)
 
 log = logging.getLogger(__name__)
 TABLE = "config_versions"
@@ -65,35 +71,50 @@ class ReloadOutcome:
 
 
 def check_config(config_path: Path, store: StateStore | None, seen_sha256: str | None) -> ReloadOutcome:
-    """One look at the file: unchanged, applied (snapshot + record) or refused (record + alert)."""
-    raw = config_path.read_bytes()
+    """One look at the file: unchanged, applied (snapshot + record) or refused (record + alert).
+    ConfigError when the file cannot be read at all (gone, a directory, no permission, too large)."""
+    raw = read_config_file(config_path)
     digest = hashlib.sha256(raw).hexdigest()
     if digest == seen_sha256:
         return ReloadOutcome(digest, "unchanged", [])
     snapshot = last_valid_path(config_path)
-    previous = _parse(snapshot.read_bytes()) if snapshot.exists() else None
+    previous = _parse(snapshot.read_bytes()) if snapshot.is_file() else None
+    edited = _parse(raw)
     try:
         load_settings(config_path)
     except ConfigError as exc:
         RELOADS.labels("refused").inc()
-        log.error("ALERT config refused, the last valid version stays in force: %s", exc)
-        outcome = ReloadOutcome(digest, "refused", changed_keys(previous, _parse(raw) or {}), str(exc))
+        # The message is scrubbed where it is made; this is the second line of defence, with the
+        # secrets of both versions, since the text is logged and stored.
+        error = scrub(str(exc), *secret_values(edited), *secret_values(previous))
+        log.error("ALERT config refused, the last valid version stays in force: %s", error)
+        outcome = ReloadOutcome(digest, "refused", changed_keys(previous, edited or {}), error)
     else:
         RELOADS.labels("applied").inc()
-        temp = snapshot.with_name(f".{snapshot.name}.{os.getpid()}.tmp")
-        temp.write_bytes(raw)
-        os.chmod(temp, config_path.stat().st_mode & 0o777)
-        os.replace(temp, snapshot)
-        outcome = ReloadOutcome(digest, "applied", changed_keys(previous, _parse(raw) or {}))
+        _keep_last_valid(config_path, snapshot, raw)
+        outcome = ReloadOutcome(digest, "applied", changed_keys(previous, edited or {}))
     if store is not None:
         record_version(store, outcome, config_path)
     return outcome
 
 
-def _parse(raw: bytes) -> dict[str, Any] | None:
+def _keep_last_valid(config_path: Path, snapshot: Path, raw: bytes) -> None:
+    """Replace the snapshot atomically; a failed write leaves no temp file behind."""
+    temp = snapshot.with_name(f".{snapshot.name}.{os.getpid()}.tmp")
     try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError:
+        temp.write_bytes(raw)
+        os.chmod(temp, config_path.stat().st_mode & 0o777)
+        os.replace(temp, snapshot)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    """The file's data for comparing key paths, under the same size and alias limits as loading."""
+    try:
+        data = parse_config_yaml(raw, "config")
+    except ConfigError:
         return None
     return data if isinstance(data, dict) else None
 

@@ -14,8 +14,11 @@ quotes.updated quotes.updated    new quotes for a market in [start, end)
 backup         backup            back up the state store
 ============== ================= =======================================================
 
-:func:`parse_message` never lets a pydantic or JSON error escape: it raises
-:class:`MalformedMessage` whose ``reason`` is one human-readable line, fit for a dead-letter header.
+:func:`parse_message` returns a valid message or raises :class:`MalformedMessage` (whose ``reason`` is
+one human-readable line, fit for a dead-letter header), whatever the bytes: a body that crashed the
+decoder would otherwise be requeued and crash every later tick. :func:`check_runnable` then refuses
+what parses but cannot run here (a day outside the partitions, too many runs), before the message
+reaches the inbox.
 """
 
 import datetime as dt
@@ -23,7 +26,9 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -42,6 +47,9 @@ from rof_pipelines.errors import DataValidationError
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/json"
 MAX_BODY_BYTES = 1 << 20  # a message is a small command, never data; anything bigger is a mistake
+# Messages are flat; deep nesting only serves to exhaust the decoder's recursion (RecursionError).
+MAX_JSON_DEPTH = 32
+MAX_MARKET_CHARS = 100  # a market becomes a partition key, a run tag and a metric label
 
 # kind -> queue suffix; the CLI's spelling ("quotes-updated") and the suffixes are accepted as aliases.
 QUEUE_SUFFIX: dict[str, str] = {"task": "tasks", "quotes.updated": "quotes.updated", "backup": "backup"}
@@ -51,7 +59,12 @@ _ALIASES: dict[str, str] = {
     "quotes-updated": "quotes.updated",
     "quotes_updated": "quotes.updated",
 }
-_MESSAGE_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # always fullmatch: "$" would allow a newline
+# PostgreSQL's jsonb refuses NUL, and lone surrogates cannot be encoded: such a string would fail the
+# inbox INSERT of the whole batch, after parsing had accepted it.
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKET_STEP = [1 if b in b"[{" else -1 for b in range(256)]
 
 
 class MalformedMessage(DataValidationError):
@@ -71,15 +84,25 @@ class MalformedMessage(DataValidationError):
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+05:00 has no UTC equivalent
+        raise ValueError("outside the range of UTC datetimes") from None
 
 
 def _market(value: str) -> str:
+    if len(value) > MAX_MARKET_CHARS:
+        raise ValueError(f"market is {len(value)} characters, more than {MAX_MARKET_CHARS}")
     return Market.parse(value).key
 
 
+def is_message_id(value: object) -> bool:
+    """Whether ``value`` can serve as a message id (run key, AMQP property, inbox key)."""
+    return isinstance(value, str) and _MESSAGE_ID_RE.fullmatch(value) is not None
+
+
 def _message_id(value: str) -> str:
-    if not _MESSAGE_ID_RE.match(value):
+    if not is_message_id(value):
         raise ValueError("message_id must be 1-128 characters of letters, digits, _ . : -")
     return value
 
@@ -124,6 +147,11 @@ class TaskMessage(_Message):
     experiment_id: str | None = Field(default=None, min_length=1, max_length=200)
     reason: str = Field(default="manual", min_length=1, max_length=500)
 
+    @property
+    def run_day(self) -> dt.date:
+        """The day to optimise: ``date``, else the last complete UTC day when the message was sent."""
+        return self.date or (self.created_at - timedelta(days=1)).date()
+
 
 class QuotesUpdatedMessage(_Message):
     """New quotes for a market in the half-open range [start, end)."""
@@ -139,12 +167,53 @@ class QuotesUpdatedMessage(_Message):
             raise ValueError(f"start ({self.start.isoformat()}) must be before end ({self.end.isoformat()})")
         return self
 
+    @property
+    def first_day(self) -> dt.date:
+        return self.start.date()
+
+    @property
+    def last_day(self) -> dt.date:
+        """The last UTC day the range touches (``end`` is exclusive)."""
+        return (self.end - timedelta(microseconds=1)).date()
+
+    @property
+    def span_days(self) -> int:
+        return (self.last_day - self.first_day).days + 1
+
+    def run_days(self, last_partition_day: dt.date) -> list[dt.date]:
+        """The touched days that have a partition: today's, still going, is left to the nightly run."""
+        last = min(self.last_day, last_partition_day)
+        return [self.first_day + timedelta(days=i) for i in range((last - self.first_day).days + 1)]
+
+
+def _configured_backup_destination(name: str) -> str:
+    """Only the config says where backups go: a message names a destination of the config in force
+    ($ROF_CONFIG or config.yaml, read now, so a hot-reloaded destination counts from the next message)."""
+    from rof_pipelines.adapters.config_versions import load_in_force
+    from rof_pipelines.settings import BACKUP_DESTINATION_NAME_RE
+
+    if not BACKUP_DESTINATION_NAME_RE.match(name):
+        raise ValueError(
+            "must name a configured backup destination (letters, digits, _ or -), not a URL or a path"
+        )
+    names = load_in_force().system_setup.backup.destination_names
+    if name not in names:
+        raise ValueError(f"not a configured backup destination (configured: {', '.join(names)})")
+    return name
+
 
 class BackupMessage(_Message):
-    """Back up the state store (to ``target`` when given, else the configured place)."""
+    """Back up the state store to a configured destination, by name (None: ``default``)."""
 
     kind: Literal["backup"] = "backup"
-    target: str | None = Field(default=None, min_length=1, max_length=1000)
+    destination: Annotated[str, AfterValidator(_configured_backup_destination)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_target_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "target" in data:
+            raise ValueError("target: a backup URL is not accepted; name a configured destination instead")
+        return data
 
 
 Message = TaskMessage | QuotesUpdatedMessage | BackupMessage
@@ -218,41 +287,115 @@ def parse_message(kind_or_queue: str | None, body: bytes, properties: Any = None
     ``message_id``, when present, is authoritative, so a redelivery keeps its id even if the body
     has none; a body id that disagrees with it is refused. Its ``type``, when present, must agree
     with the kind. A message with no id at all is refused: without one, de-duplication is impossible.
+
+    Nothing else ever escapes, whatever the bytes: a decoder's RecursionError, OverflowError or any
+    other failure becomes a MalformedMessage too, since a consumer that crashed on a body would get
+    the same body back on every later tick.
     """
+    where: dict[str, str | None] = {"kind": None, "message_id": None}
+    try:
+        return _parse(kind_or_queue, body, properties, where)
+    except MalformedMessage:
+        raise
+    except Exception as exc:
+        raise MalformedMessage(f"body could not be read: {_describe(exc)}", **where) from None
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:  # an exception whose str() fails still names its class
+        text = type(exc).__name__
+    return text[:300]
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def nesting_depth(body: bytes) -> int:
+    """How deeply arrays and objects nest in a JSON body, without decoding it (linear time, no
+    recursion): brackets inside strings are dropped first. Exact for valid JSON."""
+    # Escapes pair up from the left, so dropping every "\\" and then every '\"' leaves exactly the
+    # quotes that open and close strings; every other piece between them is outside any string.
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+
+
+def _unstorable(data: Any) -> str | None:
+    """Why the decoded JSON could not be stored in the inbox (None when it can)."""
+    pending: list[tuple[Any, int]] = [(data, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE_RE.search(value):
+                return "a string holds a NUL character or a lone surrogate, which cannot be stored"
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"JSON nests deeper than {MAX_JSON_DEPTH} levels"
+            items = [*value, *value.values()] if isinstance(value, dict) else value
+            pending.extend((item, depth + 1) for item in items)
+    return None
+
+
+def _parse(kind_or_queue: str | None, body: bytes, properties: Any, where: dict[str, str | None]) -> Message:
     expected = _require_kind(kind_or_queue) if kind_or_queue else None
+    where["kind"] = expected
     property_id = _property(properties, "message_id") or None
-    where = {"kind": expected, "message_id": property_id}
+    if property_id is not None and not isinstance(property_id, str):
+        raise MalformedMessage(f"AMQP message_id must be text, got {type(property_id).__name__}", **where)
+    where["message_id"] = property_id if is_message_id(property_id) else None
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise MalformedMessage(f"body must be bytes, got {type(body).__name__}", **where)
+    body = bytes(body)
     if len(body) > MAX_BODY_BYTES:
         raise MalformedMessage(f"body is {len(body)} bytes, more than {MAX_BODY_BYTES}", **where)
     content_type = _property(properties, "content_type")
-    if content_type and content_type.split(";")[0].strip().lower() != CONTENT_TYPE:
-        raise MalformedMessage(f"content_type is {content_type!r}, expected {CONTENT_TYPE!r}", **where)
+    if content_type and (
+        not isinstance(content_type, str) or content_type.split(";")[0].strip().lower() != CONTENT_TYPE
+    ):
+        raise MalformedMessage(f"content_type is {content_type!r:.100}, expected {CONTENT_TYPE!r}", **where)
     try:
-        data = json.loads(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedMessage(f"body is not UTF-8 text: {exc}", **where) from None
+    depth = nesting_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise MalformedMessage(f"JSON nests {depth} levels deep, more than {MAX_JSON_DEPTH}", **where)
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise MalformedMessage(f"body is not valid JSON: {exc}", **where) from None
+    except RecursionError:
+        raise MalformedMessage(f"JSON nests deeper than {MAX_JSON_DEPTH} levels", **where) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer of 5,000 digits, NaN
+        raise MalformedMessage(f"body is not valid JSON: {_describe(exc)}", **where) from None
     if not isinstance(data, dict):
         raise MalformedMessage(f"body must be a JSON object, got {type(data).__name__}", **where)
-
     body_id = data.get("message_id")
-    where["message_id"] = property_id or (body_id if isinstance(body_id, str) else None)
+    if where["message_id"] is None and is_message_id(body_id):
+        where["message_id"] = body_id
+    problem = _unstorable(data)
+    if problem:
+        raise MalformedMessage(problem, **where)
     version = data.get("schema_version")
     if version is None:
         raise MalformedMessage("schema_version is missing", **where)
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise MalformedMessage(
-            f"schema_version {version!r} is not supported (this consumer reads version {SCHEMA_VERSION})",
+            f"schema_version {version!r:.80} is not supported (this consumer reads version {SCHEMA_VERSION})",
             **where,
         )
 
     body_kind = data.get("kind")
     if body_kind is not None and (not isinstance(body_kind, str) or body_kind not in MODELS):
-        raise MalformedMessage(f"unknown kind {body_kind!r} (expected one of: {', '.join(MODELS)})", **where)
+        raise MalformedMessage(
+            f"unknown kind {body_kind!r:.80} (expected one of: {', '.join(MODELS)})", **where
+        )
     type_kind = _property(properties, "type") or None
-    if type_kind is not None and type_kind not in MODELS:
-        raise MalformedMessage(f"AMQP type {type_kind!r} is not a known kind", **where)
+    if type_kind is not None and (not isinstance(type_kind, str) or type_kind not in MODELS):
+        raise MalformedMessage(f"AMQP type {type_kind!r:.80} is not a known kind", **where)
     kinds = {k for k in (expected, body_kind, type_kind) if k}
     if len(kinds) > 1:
         sources = (("queue expects", expected), ("body says", body_kind), ("AMQP type says", type_kind))
@@ -268,7 +411,8 @@ def parse_message(kind_or_queue: str | None, body: bytes, properties: Any = None
     if property_id is not None:
         if body_id is not None and body_id != property_id:
             raise MalformedMessage(
-                f"message_id in the body ({body_id!r}) differs from the AMQP message_id ({property_id!r})",
+                f"message_id in the body ({body_id!r:.140}) differs from the AMQP message_id "
+                f"({property_id!r:.140})",
                 **where,
             )
         data["message_id"] = property_id
@@ -278,6 +422,87 @@ def parse_message(kind_or_queue: str | None, body: bytes, properties: Any = None
         )
     data["kind"] = kind
     try:
-        return MODELS[kind].model_validate(data)
+        message = MODELS[kind].model_validate(data)
     except ValidationError as exc:
         raise MalformedMessage(_explain(exc), **where) from None
+    message.to_body()  # what cannot be serialised cannot be stored: fail here, not in the inbox INSERT
+    return message
+
+
+class UnrunnableMessage(MalformedMessage):
+    """A well-formed message this deployment cannot run: a day outside the partitions, a range or a
+    number of runs over the configured limits. Dead-lettered like a malformed one."""
+
+
+@dataclass(frozen=True)
+class MessageLimits:
+    """What this deployment can run, checked by :func:`check_runnable` before a message reaches the
+    inbox (``storage.rabbitmq.max_days_per_message`` / ``max_runs_per_message``)."""
+
+    first_day: dt.date  # the first `date` partition (storage.history_start)
+    last_day: (
+        dt.date
+    )  # the last `date` partition: yesterday UTC, since a day's partition exists once it is over
+    max_days_per_message: int = 31
+    max_runs_per_message: int = 100
+
+    @property
+    def today(self) -> dt.date:
+        return self.last_day + timedelta(days=1)
+
+
+def planned_runs(message: Message, last_partition_day: dt.date) -> int:
+    """How many runs the message asks for (one per touched day with a partition for quotes.updated)."""
+    if isinstance(message, QuotesUpdatedMessage):  # counted, not listed: the range may span centuries
+        return max(0, (min(message.last_day, last_partition_day) - message.first_day).days + 1)
+    return 1
+
+
+def check_runnable(message: Message, limits: MessageLimits) -> Message:
+    """The message if this deployment can run it; else :class:`UnrunnableMessage` with the reason.
+
+    Checked before the inbox, because a committed row that cannot become a run request (a day outside
+    the `date` partitions) would fail every later tick, and one message must not ask for thousands of
+    runs. A ``quotes.updated`` range may reach into today: today's partition does not exist yet, so
+    only the finished days are run (the nightly schedule picks today up once it is over).
+    """
+    where = {"kind": message.kind, "message_id": message.message_id}
+    first, last = limits.first_day, limits.last_day
+    if isinstance(message, TaskMessage):
+        day = message.run_day
+        what = f"date {day}" if message.date else f"created_at {message.created_at.isoformat()} (day {day})"
+        if day < first:
+            raise UnrunnableMessage(
+                f"{what} is before the first partition day {first} (storage.history_start)", **where
+            )
+        if day > last:
+            raise UnrunnableMessage(
+                f"{what} has no partition yet: the last is {last} (a UTC day's partition exists once the "
+                f"day is over)",
+                **where,
+            )
+    elif isinstance(message, QuotesUpdatedMessage):
+        if message.first_day < first:
+            raise UnrunnableMessage(
+                f"start {message.start.isoformat()} is before the first partition day {first} "
+                f"(storage.history_start)",
+                **where,
+            )
+        if message.last_day > limits.today:
+            raise UnrunnableMessage(
+                f"end {message.end.isoformat()} is in the future (today is {limits.today} UTC)", **where
+            )
+        if message.span_days > limits.max_days_per_message:
+            raise UnrunnableMessage(
+                f"start..end spans {message.span_days} days, more than "
+                f"storage.rabbitmq.max_days_per_message ({limits.max_days_per_message}); split it",
+                **where,
+            )
+    runs = planned_runs(message, last)
+    if runs > limits.max_runs_per_message:
+        raise UnrunnableMessage(
+            f"asks for {runs} runs, more than storage.rabbitmq.max_runs_per_message "
+            f"({limits.max_runs_per_message})",
+            **where,
+        )
+    return message

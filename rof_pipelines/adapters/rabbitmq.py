@@ -34,7 +34,7 @@ dead-letter queue may hold a duplicate (same ``message_id``) but a message is ne
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +53,9 @@ from rof_pipelines.adapters.messages import (
     SCHEMA_VERSION,
     MalformedMessage,
     Message,
+    MessageLimits,
+    check_runnable,
+    is_message_id,
     parse_message,
     resolve_kind,
 )
@@ -138,11 +141,13 @@ class Delivery:
     def headers(self) -> dict[str, Any]:
         return dict(self.properties.headers or {})
 
-    def parse(self) -> Message:
+    def parse(self, limits: MessageLimits | None = None) -> Message:
         """The validated message; raises :class:`MalformedMessage` with a reason. A work queue fixes
-        the kind; the dead-letter queue accepts any."""
+        the kind; the dead-letter queue accepts any. With ``limits``, a message this deployment
+        cannot run is refused too (:func:`check_runnable`)."""
         expected = self.queue if resolve_kind(self.queue) else None
-        return parse_message(expected, self.body, self.properties)
+        message = parse_message(expected, self.body, self.properties)
+        return check_runnable(message, limits) if limits is not None else message
 
 
 @dataclass(frozen=True)
@@ -154,17 +159,37 @@ class Received:
     error: MalformedMessage | None
 
     @classmethod
-    def of(cls, delivery: Delivery) -> "Received":
+    def of(cls, delivery: Delivery, limits: MessageLimits | None = None) -> "Received":
         try:
-            return cls(delivery, delivery.parse(), None)
+            return cls(delivery, delivery.parse(limits), None)
         except MalformedMessage as exc:
             return cls(delivery, None, exc)
+        except Exception as exc:  # a check that failed in a way nobody foresaw: still this message's fault
+            reason = f"could not be checked: {type(exc).__name__}: {exc}"
+            return cls(delivery, None, MalformedMessage(reason, message_id=delivery.message_id))
+
+    def refused(self, reason: str) -> "Received":
+        """This delivery as malformed with ``reason`` (e.g. the inbox could not store it)."""
+        kind = self.message.kind if self.message is not None else None
+        return Received(self.delivery, None, MalformedMessage(reason, kind=kind, message_id=self.message_id))
 
     @property
     def message_id(self) -> str | None:
         if self.message is not None:
             return self.message.message_id
         return self.delivery.message_id or (self.error.message_id if self.error else None)
+
+
+class RefusedMessages(PermanentError):
+    """Raised by a drain's ``on_batch`` that committed every message of the batch except these
+    (values the store cannot hold): the drain dead-letters them with the reasons and acks the rest,
+    so one such message cannot send the whole batch back to the queue on every tick."""
+
+    def __init__(self, reasons: Mapping[int, str]) -> None:
+        self.reasons = dict(reasons)  # delivery tag -> why it could not be stored
+        super().__init__(
+            f"{len(self.reasons)} message(s) could not be stored: {'; '.join(self.reasons.values())}"
+        )
 
 
 @dataclass
@@ -180,6 +205,12 @@ class DrainResult:
     @property
     def received(self) -> int:
         return len(self.messages) + len(self.dead_lettered)
+
+
+def _header_text(reason: str) -> str:
+    """A reason fit for an AMQP header: one line, bounded, encodable (no lone surrogates)."""
+    text = " ".join(str(reason).split())[:MAX_REASON_CHARS] or "rejected"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _describe_exc(exc: BaseException) -> str:
@@ -261,36 +292,52 @@ class Tick:
         The copy is confirmed by the broker before the original is acked: a crash in between
         duplicates into the dead-letter queue, never loses the message. ``message_id`` (e.g. the one
         found in the body) is set on the copy when the original has no AMQP message_id.
+
+        A message must leave its queue even when its properties cannot be sent again (a header pika
+        cannot encode): the copy then carries only the reason headers, and should even that fail the
+        original is rejected without requeue, so the broker's own dead-lettering takes it.
         """
-        reason = " ".join(reason.split())[:MAX_REASON_CHARS] or "rejected"
+        reason = _header_text(reason)
         original = delivery.properties
-        headers = dict(original.headers or {})
-        headers.update(
-            {
-                REASON_HEADER: reason,
-                ORIGINAL_QUEUE_HEADER: delivery.queue,
-                REJECTED_AT_HEADER: datetime.now(UTC).isoformat(),
-                REDELIVERED_HEADER: delivery.redelivered,
-            }
-        )
+        ours = {
+            REASON_HEADER: reason,
+            ORIGINAL_QUEUE_HEADER: delivery.queue,
+            REJECTED_AT_HEADER: datetime.now(UTC).isoformat(),
+            REDELIVERED_HEADER: delivery.redelivered,
+        }
         copied = {name: getattr(original, name) for name in _COPIED_PROPERTIES}
-        copied["message_id"] = original.message_id or message_id
-        properties = pika.BasicProperties(
-            **copied, headers=headers, delivery_mode=pika.DeliveryMode.Persistent
-        )
-        topology = self._rabbit.topology
-
-        def run() -> None:
-            self._channel.basic_publish(
-                topology.dead_letter_exchange,
-                routing_key=delivery.queue,
-                body=delivery.body,
-                properties=properties,
-                mandatory=True,
+        copied["message_id"] = original.message_id or (message_id if is_message_id(message_id) else None)
+        persistent = pika.DeliveryMode.Persistent
+        attempts = [
+            pika.BasicProperties(
+                **copied, headers={**(original.headers or {}), **ours}, delivery_mode=persistent
+            ),
+            pika.BasicProperties(message_id=copied["message_id"], headers=ours, delivery_mode=persistent),
+        ]
+        for properties in attempts:
+            try:
+                self._copy_to_dead_letters(delivery, properties)
+                break
+            except PermanentError as exc:  # unencodable properties; a lost connection propagates
+                log.error(
+                    "%s: could not copy message %s to the dead letters: %s",
+                    SERVICE,
+                    copied["message_id"],
+                    exc,
+                )
+        else:
+            self._reject(delivery)
+            log.error(
+                "%s: rejected message %s from %s without requeue (broker dead-lettering, no reason "
+                "header): %s",
+                SERVICE,
+                copied["message_id"],
+                delivery.queue,
+                reason,
             )
-            self._channel.basic_ack(delivery.delivery_tag)
-
-        self._rabbit._call(run)
+            DEAD_LETTERED.labels(self._rabbit._label(delivery.queue)).inc()
+            return
+        self._rabbit._call(lambda: self._channel.basic_ack(delivery.delivery_tag))
         DEAD_LETTERED.labels(self._rabbit._label(delivery.queue)).inc()
         log.warning(
             "%s: dead-lettered message %s from %s: %s",
@@ -299,6 +346,24 @@ class Tick:
             delivery.queue,
             reason,
         )
+
+    def _copy_to_dead_letters(self, delivery: Delivery, properties: pika.BasicProperties) -> None:
+        exchange = self._rabbit.topology.dead_letter_exchange
+
+        def run() -> None:
+            self._channel.basic_publish(
+                exchange,
+                routing_key=delivery.queue,
+                body=delivery.body,
+                properties=properties,
+                mandatory=True,
+            )
+
+        self._rabbit._call(run)
+
+    def _reject(self, delivery: Delivery) -> None:
+        """basic.reject without requeue: the queue's x-dead-letter-exchange takes the message."""
+        self._rabbit._call(lambda: self._channel.basic_reject(delivery.delivery_tag, requeue=False))
 
     def close(self) -> None:
         """Close the connection; unacked messages go back to their queues."""
@@ -528,7 +593,11 @@ class RabbitMQ:
             current.close()
 
     def drain(
-        self, kind_or_queue: str, max_messages: int, on_batch: Callable[[list[Received]], None]
+        self,
+        kind_or_queue: str,
+        max_messages: int,
+        on_batch: Callable[[list[Received]], None],
+        limits: MessageLimits | None = None,
     ) -> DrainResult:
         """One tick of the sensor protocol: get up to ``max_messages``, hand them to ``on_batch``, and
         only after it returns dead-letter the malformed ones and ack the rest.
@@ -537,9 +606,13 @@ class RabbitMQ:
         properties and redelivered flag); it inserts the good ones into the inbox
         (ON CONFLICT (message_id) DO NOTHING), may count the malformed ones, and COMMITs. If it
         raises, nothing is acked: the messages return to the queue when the tick's connection
-        closes, and the exception propagates. ``on_batch`` is not called when the queue is empty; it
-        should take seconds, not more than the heartbeat (30 s), or the broker drops the connection and
-        the batch is redelivered.
+        closes, and the exception propagates; if it raises :class:`RefusedMessages`, it committed
+        all but those, which are dead-lettered with its reasons. ``on_batch`` is not called when the
+        queue is empty; it should take seconds, not more than the heartbeat (30 s), or the broker
+        drops the connection and the batch is redelivered.
+
+        With ``limits``, a message this deployment cannot run (:func:`check_runnable`) counts as
+        malformed: it is dead-lettered with the reason and never reaches ``on_batch`` as a message.
         """
         with self.tick() as current:
             deliveries = current.get(kind_or_queue, max_messages)
@@ -547,8 +620,18 @@ class RabbitMQ:
             result = DrainResult(queue=queue, remaining=current.remaining)
             if not deliveries:
                 return result
-            received = [Received.of(delivery) for delivery in deliveries]
-            on_batch(received)
+            received = [Received.of(delivery, limits) for delivery in deliveries]
+            try:
+                on_batch(received)
+            except RefusedMessages as refused:
+                received = [
+                    item.refused(
+                        f"the inbox could not store it: {refused.reasons[item.delivery.delivery_tag]}"
+                    )
+                    if item.delivery.delivery_tag in refused.reasons
+                    else item
+                    for item in received
+                ]
             for item in received:
                 if item.error is not None:
                     current.dead_letter(item.delivery, item.error.reason, item.message_id)

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-MARKET_RE = re.compile(r"^[a-z0-9_.-]+:[A-Z0-9_.-]+$")
+# exchange:PAIR, each part 1-64 characters that start with a letter or digit, then letters, digits,
+# "_", "." or "-", and never "..": markets name directories and partitions, so no ".", "..", "-x".
+MARKET_RE = re.compile(r"^(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,63}:[A-Z0-9][A-Z0-9_.-]{0,63}$")
 
 # Canonical in-memory layout of quote snapshots: UTC microsecond timestamps, float64 values.
 QUOTE_COLUMNS: tuple[str, ...] = ("ts", "price", "bid", "ask", "volume")
@@ -22,13 +24,21 @@ class Market:
 
     @classmethod
     def parse(cls, key: str) -> "Market":
-        """``"binance:TONUSDT"`` -> Market; case is normalised, anything else is refused."""
+        """``"Binance:tonusdt"`` -> ``binance:TONUSDT``; case and surrounding blanks are normalised.
+
+        The pattern (``MARKET_RE``): exchange and pair are each 1-64 characters, start with a letter or
+        digit, then letters, digits, ``_``, ``.`` or ``-``, and never contain ``..``. So ``..:..``,
+        ``binance:-rf`` or ``.x:Y`` are refused: a market names directories and partition keys.
+        """
         if not isinstance(key, str) or key.count(":") != 1:
-            raise ValueError(f"market must look like 'exchange:PAIR', got {key!r}")
+            raise ValueError(f"market must look like 'exchange:PAIR', got {key!r:.80}")
         exchange, pair = (part.strip() for part in key.split(":"))
         market = cls(exchange.lower(), pair.upper())
         if not MARKET_RE.match(market.key):
-            raise ValueError(f"market must look like 'exchange:PAIR' (letters, digits, _ . -), got {key!r}")
+            raise ValueError(
+                "market must look like 'exchange:PAIR': each part starts with a letter or digit, then "
+                f"letters, digits, _ . - (no '..', at most 64 characters); got {key!r:.80}"
+            )
         return market
 
     @property

@@ -1,12 +1,21 @@
 """Backup -> restore into an empty schema -> identical table contents."""
 
+import hashlib
+import json
 import tarfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from rof_pipelines.adapters.backup import prune_backups, read_backup, restore_backup, write_backup
+from rof_pipelines.adapters.backup import (
+    MANIFEST_SUFFIX,
+    prune_backups,
+    read_backup,
+    restore_backup,
+    write_backup,
+)
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.errors import DataValidationError, PermanentError
 
@@ -99,7 +108,19 @@ def test_retention_prunes_only_old_backups(filled, tmp_path):
     first = write_backup(filled, str(tmp_path))
     second = write_backup(filled, str(tmp_path))
     (tmp_path / "unrelated.txt").write_text("keep me")
+    unlisted = tmp_path / "state-backup-rof_live-20000101T000000000000Z.tar"  # no manifest: not ours
+    unlisted.write_bytes(b"x")
     assert prune_backups(str(tmp_path), retention_days=7) == []
     removed = prune_backups(str(tmp_path), retention_days=7, now=datetime.now(UTC) + timedelta(days=8))
     assert sorted(removed) == sorted([first.url, second.url])
-    assert (tmp_path / "unrelated.txt").exists()
+    assert (tmp_path / "unrelated.txt").exists() and unlisted.exists()
+    # The archives' manifests went with them.
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["unrelated.txt", unlisted.name])
+
+
+def test_each_archive_has_a_manifest_with_its_checksum(filled, tmp_path):
+    result = write_backup(filled, str(tmp_path))
+    owned = json.loads((tmp_path / f"{Path(result.url).name}{MANIFEST_SUFFIX}").read_text())
+    assert owned["archive"] == Path(result.url).name and owned["bytes"] == result.bytes
+    assert owned["sha256"] == hashlib.sha256(Path(result.url).read_bytes()).hexdigest()
+    assert not list(tmp_path.glob("*.partial"))

@@ -99,3 +99,20 @@ def test_nan_optional_columns_survive(store):
     quotes.loc[::7, ["bid", "ask", "volume"]] = np.nan
     store.write(TON, quotes)
     pd.testing.assert_frame_equal(store.read(TON, DAY, DAY + timedelta(hours=1)), sorted_quotes(quotes))
+
+
+def test_a_write_sweeps_only_the_temp_files_this_store_stages(store):
+    """A killed writer's ``.part-0.parquet.<pid>.tmp`` goes at the market's next write; any other
+    name, and other markets' leftovers, stay (they are not this write's to judge)."""
+    store.write(TON, generate_quotes(TON, DAY, DAY + timedelta(hours=1), seed=4))
+    day_dir = next(store.root.glob("exchange=binance/pair=TONUSDT/date=*"))
+    leftovers = [day_dir / ".part-0.parquet.4242.tmp", day_dir / ".part-3.parquet.1.tmp"]
+    kept = [day_dir / ".part-0.parquet.tmp", day_dir / "part-0.parquet.7.tmp", day_dir / ".notes.1.tmp"]
+    other = store.root / "exchange=okx" / "pair=BTCUSDT" / "date=2026-11-20" / ".part-0.parquet.9.tmp"
+    other.parent.mkdir(parents=True)
+    for path in [*leftovers, *kept, other]:
+        path.write_bytes(b"half a file")
+    store.write(TON, generate_quotes(TON, DAY, DAY + timedelta(hours=1), seed=5))
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in [*kept, other])
+    assert len(store.read(TON, DAY, DAY + timedelta(hours=1))) > 0

@@ -248,7 +248,7 @@ def test_publish_then_drain_returns_the_same_messages(rabbit):
     sent = [
         build_message("task", market=MARKET, date="2024-03-01", experiment_id="exp-1", reason="test"),
         build_message("quotes-updated", market=MARKET, start="2024-03-01T00:00Z", end="2024-03-02T00:00Z"),
-        build_message("backup", target="/tmp/backup"),
+        build_message("backup", destination="default"),
     ]
     assert rabbit.publish_many(sent) == [m.message_id for m in sent]
     assert rabbit.queue_depths()[rabbit.queue_name("tasks")] == 1
@@ -471,7 +471,9 @@ def test_refused_credentials_are_permanent_and_hidden(rabbitmq_url):
 
 
 def _rof(args: list[str], url: str, tmp_path: Any) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ROF_CONFIG": str(tmp_path / "absent.yaml"), "RABBITMQ_URL": url}
+    empty = tmp_path / "empty.yaml"  # every setting at its default, the URL from the environment
+    empty.write_text("")
+    env = {**os.environ, "ROF_CONFIG": str(empty), "RABBITMQ_URL": url}
     return subprocess.run(
         [sys.executable, "-m", "rof_pipelines.cli", "publish", *args],
         env=env,
@@ -561,3 +563,16 @@ def test_throughput_publish_and_drain_1000(rabbit, capsys):
             f"\nrabbitmq: published {count} confirmed in {published:.2f}s ({count / published:,.0f}/s), "
             f"drained+acked in {drained:.2f}s ({count / drained:,.0f}/s)"
         )
+
+
+def test_an_unusable_body_id_is_not_put_on_the_dead_letter_copy(rabbit, rabbitmq_url):
+    """A 300-character id found in the body cannot be an AMQP property: copying it would fail the
+    dead-lettering, and so the drain, on every tick."""
+    queue = rabbit.queue_name("tasks")
+    _raw_publish(rabbitmq_url, queue, _body(message_id="x" * 300, market=MARKET))
+    rabbit.publish(good := build_message("task", market=MARKET, date="2024-03-01"))
+    result = _drain_all(rabbit, "tasks")
+    assert result.messages == [good] and len(result.dead_lettered) == 1
+    [dead] = _dead_letters(rabbit)
+    assert dead.message_id is None and "message_id must be 1-128 characters" in dead.headers[REASON_HEADER]
+    assert rabbit.queue_depths()[queue] == 0

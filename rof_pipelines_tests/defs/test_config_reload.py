@@ -79,3 +79,35 @@ def test_state_store_down_defers_recording_but_still_protects_runs(tmp_path):
     assert "not yet recorded" in result.skip_message and cursor is None
     write(config, state, bar_interval="nonsense")
     assert settings.load().storage.bar_interval == timedelta(minutes=2)
+
+
+def test_a_broken_first_version_skips_until_a_valid_one_is_recorded(tmp_path, pg_database):
+    """With no last valid version there is no state store to record in: skip with the reason, then
+    record the first valid version as usual."""
+    state = {
+        "db_host": pg_database["db_host"],
+        "db_user": pg_database["db_user"],
+        "db_name": pg_database["db_name"],
+        "db_password": "",
+        "schema": "rof_state",
+    }
+    config = tmp_path / "config.yaml"
+    write(config, {**state, "db_pasword": SECRET}, bar_interval="1m")
+    settings = RofSettings(config_path=str(config))
+    resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
+    with instance_for_test() as instance:
+        result, cursor = tick(instance, resources, None)
+        assert "no last valid version exists yet" in result.skip_message
+        assert "state_storage.db_pasword: unknown key" in result.skip_message
+        assert SECRET not in result.skip_message
+        write(config, state, bar_interval="1m")
+        result, cursor = tick(instance, resources, cursor)
+        assert "applied" in result.skip_message
+
+        config.unlink()
+        config.mkdir()  # the file became a directory: refused with the path, the last valid one stays
+        result, _ = tick(instance, resources, cursor)
+        assert result.skip_message == f"REFUSED: configuration file {config} is a directory"
+        assert settings.load().storage.bar_interval == timedelta(minutes=1)
+    with StateStore(settings.load().state_storage) as store:
+        assert [row["status"] for row in config_versions(store)] == ["applied"]

@@ -9,6 +9,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -280,3 +281,21 @@ def test_back_pressure_stops_draining(env):
     data = daemon.tick(tasks_sensor)
     assert "back-pressure: 3 runs of pool ab_optimizer waiting (queue_size 3)" in data.skip_message
     assert rabbit.queue_depths()[rabbit.queue_name("task")] == 1
+
+
+def test_quotes_reaching_into_today_run_the_finished_days_and_nothing_is_out_of_range(env):
+    """Today's partition does not exist until the UTC day is over: asking for it would fail the tick."""
+    rabbit = env["rabbit"]
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    message = build_message(
+        "quotes.updated",
+        market="okx:BTCUSDT",
+        start=today - timedelta(days=1),
+        end=today + timedelta(hours=1),
+    )
+    rabbit.publish(message)
+    daemon = Daemon(env["instance"], env["resources"])
+    daemon.tick(quotes_updated_sensor)  # the daemon stand-in asserts every partition key exists
+    yesterday = (today - timedelta(days=1)).date()
+    assert [market_and_day(r.partition_key)[1] for r in daemon.runs.values()] == [yesterday]
+    assert dead_letters(env["url"], rabbit.queue_name("dead_letter")) == []

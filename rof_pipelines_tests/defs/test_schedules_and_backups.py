@@ -104,6 +104,37 @@ def test_backup_job_writes_an_archive(tmp_path: Path, pg_database):
     assert Path(url).exists() and Path(url).parent == tmp_path / "b"
 
 
+def test_backup_job_writes_to_a_named_destination_and_refuses_an_unknown_one(tmp_path: Path, pg_database):
+    config = tmp_path / "config.yaml"
+    state = {
+        "db_host": pg_database["db_host"],
+        "db_user": pg_database["db_user"],
+        "db_name": pg_database["db_name"],
+        "db_password": "",
+        "schema": "rof_state",
+    }
+    backup = {"directory": str(tmp_path / "b"), "destinations": {"offsite": str(tmp_path / "off")}}
+    config.write_text(yaml.safe_dump({"state_storage": state, "system_setup": {"backup": backup}}))
+    settings = RofSettings(config_path=str(config))
+    resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
+
+    def run(destination: str):
+        return state_backup_job.execute_in_process(
+            run_config={"ops": {"backup_state_store": {"config": {"destination": destination}}}},
+            resources=resources,
+            raise_on_error=False,
+        )
+
+    named = run("offsite")
+    assert named.success and Path(named.output_for_node("backup_state_store")).parent == tmp_path / "off"
+    for refused in ("elsewhere", str(tmp_path / "evil"), "memory://x"):  # e.g. a row inboxed before names
+        result = run(refused)
+        assert not result.success
+        [failure] = [event for event in result.all_events if event.is_step_failure]
+        assert "no destination named" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "b").exists()
+
+
 def test_jobs_carry_pool_timeout_and_trigger_tags():
     pools = {
         "market_data": ("task_worker", "30"),

@@ -7,6 +7,7 @@ pyarrow, DuckDB or pandas can read it directly). It needs no server, which is wh
 
 import fcntl
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -31,6 +32,8 @@ from rof_pipelines.core.market import (
 from rof_pipelines.errors import PermanentError
 
 US_PER_DAY = 86_400 * 1_000_000
+# What a write stages beside a day file before renaming it into place: ".part-0.parquet.<pid>.tmp".
+_TEMP_NAME_RE = re.compile(r"^\.part-\d+\.parquet\.\d+\.tmp$")
 _SCHEMA = pa.schema(
     [("ts", pa.timestamp("us", tz="UTC"))] + [(col, pa.float64()) for col in QUOTE_COLUMNS[1:]]
 )
@@ -86,6 +89,7 @@ class ParquetQuoteStore(QuoteStore):
         day_of_row = ts_us // US_PER_DAY
         staged: list[tuple[Path, Path]] = []
         with self._locked(market):
+            self._sweep_temp_files(market)
             try:
                 for day_number in np.unique(day_of_row):
                     day = date(1970, 1, 1) + timedelta(days=int(day_number))
@@ -99,12 +103,12 @@ class ParquetQuoteStore(QuoteStore):
                     fresh = fresh.sort_values("ts", kind="stable")
                     target.parent.mkdir(parents=True, exist_ok=True)
                     temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                    staged.append((temp, target))  # before writing: a half-written temp is removed too
                     pq.write_table(
                         pa.Table.from_pandas(fresh, schema=_SCHEMA, preserve_index=False),
                         temp,
                         compression="zstd",
                     )
-                    staged.append((temp, target))
                 # Days inside the replaced range that the new frame does not touch lose their rows too.
                 for path in self._day_files(market, us_to_datetime(low), us_to_datetime(high + 1)):
                     if path not in {target for _, target in staged}:
@@ -112,15 +116,27 @@ class ParquetQuoteStore(QuoteStore):
                         kept_us = ts_to_us(kept["ts"])
                         kept = kept.loc[(kept_us < low) | (kept_us > high)]
                         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                        pq.write_table(pa.Table.from_pandas(kept, schema=_SCHEMA, preserve_index=False), temp)
                         staged.append((temp, path))
-            except BaseException:
+                        pq.write_table(pa.Table.from_pandas(kept, schema=_SCHEMA, preserve_index=False), temp)
+                for temp, target in staged:  # every file is complete before any replaces its target
+                    os.replace(temp, target)
+            except BaseException:  # an error or an interrupt: nothing staged stays behind
                 for temp, _ in staged:
                     temp.unlink(missing_ok=True)
                 raise
-            for temp, target in staged:  # every file is complete before any replaces its target
-                os.replace(temp, target)
         return len(frame)
+
+    def _sweep_temp_files(self, market: Market) -> list[Path]:
+        """Remove the temp files a killed writer of ``market`` left beside its day files (a SIGKILL runs
+        no cleanup). Called with the market's lock held, so no live writer owns one; only names this
+        store stages (``.part-N.parquet.<pid>.tmp``) are touched. Returns what was removed."""
+        removed = []
+        for day_dir in self._market_dir(market).glob("date=*"):
+            for child in day_dir.iterdir() if day_dir.is_dir() else ():
+                if _TEMP_NAME_RE.match(child.name) and child.is_file() and not child.is_symlink():
+                    child.unlink(missing_ok=True)
+                    removed.append(child)
+        return removed
 
     def _day_files(self, market: Market, start: datetime, end: datetime) -> list[Path]:
         directory = self._market_dir(market)

@@ -1,4 +1,4 @@
-"""The seed's BackupWorker: a job that snapshots the state store, on a schedule and on demand."""
+"""A job that snapshots the state store into a configured destination, on a schedule and on demand."""
 
 from typing import Optional
 
@@ -7,14 +7,16 @@ from dagster import Config, DefaultScheduleStatus, OpExecutionContext, Output, S
 from rof_pipelines.adapters.backup import prune_backups, write_backup
 from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
 from rof_pipelines.defs.load_time import pool_tags, settings_at_load
+from rof_pipelines.settings import DEFAULT_BACKUP_DESTINATION
 
 POOL_TAGS = pool_tags("task_worker")
 
 
 class BackupOpConfig(Config):
-    """A ``backup`` message may name another destination; empty means system_setup.backup."""
+    """A ``backup`` message may name a destination of system_setup.backup, never a URL: the config
+    alone says where backups are written and pruned. Empty means ``default`` (``directory``)."""
 
-    target: Optional[str] = None  # noqa: UP045 - Dagster's config schema needs Optional
+    destination: Optional[str] = None  # noqa: UP045 - Dagster's config schema needs Optional
 
 
 @op(description="Write a consistent snapshot of every state-store table, then prune old backups.")
@@ -25,16 +27,19 @@ def backup_state_store(
     state_store: StateStoreResource,
 ):
     backup = settings.load().system_setup.backup
-    target = config.target or backup.resolved_url()
+    destination = config.destination or DEFAULT_BACKUP_DESTINATION
+    target = backup.resolved_url(destination)  # ConfigError when the name is not (or no longer) configured
     with state_store.open() as store:
         result = write_backup(store, target)
     removed = prune_backups(target, backup.retention_days)
     context.log.info(
-        f"backup {result.url}: {result.tables}; pruned {len(removed)} older than {backup.retention_days}d"
+        f"backup to {destination} {result.url}: {result.tables}; "
+        f"pruned {len(removed)} older than {backup.retention_days}d"
     )
     return Output(
         result.url,
         metadata={
+            "destination": destination,
             "url": result.url,
             "schema": result.schema,
             "revision": result.revision or "base",
