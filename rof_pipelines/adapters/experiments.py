@@ -30,7 +30,7 @@ from rof_pipelines.core.ga.fitness import FULL, build_fitness_data, walk
 from rof_pipelines.core.ga.space import Candidate, FeatureWindows, SearchSpace
 from rof_pipelines.core.kelly import KellyParams
 from rof_pipelines.core.knowledge import SeedPlan, TaskRecord, market_features, plan_seeds
-from rof_pipelines.core.rl.agent import RLParams, train
+from rof_pipelines.core.rl.agent import RLParams, TrainedAgent, train
 from rof_pipelines.core.windows import walk_forward_folds
 from rof_pipelines.errors import ConflictError
 
@@ -48,7 +48,8 @@ def candidate_from_params(
 ) -> Candidate:
     """An arm's strategy from stored parameters in any of their forms: the champion's
     ``{rl, indicator_windows, strategy}`` (what promotion stores), flat genes ``{gene: value}`` (the
-    knowledge base), flat RLParams overrides (older active configs), or nothing (the config's agent)."""
+    knowledge base: gene names only), flat RLParams overrides (older active configs), or nothing (the
+    config's agent)."""
     if not params:
         return Candidate(params=base, windows=FeatureWindows())
     if any(key in params for key in CANDIDATE_KEYS):
@@ -58,7 +59,7 @@ def candidate_from_params(
             stop_loss=float((params.get("strategy") or {}).get("stop_loss", 0.0)),
             take_profit=float((params.get("strategy") or {}).get("take_profit", 0.0)),
         )
-    if space is not None and set(params) & set(space.names):
+    if space is not None and set(params) & set(space.names) and set(params) <= set(space.names):
         genes = [params.get(name) for name in space.names]
         if all(v is not None for v in genes):
             return space.decode(space.canonical(genes), base)
@@ -96,6 +97,37 @@ def candidate_params(candidate: Candidate) -> dict[str, Any]:
 
 
 # --- evaluation -----------------------------------------------------------------------------------
+
+
+@dataclass
+class CandidateRun:
+    """A candidate trained on the fit part and walked on the held-out part, the one protocol the
+    optimiser, the A/B test and the production agent (q_table) share."""
+
+    agent: TrainedAgent
+    fit_env: Any
+    val_env: Any
+    equity: np.ndarray
+    trade_returns: np.ndarray
+    level_exits: int
+
+    @property
+    def returns(self) -> np.ndarray:
+        return self.equity[1:] / self.equity[:-1] - 1.0
+
+
+def run_candidate(data: Any, candidate: Candidate, *, init_q: np.ndarray | None = None) -> CandidateRun:
+    """Train ``candidate`` (its agent parameters, state bins and indicator windows) on ``data``'s fit
+    part, then walk the held-out part greedily with its Kelly settings and exits; the in-sample
+    trades at unit size seed Kelly's record. ``init_q`` warm-starts the Q-table (transfer)."""
+    params = candidate.params
+    fit_env, val_env = data.envs(FULL, params.bins, candidate.windows, params.allow_short)
+    agent = train(fit_env, params, init_q=init_q)
+    _, history, _ = walk(agent.q, fit_env, params, _UNIT, candidate.stop_loss, candidate.take_profit)
+    equity, trades, exits = walk(
+        agent.q, val_env, params, params.kelly, candidate.stop_loss, candidate.take_profit, history
+    )
+    return CandidateRun(agent, fit_env, val_env, equity, trades, int(exits))
 
 
 @dataclass
@@ -152,16 +184,11 @@ def evaluate_arms(
         fold_returns: dict[str, np.ndarray] = {}
         step_ret = None
         for name, (_, cand) in candidates.items():
-            fit_env, val_env = data.envs(FULL, cand.params.bins, cand.windows, base.allow_short)
-            agent = train(fit_env, cand.params)
-            _, history, _ = walk(agent.q, fit_env, cand.params, _UNIT, cand.stop_loss, cand.take_profit)
-            equity, fold_trades, _ = walk(
-                agent.q, val_env, cand.params, cand.params.kelly, cand.stop_loss, cand.take_profit, history
-            )
-            fold_returns[name] = equity[1:] / equity[:-1] - 1.0
-            trades[name] += int(fold_trades.shape[0])
-            if step_ret is None or len(val_env.step_ret) < len(step_ret):
-                step_ret, bars_per_year = val_env.step_ret, val_env.bars_per_year()
+            run = run_candidate(data, cand)
+            fold_returns[name] = run.returns
+            trades[name] += int(run.trade_returns.shape[0])
+            if step_ret is None or len(run.val_env.step_ret) < len(step_ret):
+                step_ret, bars_per_year = run.val_env.step_ret, run.val_env.bars_per_year()
         assert step_ret is not None, "no arms to evaluate"
         fold_returns[BASELINE] = buy_and_hold(step_ret, base.cost, bars_per_year).returns
         trades[BASELINE] += 1
@@ -196,12 +223,22 @@ def evaluate_arms(
 
 
 def decide_arms(
-    evaluation: Evaluation, rule: DecisionRule, n_trials: Mapping[str, int] | None = None
+    evaluation: Evaluation,
+    rule: DecisionRule,
+    n_trials: Mapping[str, int] | None = None,
+    trials_sr_variance: Mapping[str, float] | None = None,
 ) -> Decision:
     """The rule on the held-out returns: every arm but the active one challenges it."""
     active = evaluation.arms[ACTIVE].returns
     challengers = {name: arm.returns for name, arm in evaluation.arms.items() if name != ACTIVE}
-    return decide(active, challengers, rule, bars_per_year=evaluation.bars_per_year, n_trials=n_trials)
+    return decide(
+        active,
+        challengers,
+        rule,
+        bars_per_year=evaluation.bars_per_year,
+        n_trials=n_trials,
+        trials_sr_variance=trials_sr_variance,
+    )
 
 
 # --- promotion and records --------------------------------------------------------------------------

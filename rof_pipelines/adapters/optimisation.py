@@ -37,7 +37,7 @@ from rof_pipelines.core.ga.engine import (
     optimise,
 )
 from rof_pipelines.core.ga.fitness import FULL, FitnessData, build_fitness_data
-from rof_pipelines.core.ga.space import SearchSpace, UnitGenome, derive_seed
+from rof_pipelines.core.ga.space import Genome, SearchSpace, UnitGenome, derive_seed
 from rof_pipelines.core.market import MarketProfile
 from rof_pipelines.core.rl.agent import RLParams
 from rof_pipelines.settings import Settings, normalise_market
@@ -63,6 +63,30 @@ class TaskKey:
 
     def as_mapping(self) -> dict[str, Any]:
         return {**vars(self), "task_id": self.task_id}
+
+
+def trials_key(market: str, experiment_id: str, window_start: datetime, window_end: datetime) -> str:
+    """The A/B task a trial belongs to: market, experiment and window, whatever the GA's settings,
+    seeds or data fingerprint, so resumed, rerun, seeded and cold runs all add to one count."""
+    return f"trials:{normalise_market(market)}:{experiment_id}:{window_start.isoformat()}/{window_end.isoformat()}"
+
+
+def trial_hashes(space: SearchSpace, trials: Mapping[Genome, float]) -> dict[str, float]:
+    """Genome -> Sharpe as config hash -> Sharpe (the hash of the decoded genes by name)."""
+    out = {}
+    for genome, sharpe in trials.items():
+        genes = json.dumps(dict(zip(space.names, genome, strict=True)), sort_keys=True, default=float)
+        out[hashlib.sha256(genes.encode()).hexdigest()[:32]] = sharpe
+    return out
+
+
+def record_trials(store: StateStore, job: "Optimisation", result: GAResult) -> tuple[int, float | None]:
+    """Add this run's scored configurations to the task's ledger; returns (trials ever, Sharpe
+    variance) for the deflated Sharpe ratio."""
+    key = job.key
+    ledger = trials_key(key.market, key.experiment_id, key.window_start, key.window_end)
+    store.record_trials(ledger, trial_hashes(result.space, result.trials))
+    return store.trial_stats(ledger)
 
 
 def encode_payload(payload: dict[str, Any]) -> bytes:

@@ -18,7 +18,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -111,6 +111,8 @@ def build_metadata(schema: str) -> sa.MetaData:
         sa.Column("payload", postgresql.JSONB(), nullable=False),
         sa.Column("redelivered", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("received_at", tstz, nullable=False, server_default=sa.func.now()),
+        sa.Column("quarantined_at", tstz, nullable=True),  # 0007
+        sa.Column("quarantine_reason", sa.Text(), nullable=True),  # 0007
         sa.UniqueConstraint("message_id", name="uq_message_inbox_message_id"),
         sa.Index("ix_message_inbox_kind_seq", "kind", "seq"),
     )
@@ -203,6 +205,14 @@ def build_metadata(schema: str) -> sa.MetaData:
         sa.Column("created_at", tstz, nullable=False, server_default=sa.func.now()),
         sa.Index("ix_knowledge_tasks_finished_at", "finished_at"),
     )
+    sa.Table(
+        "experiment_trials",
+        metadata,
+        sa.Column("task_key", sa.Text(), primary_key=True),
+        sa.Column("config_hash", sa.Text(), primary_key=True),
+        sa.Column("sharpe", sa.Double(), nullable=False),
+        sa.Column("created_at", tstz, nullable=False, server_default=sa.func.now()),
+    )
     return metadata
 
 
@@ -293,6 +303,22 @@ class ExperimentRecord:
     details: dict[str, Any]
     created_at: datetime | None = None
     arms: tuple[ArmRecord, ...] = ()
+
+    @property
+    def partition_date(self) -> date:
+        """The day whose window ended the experiment: ``details["partition_date"]`` when recorded,
+        else the UTC day of the window's last instant (a day's window ends at the next midnight, so
+        ``window_end`` itself names the day after)."""
+        recorded = self.details.get("partition_date")
+        if recorded:
+            return date.fromisoformat(str(recorded))
+        return (self.window_end.astimezone(UTC) - timedelta(microseconds=1)).date()
+
+    @property
+    def run_id(self) -> str | None:
+        """The Dagster run that ran the experiment, when ``details["run_id"]`` recorded it."""
+        run_id = self.details.get("run_id")
+        return str(run_id) if run_id else None
 
 
 def json_safe(value: Any) -> Any:
@@ -397,6 +423,7 @@ class StateStore:
         self.ab_experiments = self.metadata.tables[f"{self.schema}.ab_experiments"]
         self.ab_arms = self.metadata.tables[f"{self.schema}.ab_arms"]
         self.knowledge_table = self.metadata.tables[f"{self.schema}.knowledge_tasks"]
+        self.trials_table = self.metadata.tables[f"{self.schema}.experiment_trials"]
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -876,22 +903,76 @@ class StateStore:
 
     def list_experiments(self, market: str | None = None, limit: int = 100) -> list[ExperimentRecord]:
         """Experiments, newest first (optionally of one market), each with its arms."""
-        exp, arms = self.ab_experiments, self.ab_arms
+        exp = self.ab_experiments
         query = sa.select(exp).order_by(exp.c.created_at.desc(), exp.c.experiment_id.desc()).limit(limit)
         if market is not None:
             query = query.where(exp.c.market == _market_key(market))
 
         def run() -> list[ExperimentRecord]:
             with self._engine.connect() as conn:
-                rows = list(conn.execute(query).mappings())
-                ids = [row["experiment_id"] for row in rows]
-                by_id: dict[str, list[ArmRecord]] = {i: [] for i in ids}
-                if ids:
-                    arm_query = sa.select(arms).where(arms.c.experiment_id.in_(ids)).order_by(arms.c.arm)
-                    for arm in conn.execute(arm_query).mappings():
-                        values = {k: v for k, v in arm.items() if k != "experiment_id"}
-                        by_id[arm["experiment_id"]].append(ArmRecord(**values))
-            return [ExperimentRecord(**row, arms=tuple(by_id[row["experiment_id"]])) for row in rows]
+                return self._with_arms(conn, query)
+
+        return self._call(run)
+
+    def _with_arms(self, conn: sa.Connection, query: sa.Select) -> list[ExperimentRecord]:
+        """The experiments ``query`` selects, in its order, each with its arms (two statements)."""
+        arms = self.ab_arms
+        rows = list(conn.execute(query).mappings())
+        ids = [row["experiment_id"] for row in rows]
+        by_id: dict[str, list[ArmRecord]] = {i: [] for i in ids}
+        if ids:
+            arm_query = sa.select(arms).where(arms.c.experiment_id.in_(ids)).order_by(arms.c.arm)
+            for arm in conn.execute(arm_query).mappings():
+                values = {k: v for k, v in arm.items() if k != "experiment_id"}
+                by_id[arm["experiment_id"]].append(ArmRecord(**values))
+        return [ExperimentRecord(**row, arms=tuple(by_id[row["experiment_id"]])) for row in rows]
+
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord | None:
+        """One experiment with its arms, or None."""
+        exp = self.ab_experiments
+        query = sa.select(exp).where(exp.c.experiment_id == experiment_id)
+
+        def run() -> ExperimentRecord | None:
+            with self._engine.connect() as conn:
+                found = self._with_arms(conn, query)
+            return found[0] if found else None
+
+        return self._call(run)
+
+    def promoting_experiment(self, market: str) -> tuple[ActiveConfig | None, ExperimentRecord | None]:
+        """The market's active config and the experiment that promoted it, read together: (None, None)
+        without a config; (config, None) when it was set otherwise (``source`` says how) or when the
+        promoting experiment's record is missing (``config.experiment_id`` still names it)."""
+        configs, exp = self.active_strategy_configs, self.ab_experiments
+        key = _market_key(market)
+
+        def run() -> tuple[ActiveConfig | None, ExperimentRecord | None]:
+            with self._engine.connect() as conn:
+                row = conn.execute(sa.select(configs).where(configs.c.market == key)).mappings().first()
+                if row is None:
+                    return None, None
+                config = ActiveConfig(**row)
+                if config.experiment_id is None:
+                    return config, None
+                query = sa.select(exp).where(exp.c.experiment_id == config.experiment_id)
+                found = self._with_arms(conn, query)
+            return config, found[0] if found else None
+
+        return self._call(run)
+
+    def checkpoint_generations(self, task_id: str) -> list[tuple[int, bool]]:
+        """The generations an optimisation task still has checkpoints of, ascending, each with its
+        ``final`` flag (older ones are pruned, so this is the tail of the run)."""
+        table = self.ga_checkpoints
+        query = (
+            sa.select(table.c.generation, table.c.final)
+            .where(table.c.task_id == task_id)
+            .order_by(table.c.generation)
+        )
+
+        def run() -> list[tuple[int, bool]]:
+            with self._engine.connect() as conn:
+                return [(int(gen), bool(final)) for gen, final in conn.execute(query)]
 
         return self._call(run)
 
@@ -920,6 +1001,44 @@ class StateStore:
                 conn.execute(stmt.on_conflict_do_update(index_elements=[table.c.task_id], set_=update))
 
         self._call(run)
+
+    def record_trials(self, task_key: str, trials: Mapping[str, float]) -> None:
+        """Add configurations scored for ``task_key`` (config hash -> Sharpe); one already recorded
+        keeps its first score, so recording the same trials again changes nothing."""
+        if not trials:
+            return
+        table = self.trials_table
+        rows = [
+            {"task_key": task_key, "config_hash": key, "sharpe": float(value)}
+            for key, value in trials.items()
+            if value == value  # NaN scores are not trials anyone could have picked
+        ]
+
+        def run() -> None:
+            with self._engine.begin() as conn:
+                for start in range(0, len(rows), 1000):
+                    stmt = pg_insert(table).values(rows[start : start + 1000])
+                    conn.execute(
+                        stmt.on_conflict_do_nothing(index_elements=[table.c.task_key, table.c.config_hash])
+                    )
+
+        self._call(run)
+
+    def trial_stats(self, task_key: str) -> tuple[int, float | None]:
+        """How many distinct configurations were ever scored for the task, and the variance of their
+        Sharpe ratios (None below two trials)."""
+        table = self.trials_table
+
+        def run() -> tuple[int, float | None]:
+            with self._engine.connect() as conn:
+                count, variance = conn.execute(
+                    sa.select(sa.func.count(), sa.func.var_samp(table.c.sharpe)).where(
+                        table.c.task_key == task_key
+                    )
+                ).one()
+            return int(count), None if variance is None else float(variance)
+
+        return self._call(run)
 
     def knowledge_tasks(
         self, *, now: datetime | None = None, retention_days: int | None = None, market: str | None = None

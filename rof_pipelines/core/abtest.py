@@ -51,7 +51,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from numba import njit
-from scipy import stats
+from scipy import special, stats
 
 from rof_pipelines.core.backtest import BacktestResult
 from rof_pipelines.core.rl.agent import seed_state
@@ -61,6 +61,7 @@ TestName = Literal["welch", "mann_whitney", "bootstrap"]
 EULER_GAMMA = float(np.euler_gamma)
 ALL_TESTS: tuple[TestName, ...] = ("welch", "mann_whitney", "bootstrap")
 DEFAULT_TESTS: tuple[TestName, ...] = ("welch", "bootstrap")
+YARDSTICK = "buy_and_hold"  # the baseline arm's name (adapters/experiments.BASELINE): never promoted
 _U53 = 1.0 / 9007199254740992.0  # 2**-53
 
 ArmData = np.ndarray | Sequence[float] | BacktestResult | Sequence[BacktestResult]
@@ -140,8 +141,20 @@ def welch_t(challenger: ArmData, active: ArmData, alternative: Alternative = "gr
         return HypothesisResult(
             0.0 if diff == 0 else math.copysign(math.inf, diff), _p_from_sign(diff, alternative), alternative
         )
-    res = stats.ttest_ind(a, b, equal_var=False, alternative=alternative)
-    return HypothesisResult(float(res.statistic), float(res.pvalue), alternative)
+    if a.size < 2 or b.size < 2:  # no variance estimate: scipy's NaN and its warning
+        res = stats.ttest_ind(a, b, equal_var=False, alternative=alternative)
+        return HypothesisResult(float(res.statistic), float(res.pvalue), alternative)
+    # scipy's formula without its per-call overhead (calibration runs this thousands of times)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    t = float((a.mean() - b.mean()) / math.sqrt(va + vb))
+    df = float((va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1)))
+    if alternative == "greater":
+        p = special.stdtr(df, -t)
+    elif alternative == "less":
+        p = special.stdtr(df, t)
+    else:
+        p = 2.0 * special.stdtr(df, -abs(t))
+    return HypothesisResult(t, float(min(p, 1.0)), alternative)
 
 
 def mann_whitney(
@@ -517,10 +530,12 @@ def decide(
     bars_per_year: float | None = None,
     n_trials: Mapping[str, int] | None = None,
     trials_sr_variance: Mapping[str, float] | None = None,
+    yardstick: str | None = YARDSTICK,
 ) -> Decision:
     """Apply ``rule`` to the challengers' held-out returns against the active one's (see the module
     docstring). Arms are return arrays or BacktestResults on the same bars; ``bars_per_year`` defaults
-    to the active BacktestResult's. ``n_trials`` / ``trials_sr_variance`` override the rule per arm."""
+    to the active BacktestResult's. ``n_trials`` / ``trials_sr_variance`` override the rule per arm.
+    The ``yardstick`` arm (buy-and-hold) can win, but its reason then says the active config stays."""
     rule = rule or DecisionRule()
     base = _returns_of(active)
     bpy = bars_per_year if bars_per_year is not None else _bars_per_year_of(active)
@@ -610,8 +625,39 @@ def decide(
         reason = f"no challenger beats the active config; closest: {best.name} ({best.reason})"
         return Decision(None, reason, reports, rule, bpy, n, active_sr)
     winner = max(passing, key=lambda arm: (arm.sharpe_diff, -arm.p_adjusted))
-    reason = (
-        f"promote {winner.name}: {winner.reason}; {rule.ci:.0%} bootstrap CI of the gain "
-        f"[{winner.ci_low:.3g}, {winner.ci_high:.3g}]"
-    )
+    evidence = f"{winner.reason}; {rule.ci:.0%} bootstrap CI of the gain "
+    evidence += f"[{winner.ci_low:.3g}, {winner.ci_high:.3g}]"
+    if winner.name == yardstick:  # it wins the test, but there is no config to put in force
+        reason = (
+            f"{winner.name} beat the active config, by more than any challenger that passed: {evidence}; "
+            "keep active (a yardstick is never promoted)"
+        )
+    else:
+        reason = f"promote {winner.name}: {evidence}"
     return Decision(winner.name, reason, reports, rule, bpy, n, active_sr)
+
+
+def decision_summary(
+    winner: str | None,
+    promoted: bool,
+    conflict: str | None,
+    *,
+    version: int | None = None,
+    note: str | None = None,
+    yardstick: str = YARDSTICK,
+) -> str:
+    """One line saying what an experiment changed, for reports and ``rof experiments list``.
+
+    Buy-and-hold can win the test but is never promoted (the agent cannot run it), so its win reads
+    as what it is, a warning that no config beat holding, and not as a failed promotion.
+    ``version`` is the active config version a promotion wrote; ``note`` says why a winner was not
+    promoted when there was no conflict (e.g. auto-promotion off)."""
+    if winner is None:
+        return "keep active: no challenger beat it"
+    if winner == yardstick:
+        return "buy-and-hold beat every config: keep active (a yardstick is never promoted)"
+    if promoted:
+        return f"promoted {winner}" + (f" as active config v{version}" if version is not None else "")
+    if conflict:
+        return f"{winner} won, not promoted: another promotion changed the active config first (conflict)"
+    return f"{winner} won, not promoted" + (f": {note}" if note else "")

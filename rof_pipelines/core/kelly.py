@@ -5,17 +5,23 @@ ratio, average win / average loss (both as positive numbers), over the closed tr
 It is chosen over the continuous ``mean / variance`` form because a trading record is a sequence of
 discrete bets and this form does not blow up on a handful of low-variance trades.
 
-Rules, in order:
+How the size learns, in order:
 
-* trades returning exactly 0 are neither wins nor losses (they do not enter W or R);
-* no wins in the window -> 0; wins but no losses -> ``f* = W`` (R is infinite), i.e. the cap;
-* negative ``f*`` (no edge) -> 0; the result is capped at ``max_fraction``;
-* warm-up: while the window holds fewer than ``min_trades`` trades the fraction is
-  ``warmup_fraction`` (default 0: trades are still taken and recorded at size 0, "paper" trades, so
-  the estimate can form; nothing is risked on an unmeasured edge).
+* the record is every closed trade's return at unit size, whatever size it was taken at: a trade
+  sized 0 (a "paper" trade) still enters the record, so an edge is measured without risking on it;
+* warm-up: while the window holds fewer than ``min_trades`` trades the size is ``warmup_fraction``
+  (default 0.05): small enough that an unmeasured edge risks little, large enough that an agent's
+  returns, and so the optimiser's and the A/B test's comparisons, are not all zero;
+* from ``min_trades`` on, ``f*`` of the window: trades returning exactly 0 are neither wins nor
+  losses; no wins -> 0; wins but no losses -> ``f* = W`` (R is infinite); a negative ``f*`` (no
+  edge) -> 0, so a losing record stops risking and only paper-trades until its record turns; the
+  result is capped at ``max_fraction``.
 
-The window is the last ``window_trades`` closed trades, or the trades closed within
-``window_seconds`` before the decision (``ai_config.kelly.window_type`` trades | time).
+No look-ahead: a trade's size is fixed when it opens, from the trades closed before that moment
+(earlier history first, e.g. the in-sample record). The window is the last ``window_trades`` closed
+trades, or the trades closed within ``window_seconds`` before the decision
+(``ai_config.kelly.window_type`` trades | time). Sizing never places an order: with
+``ai_config.allow_trading`` false every size is a backtest's or a paper trade's.
 """
 
 from dataclasses import dataclass
@@ -37,7 +43,7 @@ class KellyParams:
     window_seconds: float | None = None
     max_fraction: float = 0.25
     min_trades: int = 20
-    warmup_fraction: float = 0.0
+    warmup_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         if (self.window_trades is None) == (self.window_seconds is None):

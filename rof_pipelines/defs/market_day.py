@@ -4,16 +4,19 @@
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from dagster import AssetExecutionContext, Failure
+from dagster import AssetExecutionContext, Backoff, Failure, RetryPolicy
 
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings
 from rof_pipelines.adapters.windows import read_frame, read_window
 from rof_pipelines.core.market import Market, MarketProfile
 from rof_pipelines.core.window_frame import WindowFrame
 from rof_pipelines.core.windows import WindowSplit, split_train_test, window_budget
-from rof_pipelines.errors import PermanentError
+from rof_pipelines.errors import ConfigError, PermanentError
 from rof_pipelines.partitions import day_bounds, market_and_day
 from rof_pipelines.settings import Settings
+
+# A result that could not be stored fails the step, which retries (then the run retry policy applies).
+STATE_STORE_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL)
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,10 @@ class MarketDay:
 
 
 def market_day(context: AssetExecutionContext, settings: RofSettings) -> MarketDay:
-    config = settings.load()
+    try:
+        config = settings.load()
+    except ConfigError as exc:  # a bad config is not fixed by retrying
+        raise Failure(description=str(exc), allow_retries=False) from exc
     market, day = market_and_day(context.partition_key)
     start, end = day_bounds(day)
     return MarketDay(config, config.market_profile(market), market, day, start, end)
@@ -100,3 +106,17 @@ def window_frame(
             allow_retries=False,
         )
     return window, split_train_test(window.frame, ab.train_fraction)
+
+
+def state_store_failure(md: MarketDay, what: str, exc: Exception) -> Failure:
+    """The state store holds what makes a result auditable (checkpoints, trial counts, experiments,
+    the active config): without it the step fails visibly and is retried, never a green run that
+    lost its record."""
+    return Failure(
+        description=(
+            f"{md.market} {md.day}: the state store is unavailable ({type(exc).__name__}: {exc}); "
+            f"{what} cannot be stored or read, so this step fails instead of reporting a result that "
+            f"was not recorded. It is retried; start the state store's PostgreSQL (state_storage.*)"
+        ),
+        allow_retries=True,
+    )

@@ -202,3 +202,43 @@ def test_knowledge_tasks_round_trip_with_retention(store):
     assert len(store.knowledge_tasks()) == 3
     assert store.prune_knowledge(30, now=NOW) == 1
     assert {t.task_id for t in store.knowledge_tasks()} == {"recent", "future"}
+
+
+def test_an_experiment_is_found_by_id_and_from_the_config_it_promoted(store):
+    assert store.get_experiment("exp-1") is None
+    assert store.promoting_experiment(MARKET) == (None, None)
+    _, promotion = finish_experiment(store, record("exp-1", None), {"rl": {"alpha": 0.3}})
+    assert promotion.promoted
+    found = store.get_experiment("exp-1")
+    assert found is not None and found.promoted_version == 1 and found.details["promotion"]
+    config, promoting = store.promoting_experiment(MARKET)
+    assert config is not None and config.source == "ab_test" and promoting == found
+    # A manual replacement names no experiment: the config in force was not promoted by one.
+    store.set_active_config(MARKET, {"rl": {"alpha": 0.1}}, "manual", expected_version=1)
+    config, promoting = store.promoting_experiment(MARKET)
+    assert config.version == 2 and config.experiment_id is None and promoting is None
+
+
+def test_partition_date_is_the_day_the_window_ended_not_the_day_after():
+    ended = record("exp-1", None)  # window_end NOW = 2026-11-20 00:00 UTC: the 2026-11-19 partition
+    assert ended.partition_date.isoformat() == "2026-11-19"
+    recorded = ExperimentRecord(**{**vars(ended), "details": {"partition_date": "2026-11-18"}})
+    assert recorded.partition_date.isoformat() == "2026-11-18" and recorded.run_id is None
+    with_run = ExperimentRecord(**{**vars(ended), "details": {"run_id": "abc-123"}})
+    assert with_run.run_id == "abc-123"
+
+
+def test_checkpoint_generations_are_the_task_s_tail(store):
+    key = {
+        "task_id": "ga:task",
+        "market": MARKET,
+        "experiment_id": "exp",
+        "window_start": NOW - timedelta(days=1),
+        "window_end": NOW,
+        "data_fingerprint": "d",
+        "config_fingerprint": "c",
+    }
+    assert store.checkpoint_generations("ga:task") == []
+    for generation in range(4):
+        store.save_checkpoint(key, generation, b"x", final=generation == 3)
+    assert store.checkpoint_generations("ga:task") == [(2, False), (3, True)]  # older ones pruned

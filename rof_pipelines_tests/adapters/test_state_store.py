@@ -40,7 +40,7 @@ from rof_pipelines.settings import (
 )
 
 PASSWORD = "s3cr3t-pw"
-HEAD = "0005"
+HEAD = "0007"
 TABLES = {
     "alembic_version",
     "worker_progress",
@@ -51,6 +51,7 @@ TABLES = {
     "ab_experiments",
     "ab_arms",
     "knowledge_tasks",
+    "experiment_trials",
 }
 MARKET = "binance:TONUSDT"
 
@@ -246,9 +247,11 @@ def test_concurrent_upgrades_from_two_processes_do_not_race(make_settings, pg_da
 
 def test_plain_alembic_cli_reads_settings(pg_database, tmp_path):
     """env.py without programmatic attributes falls back to load_settings (config + environment)."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")  # defaults; the environment below names the database
     env = {
         **os.environ,
-        "ROF_CONFIG": str(tmp_path / "absent.yaml"),
+        "ROF_CONFIG": str(empty),
         "STATE_STORAGE_DB_HOST": pg_database["db_host"],
         "STATE_STORAGE_DB_USER": pg_database["db_user"],
         "STATE_STORAGE_DB_NAME": pg_database["db_name"],

@@ -47,6 +47,7 @@ def materialize_market_day(
     market: Market,
     day: date,
     run_config: dict[str, Any] | None = None,
+    raise_on_error: bool = True,
 ):
     fill_quotes(config_path, market, day)
     instance.add_dynamic_partitions(markets_partitions.name, [market.key])
@@ -56,6 +57,7 @@ def materialize_market_day(
         instance=instance,
         run_config=run_config,
         resources=resources_for(config_path),
+        raise_on_error=raise_on_error,
     )
 
 

@@ -127,3 +127,34 @@ def test_with_meta_learning_on_the_next_day_is_seeded_from_the_knowledge_base(tm
         assert report["uplift/generations_to_cold_fitness_cold"] >= 0
         assert report["uplift/generations_to_cold_fitness_seeded"] >= -1
         assert report["uplift/evaluations_cold"] > 0 and report["uplift/evaluations_seeded"] > 0
+
+
+def test_rerunning_a_partition_gives_the_same_decision_and_trial_count(tmp_path, state_storage):
+    """Three runs of one partition, the GA resuming from its final checkpoint after the first
+    (evaluations 0): the trial count comes from the state store's ledger, not from the run, so the
+    decision, the p-values and the count are identical each time. (Promotion is off: a promotion
+    would change the active arm, which is a different experiment.)"""
+    config_path = write_config(tmp_path, state_storage, meta=False)
+    config = yaml.safe_load(config_path.read_text())
+    config["ab_tests"]["promote"] = False
+    config_path.write_text(yaml.safe_dump(config))
+    seen = []
+    with instance_for_test() as instance:
+        for attempt in range(3):
+            result = materialize_day(config_path, instance, DAY)
+            assert result.success
+            ga, report = metadata(result, "ga_population"), metadata(result, "ab_report")
+            if attempt:
+                assert ga["resumed_from_generation"] == ga["generations_run"] and ga["evaluations"] == 0
+            table = pd.read_parquet(report["path"]).set_index("arm")
+            seen.append(
+                (
+                    report["decision"],
+                    report["reason"],
+                    report["n_trials_for_dsr"],
+                    report["trials_sharpe_variance"],
+                    table[["p_welch", "p_bootstrap", "dsr", "p_adjusted"]].round(12).fillna(-1).to_dict(),
+                )
+            )
+    assert seen[0][2] > 8  # more than the final population: every genome ever scored
+    assert seen[0] == seen[1] == seen[2]

@@ -62,6 +62,7 @@ def test_ga_population_stores_the_final_population_and_shows_the_run(tmp_path, s
         assert meta["generations_run"] == 3 and meta["checkpointing"] == "state store"
         assert meta["resumed_from_generation"] == -1 and meta["workers"] == 2
         assert meta["evaluations"] > 0 and meta["cache_hits"] >= 0 and meta["wall_seconds"] > 0
+        assert meta["trials"] == meta["evaluations"]  # a fresh task: every scored genome is a trial
         for key in ("fitness_per_generation", "return_per_generation", "pareto_front"):
             assert meta[key].startswith("![")
         assert set(meta["champion_params"]) == {"rl", "indicator_windows", "strategy"}
@@ -85,15 +86,27 @@ def test_ga_population_stores_the_final_population_and_shows_the_run(tmp_path, s
         meta2 = metadata(again)
         assert meta2["resumed_from_generation"] == 3 and meta2["evaluations"] == 0
         assert pd.read_parquet(meta2["path"]).equals(frame)
+        assert meta2["trials"] == meta["trials"]  # a rerun adds no trials and loses none
 
 
-def test_unreachable_state_store_means_no_checkpoints_not_failure(tmp_path):
+def test_unreachable_state_store_fails_visibly_after_retries(tmp_path):
+    """Without the state store the GA's trials could not be counted for the A/B test: the step fails
+    (after its retries) instead of a green run that lost its record."""
     config_path = write_config(tmp_path, {"db_host": "127.0.0.1:1", "db_user": "nobody", "db_password": "x"})
     with instance_for_test() as instance:
-        result = materialize_day(config_path, instance)
-        assert result.success
-    meta = metadata(result)
-    assert meta["checkpointing"].startswith("none (state store unavailable")
+        result = materialize_market_day(
+            config_path,
+            instance,
+            [quote_snapshots, indicator_frame, ga_population],
+            TON,
+            DAY,
+            RUN_CONFIG,
+            raise_on_error=False,
+        )
+        assert not result.success
+        logs = " ".join(str(record) for record in instance.all_logs(result.run_id))
+    assert "the state store is unavailable" in logs and "checkpoints and trial count" in logs
+    assert "STEP_UP_FOR_RETRY" in logs
 
 
 def test_a_flat_landscape_names_no_champion_and_the_ab_test_no_challenger(tmp_path, state_storage):
@@ -118,5 +131,5 @@ def test_a_flat_landscape_names_no_champion_and_the_ab_test_no_challenger(tmp_pa
         logs = " ".join(str(record) for record in instance.all_logs(result.run_id))
         assert "flat: all" in logs
         report = asset_metadata(result, "ab_report")
-        assert "ga_champion" not in report["arms"] and report["decision"] == "keep active"
+        assert "ga_champion" not in report["arms"] and report["decision"].startswith("keep active")
         assert report["costs"] == "fee 500.00 bp + slippage 0.00 bp per side"

@@ -1,5 +1,6 @@
-"""q_table through Dagster: trains with the market's active parameters, stores a reloadable agent,
-shows its plots; an unreachable state store means config defaults, said plainly."""
+"""q_table through Dagster: trains with the market's active config exactly as the A/B test
+evaluated it, stores a reloadable agent, shows its plots; an unreachable state store fails the step
+visibly (a production agent must never silently run something other than what was promoted)."""
 
 from datetime import date
 from pathlib import Path
@@ -59,7 +60,7 @@ def test_q_table_trains_with_defaults_and_stores_a_reloadable_agent(tmp_path, st
         "test/sharpe",
         "test/max_drawdown",
         "test/bh_total_return",
-        "kelly_fraction",
+        "kelly_max_fraction",
     ):
         assert key in meta
     agent = TrainedAgent.from_bytes(Path(meta["path"]).read_bytes())
@@ -79,19 +80,95 @@ def test_q_table_uses_the_promoted_config(tmp_path, state_storage):
     with instance_for_test() as instance:
         result = materialize_day(tmp_path, config_path, instance)
     meta = q_table_metadata(result)
-    assert meta["params_source"] == "active config v1 from ga"
-    assert meta["episodes"] == 3 and meta["params"]["alpha"] == 0.05
+    assert meta["params_source"] == "active config v1 from ga" and meta["active_version"] == 1
+    assert meta["episodes"] == 3 and meta["params"]["rl"]["alpha"] == 0.05
 
 
-def test_unreachable_state_store_falls_back_to_defaults(tmp_path):
+def test_a_promoted_champion_is_applied_in_full(tmp_path, state_storage):
+    """Every part the A/B test evaluated (agent, bins, indicator windows, exits, Kelly, costs) is what
+    q_table runs: its metadata shows the stored config back, nothing left unapplied."""
+    config_path = write_config(tmp_path, state_storage)
+    settings = load_settings(config_path, environ={})
+    from rof_pipelines.adapters.experiments import candidate_from_params
+    from rof_pipelines.core.ga.space import SearchSpace
+    from rof_pipelines.core.rl import RLParams
+
+    space = SearchSpace.from_mapping(settings.ab_tests.experiment.ga.search_space)
+    base = RLParams.from_settings(settings.ai_config)
+    genes = [gene.from_unit(0.37) for gene in space.genes]
+    champion = space.decode(space.canonical(genes), base).to_dict()
+    with StateStore(settings.state_storage) as store:
+        store.upgrade()
+        store.set_active_config(TON.key, champion, source="ab_test", experiment_id="exp-2")
+    with instance_for_test() as instance:
+        result = materialize_day(tmp_path, config_path, instance)
+        assert result.success
+    meta = q_table_metadata(result)
+    assert meta["params_source"] == "active config v1 from ab_test"
+    applied = candidate_from_params(meta["params"], base, space).to_dict()
+    assert applied == candidate_from_params(champion, base, space).to_dict()
+    assert meta["params"]["indicator_windows"] == champion["indicator_windows"]
+    assert meta["params"]["strategy"] == champion["strategy"]
+    assert "params_not_applied" not in meta
+
+
+def test_unreachable_state_store_fails_visibly(tmp_path):
     config_path = write_config(
         tmp_path, {"db_host": "127.0.0.1:1", "db_user": "nobody", "db_password": "s3cr3t-x"}
     )
     with instance_for_test() as instance:
-        result = materialize_day(tmp_path, config_path, instance)
-        assert result.success
+        fill = materialize_market_day  # the quotes exist; only the state store is missing
+        result = fill(
+            config_path, instance, [quote_snapshots, indicator_frame, q_table], TON, DAY, raise_on_error=False
+        )
+        assert not result.success
         logs = " ".join(str(record) for record in instance.all_logs(result.run_id))
-    meta = q_table_metadata(result)
-    assert meta["params_source"].startswith("config defaults (state store unavailable")
-    assert "state store unavailable, training binance:TONUSDT with config defaults" in logs
+    assert "the state store is unavailable" in logs and "active config cannot be stored or read" in logs
+    assert "STEP_UP_FOR_RETRY" in logs  # retried before the run fails
     assert "s3cr3t-x" not in logs
+
+
+def test_seed_q_table_warm_starts_from_a_transfer_source_and_off_it_does_not(tmp_path, state_storage):
+    """okx:TONUSDT has a transfer source (the same pair on binance) whose agent is stored: with
+    transfer_learning.seed_q_table on, q_table starts from that agent's Q-table (and so ends
+    elsewhere than a cold start with the same seed); switched off, it starts from zeros."""
+    from datetime import UTC, datetime
+
+    from rof_pipelines.core.knowledge import TaskRecord
+
+    config_path = write_config(tmp_path, state_storage)
+    with instance_for_test() as instance:
+        source = materialize_day(tmp_path, config_path, instance)
+        source_path = q_table_metadata(source)["path"]
+    settings = load_settings(config_path, environ={})
+    with StateStore(settings.state_storage) as store:
+        store.add_knowledge_task(
+            TaskRecord(
+                task_id="binance:TONUSDT|2026-11-19|test_experiment",
+                market=TON.key,
+                finished_at=datetime(2026, 11, 20, tzinfo=UTC),
+                features={"volatility": 0.01, "trend": 0.0},
+                best_params={"alpha": 0.1},
+                score=1.0,
+                artifact=source_path,
+            )
+        )
+    okx = Market.parse("okx:TONUSDT")
+
+    def agent_for(seed_q_table: bool) -> tuple[dict, TrainedAgent]:
+        config = yaml.safe_load(config_path.read_text())
+        config["ab_tests"] = {"transfer_learning": {"enabled": True, "seed_q_table": seed_q_table}}
+        config_path.write_text(yaml.safe_dump(config))
+        with instance_for_test() as instance:
+            result = materialize_market_day(
+                config_path, instance, [quote_snapshots, indicator_frame, q_table], okx, DAY
+            )
+            assert result.success
+        meta = q_table_metadata(result)
+        return meta, TrainedAgent.from_bytes(Path(meta["path"]).read_bytes())
+
+    warm_meta, warm = agent_for(True)
+    cold_meta, cold = agent_for(False)
+    assert warm_meta["q_table_warm_start"] == f"transfer source {source_path}"
+    assert cold_meta["q_table_warm_start"] == "none (transfer_learning.seed_q_table is off)"
+    assert warm.q.shape == cold.q.shape and not (warm.q == cold.q).all()

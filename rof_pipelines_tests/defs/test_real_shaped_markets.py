@@ -129,7 +129,9 @@ def test_imported_market_runs_to_the_ab_report(project: Path, name: str) -> None
     frame = latest(instance, "indicator_frame", case.market, case.trading_day)
     assert frame is not None and frame["warmup_bars_available"] >= 100
     row = next(
-        line for line in ran.output.splitlines() if line.startswith(f"{case.market:<18} {case.trading_day}")
+        line
+        for line in ran.output.splitlines()
+        if line.startswith(case.market) and f" {case.trading_day} " in line
     )
     assert " ok " in row and row.rstrip().endswith("all passed"), row  # no failed or warning check
 

@@ -274,6 +274,9 @@ class Evaluator:
         self.cache: OrderedDict[tuple[Genome, str], Fitness] = OrderedDict()
         self.evaluations = 0
         self.cache_hits = 0
+        # Every configuration this process scored, with its Sharpe (the full slice's when it has
+        # one): the trials a later test must count (core.abtest's deflated Sharpe ratio).
+        self.trials: dict[Genome, float] = {}
         self._pool: GenomePool | None = None
         self.pool_start_seconds = 0.0
         self._fingerprints = {name: data.fingerprint(name) for name in data.slices}
@@ -324,6 +327,8 @@ class Evaluator:
                 results = self._pool.evaluate(slice_name, genomes)
             for key, value in zip(missing, results, strict=True):
                 self._remember(key, tuple(float(x) for x in value))  # type: ignore[arg-type]
+                if slice_name == FULL or key[0] not in self.trials:
+                    self.trials[key[0]] = float(value[1])
             self.evaluations += len(missing)
         if count_hits:
             self.cache_hits += len(keys) - len(missing)
@@ -413,6 +418,7 @@ class GAResult:
     resumed_from: int | None
     wall_seconds: float
     space: SearchSpace
+    trials: dict[Genome, float] = field(default_factory=dict)  # scored here: genome -> Sharpe
 
     @property
     def genomes(self) -> list[Genome]:
@@ -785,4 +791,5 @@ def optimise(
         resumed_from=resumed_from,
         wall_seconds=time.perf_counter() - started,
         space=space,
+        trials=dict(evaluator.trials),
     )

@@ -1,6 +1,6 @@
 """Compiled kernels: epsilon-greedy tabular Q-learning and the greedy, Kelly-sized evaluation.
 
-The per-step work mirrors ``shared/bench/qlearn_ref.c`` so the two can be compared as a ratio:
+The per-step work mirrors ``rof_pipelines/bench/qlearn_ref.c`` so the two can be compared as a ratio:
 an inline xorshift64 generator held in a local ``uint64`` (numpy's generator inside numba is what keeps
 ports at half the speed of C), first-max argmax, visit-count adaptive alpha and one Q update with the
 max over the next state. Everything is passed in and returned; nothing is global, so a seed fixes the

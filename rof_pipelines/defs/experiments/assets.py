@@ -32,13 +32,19 @@ from rof_pipelines.adapters.experiments import (
     seed_plan_for,
     top_pareto,
 )
-from rof_pipelines.adapters.optimisation import market_base_params
+from rof_pipelines.adapters.optimisation import market_base_params, trials_key
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
 from rof_pipelines.adapters.state_store import ExperimentRecord
-from rof_pipelines.core.abtest import DecisionRule
+from rof_pipelines.core.abtest import DecisionRule, decision_summary
 from rof_pipelines.core.ga.space import SearchSpace
 from rof_pipelines.core.knowledge import TaskRecord, market_features
-from rof_pipelines.defs.market_day import market_day, skipped_closed_day, window_frame
+from rof_pipelines.defs.market_day import (
+    STATE_STORE_RETRY,
+    market_day,
+    skipped_closed_day,
+    state_store_failure,
+    window_frame,
+)
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown
 from rof_pipelines.errors import TransientError
 from rof_pipelines.partitions import market_day_partitions
@@ -59,6 +65,16 @@ def upstream_links(context: AssetExecutionContext, names: tuple[str, ...]) -> di
         if found:
             links[f"upstream/{name}"] = f"run {found[0].run_id} partition {context.partition_key}"
     return links
+
+
+def q_table_artifact(context: AssetExecutionContext) -> str | None:
+    """Where this partition's production agent is stored (its materialisation's path), if any."""
+    found = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("q_table"), asset_partitions=[context.partition_key]), limit=1
+    ).records
+    materialization = found[0].asset_materialization if found else None
+    path = materialization.metadata.get("path") if materialization else None
+    return str(path.value) if path is not None else None
 
 
 def ga_metadata(context: AssetExecutionContext) -> dict[str, Any]:
@@ -93,6 +109,7 @@ def arms_markdown(frame: pd.DataFrame) -> MetadataValue:
     ins={"ga_population": AssetIn()},
     deps=[AssetDep("quote_snapshots"), AssetDep("indicator_frame")],
     output_required=False,  # nothing on a day the market is closed
+    retry_policy=STATE_STORE_RETRY,
 )
 def ab_report(
     context: AssetExecutionContext,
@@ -120,13 +137,14 @@ def ab_report(
     experiment_id = f"{ab.experiment.id}:{market.key}:{day.isoformat()}:{context.run.run_id[:8]}"
     started = time.perf_counter()
 
-    # The active config, read once: its version is what a promotion must still find.
-    store_note = "state store"
-    active = None
+    # The active config, read once: its version is what a promotion must still find. The trial
+    # ledger: every configuration ever scored for this task, whatever ran how often.
+    ledger = trials_key(market.key, ab.experiment.id, frame.index[0].to_pydatetime(), end_ts.to_pydatetime())
     tasks_plan = None
     try:
         with state_store.open() as store:
             active = store.get_active_config(market.key)
+            searched, trials_variance = store.trial_stats(ledger)
             if ab.transfer_learning.enabled:
                 tasks_plan = seed_plan_for(
                     store,
@@ -139,8 +157,7 @@ def ab_report(
                     exclude_ids=[knowledge_task_id(market.key, day.isoformat(), ab.experiment.id)],
                 )
     except TransientError as exc:
-        store_note = f"unavailable ({type(exc).__name__}): decision reported, nothing promoted or stored"
-        context.log.warning(f"state store {store_note}")
+        raise state_store_failure(md, "the active config, the trial count and the experiment", exc) from exc
 
     arms = {ACTIVE: ("active", candidate_from_params(active.params if active else None, base, space))}
     champions = ga_population[ga_population["champion"]]
@@ -165,7 +182,7 @@ def ab_report(
         embargo=ab.embargo_bars,
     )
     ga_meta = ga_metadata(context)
-    searched = int(ga_meta.get("evaluations") or 0) or len(ga_population)
+    searched = max(searched, 1)
     rule = DecisionRule(
         alpha=ab.alpha,
         min_effect=ab.min_effect,
@@ -174,8 +191,12 @@ def ab_report(
         min_periods=ab.min_periods,
         n_boot=ab.n_boot,
     )
-    n_trials = {name: searched for name in evaluation.arms if name == CHAMPION or name.startswith("pareto_")}
-    decision = decide_arms(evaluation, rule, n_trials=n_trials)
+    searched_arms = [name for name in evaluation.arms if name == CHAMPION or name.startswith("pareto_")]
+    n_trials = dict.fromkeys(searched_arms, searched)
+    # The ledger holds annualised Sharpes; the deflated Sharpe ratio works per period.
+    per_period = None if trials_variance is None else trials_variance / evaluation.bars_per_year
+    variances = dict.fromkeys(searched_arms, per_period) if per_period else None
+    decision = decide_arms(evaluation, rule, n_trials=n_trials, trials_sr_variance=variances)
     winner_params = evaluation.arms[decision.winner].params if decision.winner else None
     if decision.winner == BASELINE:
         winner_params = None  # buy-and-hold is a yardstick, not a config the agent can run
@@ -195,18 +216,37 @@ def ab_report(
             "folds": evaluation.folds,
             "ga_task_id": ga_meta.get("task_id"),
             "seeding": ga_meta.get("seeding"),
+            # Lineage: the partition and run behind this decision, the GA run and generations that
+            # produced the champion, and the quote/indicator days the window read.
+            "partition_date": day.isoformat(),
+            "partition_key": str(context.partition_key),
+            "run_id": context.run.run_id,
+            "upstream_runs": {
+                name: link.split()[1]
+                for name, link in (
+                    (key.removeprefix("upstream/"), value)
+                    for key, value in upstream_links(
+                        context, ("quote_snapshots", "indicator_frame", "ga_population")
+                    ).items()
+                )
+            },
+            "ga_generations": {
+                "first": int(ga_meta.get("resumed_from_generation", -1)) + 1,
+                "last": ga_meta.get("generations_run"),
+                "resumed_from": ga_meta.get("resumed_from_generation"),
+            },
+            "trials": searched,
+            "window_days": [frame.index[0].date().isoformat(), frame.index[-1].date().isoformat()],
+            "market_profile": md.profile.as_dict(),
         },
         arms=arm_records(evaluation, decision),
     )
-    promotion_text = "not attempted: " + store_note
-    promoted, conflict = False, None
-    if store_note == "state store":
-        try:
-            with state_store.open() as store:
-                _, promotion = finish_experiment(store, record, winner_params, auto_promote=ab.promote)
-            promoted, conflict, promotion_text = promotion.promoted, promotion.conflict, promotion.reason
-        except TransientError as exc:
-            promotion_text = f"not stored: state store unavailable ({type(exc).__name__})"
+    try:
+        with state_store.open() as store:
+            _, promotion = finish_experiment(store, record, winner_params, auto_promote=ab.promote)
+    except TransientError as exc:
+        raise state_store_failure(md, "the experiment record and any promotion", exc) from exc
+    promoted, conflict, promotion_text = promotion.promoted, promotion.conflict, promotion.reason
     if conflict:
         context.log.warning(f"{market}: {conflict}")
 
@@ -227,9 +267,9 @@ def ab_report(
             }
         )
     table = pd.DataFrame(rows).set_index("arm")
-    decision_text = f"promote {decision.winner}" if decision.winner else "keep active"
-    if decision.winner and not promoted:
-        decision_text += " (conflict)" if conflict else " (not promoted)"
+    decision_text = decision_summary(
+        decision.winner, promoted, conflict, version=promotion.version, note=promotion.reason
+    )
     equity = {name: arm.equity for name, arm in evaluation.arms.items()}
     uplift = _uplift(ga_meta)
     yield Output(
@@ -256,7 +296,21 @@ def ab_report(
             "window_start": str(frame.index[0]),
             "window_end": str(frame.index[-1]),
             "ga_task_id": str(ga_meta.get("task_id", "unknown")),
+            "ga_generations_run": int(ga_meta.get("generations_run") or 0),
+            "lineage": MetadataValue.md(
+                f"active config v{promotion.version} <- experiment `{experiment_id}` <- GA task "
+                f"`{ga_meta.get('task_id', 'unknown')}` (generations 0..{ga_meta.get('generations_run', '?')}) "
+                f"<- quote_snapshots / indicator_frame of {market} {frame.index[0].date()} .. "
+                f"{frame.index[-1].date()}; `rof experiments show {experiment_id}`"
+                if promoted
+                else f"nothing promoted; experiment `{experiment_id}` <- GA task `{ga_meta.get('task_id', 'unknown')}` "
+                f"<- {market} {frame.index[0].date()} .. {frame.index[-1].date()}"
+            ),
             "n_trials_for_dsr": searched,
+            "trials_sharpe_variance": trials_variance if trials_variance is not None else "n/a",
+            "trials_rule": "the deflated Sharpe ratio and Holm count every configuration ever scored for "
+            "this market, experiment and window (the state store's trial ledger), so re-running any "
+            "partition gives the same decision",
             **finite_metadata(uplift),
             **upstream_links(context, ("quote_snapshots", "indicator_frame", "ga_population")),
             "wall_seconds": round(time.perf_counter() - started, 3),
@@ -284,6 +338,7 @@ def _uplift(ga_meta: dict[str, Any]) -> dict[str, Any]:
     io_manager_key="frame_io_manager",
     kinds={"pandas"},
     output_required=False,  # nothing without a champion to learn from
+    retry_policy=STATE_STORE_RETRY,
     ins={"ga_population": AssetIn(), "ab_report": AssetIn()},
     deps=[AssetDep("indicator_frame")],
 )
@@ -323,6 +378,7 @@ def strategy_knowledge(
         if CHAMPION in held_out.index
         else {},
         generations=int(ga_meta.get("generations_run") or 0) or None,
+        artifact=q_table_artifact(context),  # transfer_learning.seed_q_table warm-starts from it
     )
     retention = ab.meta_learning.knowledge_retention_days
     try:
@@ -332,7 +388,7 @@ def strategy_knowledge(
             tasks = store.knowledge_tasks(now=end, retention_days=retention)
         stored = "state store"
     except TransientError as exc:
-        pruned, tasks, stored = 0, [task], f"not stored: state store unavailable ({type(exc).__name__})"
+        raise state_store_failure(md, "the knowledge base", exc) from exc
     rows = [
         {
             "task_id": t.task_id,

@@ -16,12 +16,19 @@ from rof_pipelines.adapters.optimisation import (
     generations_to_reach,
     market_base_params,
     prepare_optimisation,
+    record_trials,
     run_optimisation,
 )
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
 from rof_pipelines.core.ga.engine import OBJECTIVES, GAResult, objectives_dict
 from rof_pipelines.core.ga.space import SearchSpace
-from rof_pipelines.defs.market_day import market_day, skipped_closed_day, window_frame
+from rof_pipelines.defs.market_day import (
+    STATE_STORE_RETRY,
+    market_day,
+    skipped_closed_day,
+    state_store_failure,
+    window_frame,
+)
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown, metrics_markdown
 from rof_pipelines.errors import TransientError
 from rof_pipelines.partitions import market_day_partitions
@@ -85,6 +92,7 @@ def pareto_plot_markdown(frame: pd.DataFrame) -> MetadataValue:
     kinds={"pandas", "numba"},
     deps=[AssetDep("indicator_frame")],
     output_required=False,  # nothing on a day the market is closed
+    retry_policy=STATE_STORE_RETRY,
 )
 def ga_population(
     context: AssetExecutionContext,
@@ -158,13 +166,14 @@ def ga_population(
     try:
         with state_store.open() as store:
             result = run_optimisation(job, store, on_generation=log_generation)
-        checkpointing = "state store"
+            wall = time.perf_counter() - started
+            uplift, cold = measure_uplift(context, settings_obj, job, result, split.train, window_start, end_ts, overrides)
+            n_trials, trials_variance = record_trials(store, job, result)
+            if cold is not None:
+                n_trials, trials_variance = record_trials(store, cold[0], cold[1])
     except TransientError as exc:
-        context.log.warning(f"state store unavailable, optimising {market} without checkpoints: {exc}")
-        result = run_optimisation(job, None, on_generation=log_generation)
-        checkpointing = f"none (state store unavailable: {type(exc).__name__})"
-    wall = time.perf_counter() - started
-    uplift = measure_uplift(context, settings_obj, job, result, split.train, window_start, end_ts, overrides)
+        raise state_store_failure(md, "the GA's checkpoints and trial count", exc) from exc
+    checkpointing = "state store"
 
     population = population_frame(result)
     champion = result.space.decode(result.champion_genome, job.data.base)
@@ -197,6 +206,11 @@ def ga_population(
             **uplift,
             "workers": job.workers,
             "evaluations": result.evaluations,
+            "trials": n_trials,
+            "trials_sharpe_variance": trials_variance if trials_variance is not None else "n/a",
+            "trials_rule": "every configuration ever scored for this market, experiment and window "
+            "(resumed, rerun, seeded and cold runs alike), stored in the state store; the A/B test's "
+            "deflated Sharpe ratio and Holm count them all",
             "cache_hits": result.cache_hits,
             "wall_seconds": round(wall, 3),
             "population_size": len(population),
@@ -248,13 +262,14 @@ def measure_uplift(
     window_start: datetime,
     end_ts: pd.Timestamp,
     overrides: dict,
-) -> dict:
+) -> tuple[dict, tuple[Optimisation, GAResult] | None]:
     """What warm-starting bought: the same GA run cold (no seeds, no checkpoints), then the
-    generations and evaluations each run needed to reach the cold champion's Sharpe."""
+    generations and evaluations each run needed to reach the cold champion's Sharpe. Returns the
+    metadata and the cold run (its trials count too)."""
     if not job.seeds:
-        return {"uplift/measured": "no: the population was not seeded"}
+        return {"uplift/measured": "no: the population was not seeded"}, None
     if not settings_obj.ab_tests.measure_uplift:
-        return {"uplift/measured": "no: ab_tests.measure_uplift is off"}
+        return {"uplift/measured": "no: ab_tests.measure_uplift is off"}, None
     market = job.key.market
     cold_job = prepare_optimisation(
         settings_obj,
@@ -282,4 +297,4 @@ def measure_uplift(
         "uplift/generations_to_cold_fitness_cold": -1 if cold_gen is None else cold_gen,
         "uplift/evaluations_seeded": int(result.evaluations),
         "uplift/evaluations_cold": int(cold.evaluations),
-    }
+    }, (cold_job, cold)

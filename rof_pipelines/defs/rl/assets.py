@@ -1,16 +1,27 @@
 """``q_table``: the market's production agent, trained with its active parameters on the window."""
 
 import hashlib
-import math
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from dagster import AssetDep, AssetExecutionContext, MetadataValue, Output, asset
 
-from rof_pipelines.adapters.experiments import active_rl_params
+from rof_pipelines.adapters.experiments import candidate_from_params, run_candidate, seed_plan_for
+from rof_pipelines.adapters.optimisation import market_base_params
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
-from rof_pipelines.core.kelly import KellyParams
+from rof_pipelines.core.backtest import buy_and_hold, compute_metrics
+from rof_pipelines.core.ga.fitness import FULL, build_fitness_data
+from rof_pipelines.core.ga.space import SearchSpace
 from rof_pipelines.core.market import Market
-from rof_pipelines.core.rl import RLParams, train
-from rof_pipelines.defs.market_day import market_day, skipped_closed_day, window_frame
+from rof_pipelines.core.rl.agent import TrainedAgent
+from rof_pipelines.defs.market_day import (
+    STATE_STORE_RETRY,
+    market_day,
+    skipped_closed_day,
+    state_store_failure,
+    window_frame,
+)
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown, metrics_markdown
 from rof_pipelines.errors import TransientError
 from rof_pipelines.partitions import market_day_partitions
@@ -28,6 +39,7 @@ def partition_seed(market: Market, day_key: str) -> int:
     kinds={"numba"},
     deps=[AssetDep("indicator_frame")],
     output_required=False,  # nothing on a day the market is closed
+    retry_policy=STATE_STORE_RETRY,
 )
 def q_table(
     context: AssetExecutionContext,
@@ -48,39 +60,45 @@ def q_table(
     frame = window.frame
     train_part, test_part = split.train, split.test
 
-    overrides, source = active_overrides(context, state_store, market)
-    params = RLParams.from_settings(
-        config.ai_config,
-        seed=partition_seed(market, day.isoformat()),
-        fee=md.profile.fee,
-        slippage=md.profile.slippage,
-    )
-    not_applied: list[str] = []
-    if overrides:  # a promoted champion ({rl, indicator_windows, strategy}) or flat RLParams overrides
-        params, not_applied = active_rl_params(params, overrides)
-        for note in not_applied:
-            context.log.warning(f"{market}: active config part not applied by q_table: {note}")
-    agent = train(train_part, params)
-    # Kelly needs a record: the in-sample trades at unit size seed the window for the hold-out.
-    in_sample = agent.evaluate(
-        train_part, kelly=KellyParams(use_kelly=False, window_trades=1), baseline=False
-    )
-    result = agent.evaluate(test_part, kelly_history=in_sample.trades.ret)
-    metrics = result.metrics()
+    base = market_base_params(config, md.profile).replace(seed=partition_seed(market, day.isoformat()))
+    space = SearchSpace.from_mapping(config.ab_tests.experiment.ga.search_space)
+    try:
+        with state_store.open() as store:
+            active = store.get_active_config(market.key)
+            warm, warm_source = transfer_q_table(context, store, config, market, split.train, md.end)
+    except TransientError as exc:
+        raise state_store_failure(md, "the market's active config", exc) from exc
+    # The active config exactly as the A/B test evaluated it: agent parameters, state bins, indicator
+    # windows, exits, Kelly settings and costs; with none promoted yet, the config's agent.
+    candidate = candidate_from_params(active.params if active else None, base, space)
+    source = f"active config v{active.version} from {active.source}" if active else "config defaults (no active config yet)"
+    data = build_fitness_data(frame, base, space, validation_fraction=len(test_part) / len(frame))
+    init_q = None
+    if warm is not None:
+        fit_env, _ = data.envs(FULL, candidate.params.bins, candidate.windows, candidate.params.allow_short)
+        if warm.shape == (fit_env.state_space.n_states, 3):  # three actions: sell, hold, buy
+            init_q = warm
+        else:
+            warm_source = f"none: {warm_source} has another state space {warm.shape}"
+    run = run_candidate(data, candidate, init_q=init_q)
+    agent, bpy = run.agent, run.val_env.bars_per_year()
+    metrics = compute_metrics(run.equity, run.trade_returns, np.ones(len(run.returns)), bpy)
+    metrics["n_trades"] = int(run.trade_returns.shape[0])
+    metrics["level_exits"] = run.level_exits
+    held = buy_and_hold(run.val_env.step_ret, candidate.params.cost, bpy)
+    metrics |= {f"bh_{k}": v for k, v in held.metrics().items() if k in ("total_return", "sharpe", "max_drawdown")}
     summary = agent.summary()
-    equity = result.equity_series()
-    baseline = result.baseline.equity_series() if result.baseline is not None else None
-    plot_series = {"agent": equity.to_numpy()}
-    if baseline is not None:
-        plot_series["buy and hold"] = baseline.to_numpy()
-    kelly_used = metrics.get("kelly_fraction", math.nan)
+    index = pd.to_datetime(run.val_env.times[-len(run.equity) :], utc=True)
+    plot_series = {"agent": run.equity, "buy and hold": held.equity[-len(run.equity) :]}
+    kelly_used = candidate.params.kelly.max_fraction
     yield Output(
         agent.to_bytes(),
         metadata={
             **md.profile_metadata(),
             "params_source": source,
-            "params": MetadataValue.json(params.to_dict()),
-            "params_not_applied": "; ".join(not_applied) or "none",
+            "active_version": active.version if active else 0,
+            "params": MetadataValue.json(candidate.to_dict()),
+            "q_table_warm_start": warm_source,
             "train_bars": len(train_part),
             "test_bars": len(test_part),
             "window_start": str(frame.index[0]),
@@ -96,10 +114,10 @@ def q_table(
                 plot_series,
                 "",
                 "equity",
-                x=equity.index if equity.index is not None else None,
+                x=index,
             ),
             "backtest": metrics_markdown({"agent (out of sample)": finite_metadata(metrics)}),
-            "kelly_fraction": kelly_used,
+            "kelly_max_fraction": kelly_used,
             **{
                 f"test/{k}": v
                 for k, v in finite_metadata(metrics).items()
@@ -109,17 +127,28 @@ def q_table(
     )
 
 
-def active_overrides(
-    context: AssetExecutionContext, state_store: StateStoreResource, market: Market
-) -> tuple[dict, str]:
-    """The market's promoted parameters, or none (config defaults). An unreachable state store means
-    defaults, said plainly in the metadata and the log rather than failing the whole pipeline."""
-    try:
-        with state_store.open() as store:
-            active = store.get_active_config(market.key)
-    except TransientError as exc:
-        context.log.warning(f"state store unavailable, training {market} with config defaults: {exc}")
-        return {}, f"config defaults (state store unavailable: {type(exc).__name__})"
-    if active is None:
-        return {}, "config defaults (no active config yet)"
-    return dict(active.params), f"active config v{active.version} from {active.source}"
+def transfer_q_table(
+    context: AssetExecutionContext, store, config, market: Market, train: pd.DataFrame, end
+) -> tuple[np.ndarray | None, str]:  # type: ignore[no-untyped-def]
+    """With ``transfer_learning.seed_q_table`` on, the Q-table of the nearest transfer source's agent
+    (same state space only) to start from; otherwise none."""
+    transfer = config.ab_tests.transfer_learning
+    if not (transfer.enabled and transfer.seed_q_table):
+        return None, "none (transfer_learning.seed_q_table is off)"
+    plan = seed_plan_for(
+        store,
+        config.ab_tests,
+        market.key,
+        train,
+        end,
+        population_size=config.ab_tests.experiment.ga.population_size,
+        gene_names=SearchSpace.from_mapping(config.ab_tests.experiment.ga.search_space).names,
+        exclude_ids=[],
+    )
+    for artifact in plan.q_table_sources:
+        path = Path(artifact)
+        if path.exists():
+            source = TrainedAgent.from_bytes(path.read_bytes())
+            context.log.info(f"{market}: Q-table warm start from {artifact}")
+            return np.asarray(source.q, dtype=np.float64), f"transfer source {artifact}"
+    return None, "none (no transfer source with a stored agent)"
