@@ -11,15 +11,17 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/rof
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock
 COPY rof_pipelines ./rof_pipelines
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir --no-deps -e .
 
 COPY config.yaml workspace.yaml alembic.ini ./
 COPY migrations ./migrations
 COPY sql ./sql
 RUN mkdir -p "$DAGSTER_HOME" /opt/rof/data
-COPY dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+# The production instance (rendered by `rof instance render`; kept out of the repository root).
+COPY deploy/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 EXPOSE 3000
 # docker-compose picks the role: webserver (default), daemon, or a one-off `rof ...` command.

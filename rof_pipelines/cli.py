@@ -75,23 +75,36 @@ def quotes_generate(
     end: Annotated[str | None, typer.Option(help="day after the last, YYYY-MM-DD")] = None,
     seed: int = 0,
     store: StoreOption = None,
+    pattern: Annotated[
+        str, typer.Option(help="none (a random walk) | momentum (persistent trends): see core/quotes.py")
+    ] = "none",
+    strength: Annotated[
+        float | None, typer.Option(help="momentum: drift per minute in volatilities (default 0.25)")
+    ] = None,
 ) -> None:
-    """Realistic synthetic snapshots (deterministic by seed) into the configured store."""
+    """Realistic synthetic snapshots (deterministic by seed) into the configured store, optionally
+    with a planted pattern an agent can learn (--pattern momentum)."""
     from rof_pipelines.adapters.quote_stores import open_quote_store
     from rof_pipelines.core.market import Market
-    from rof_pipelines.core.quotes import generate_quotes
+    from rof_pipelines.core.quotes import PATTERNS, GeneratorConfig, generate_quotes
 
     settings = _settings(store)
+    try:
+        tuned = {} if strength is None else {"pattern_strength": strength}
+        generator = GeneratorConfig(pattern=pattern, **tuned)
+    except ValueError as exc:
+        _fail(f"--pattern/--strength: {exc}")
     markets = [Market.parse(m) for m in (market or settings.storage.markets)]
     end_at = _utc_day(end) if end else datetime.combine(date.today(), datetime.min.time(), tzinfo=UTC)
     start_at = _utc_day(start) if start else end_at - timedelta(days=days)
     with open_quote_store(settings) as quote_store:
         quote_store.ensure_schema()
         for item in markets:
-            frame = generate_quotes(item, start_at, end_at, seed=seed)
+            frame = generate_quotes(item, start_at, end_at, seed=seed, config=generator)
             written = quote_store.write(item, frame)
             typer.echo(
-                f"{item}: {written} snapshots {start_at:%Y-%m-%d}..{end_at:%Y-%m-%d} -> {quote_store.describe()}"
+                f"{item}: {written} snapshots {start_at:%Y-%m-%d}..{end_at:%Y-%m-%d} "
+                f"(pattern {pattern}: {PATTERNS[pattern]}) -> {quote_store.describe()}"
             )
 
 
@@ -204,10 +217,69 @@ def _report_partitions(settings: Settings, profile: Any, first: date, last: date
 
 
 def _state_store():  # type: ignore[no-untyped-def]
+    from rof_pipelines.adapters.embedded_pg import ensure_state_store
     from rof_pipelines.adapters.state_store import StateStore
 
     settings = load_settings()
+    ensure_state_store(settings.state_storage)  # db_host: embedded -> the project's server runs
     return StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
+
+
+def _embedded_server():  # type: ignore[no-untyped-def]
+    from rof_pipelines.adapters.embedded_pg import server_for
+
+    config = load_settings().state_storage
+    if not config.embedded:
+        _fail(
+            f"state_storage.db_host is {config.db_host!r}, a server: there is no embedded PostgreSQL to "
+            'manage (set db_host: "embedded" in config.yaml, or unset STATE_STORAGE_DB_HOST)'
+        )
+    return server_for(config)
+
+
+@db_app.command("serve")
+def db_serve(
+    detach: Annotated[bool, typer.Option(help="start the holder in the background and return")] = False,
+) -> None:
+    """Run the embedded state-store PostgreSQL (state_storage.db_host: embedded) until Ctrl-C/SIGTERM,
+    or with --detach in a background holder (pid file under state_storage.embedded_dir)."""
+    from rof_pipelines.adapters.embedded_pg import ensure_state_store
+
+    server = _embedded_server()
+    if detach or server.is_serving():
+        started = time.perf_counter()
+        ensure_state_store(load_settings().state_storage)
+        typer.echo(
+            f"embedded PostgreSQL serving {server.socket_path} (holder pid {server.holder_pid()}, "
+            f"ready in {time.perf_counter() - started:.1f}s); stop it with: rof db stop"
+        )
+        return
+    typer.echo(f"embedded PostgreSQL in {server.root}: serving until Ctrl-C (or rof db stop)")
+    raise typer.Exit(server.serve())
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL cleanly (its holder runs pg_ctl stop). A running `rof ui`, daemon
+    or run starts it again on its next state-store access: stop those first."""
+    server = _embedded_server()
+    pid = server.holder_pid()
+    if not server.stop():
+        typer.echo(f"embedded PostgreSQL in {server.root}: not running")
+        return
+    typer.echo(f"embedded PostgreSQL in {server.root}: stopped (holder pid {pid})")
+
+
+@db_app.command("status")
+def db_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Whether the embedded PostgreSQL runs: holder and postmaster pids, socket, memory."""
+    status = _embedded_server().status()
+    if as_json:
+        typer.echo(json.dumps(status))
+    else:
+        typer.echo("\n".join(f"{key}: {value}" for key, value in status.items()))
+    if not status["running"]:
+        raise typer.Exit(3)
 
 
 @db_app.command("upgrade")
@@ -247,13 +319,19 @@ def db_current() -> None:
 
 @state_app.command("backup")
 def state_backup(
-    directory: Annotated[str | None, typer.Option(help="local path or fsspec URL (default: config)")] = None,
+    directory: Annotated[
+        str | None, typer.Option(help="a path or durable fsspec URL (default: destination 'default')")
+    ] = None,
 ) -> None:
     """Write a consistent snapshot of every state-store table; prune backups past retention."""
-    from rof_pipelines.adapters.backup import prune_backups, write_backup
+    from rof_pipelines.adapters.backup import durable_directory, prune_backups, write_backup
 
     settings = load_settings()
     target = directory or settings.system_setup.backup.resolved_url()
+    try:
+        durable_directory(target)  # memory://, caches and read-only filesystems would lose the backup
+    except RofError as exc:
+        _fail(str(exc))
     store = _state_store()
     try:
         result = write_backup(store, target)
@@ -270,10 +348,12 @@ def state_restore(
 ) -> None:
     """Restore a backup into an empty schema (migrated to the backup's revision first)."""
     from rof_pipelines.adapters.backup import restore_backup
+    from rof_pipelines.adapters.embedded_pg import ensure_state_store
     from rof_pipelines.adapters.state_store import StateStore
 
     overrides = {"state_storage": {"schema": schema}} if schema else {}
     settings = load_settings(overrides=overrides)
+    ensure_state_store(settings.state_storage)  # db_host: embedded -> the project's server runs
     store = StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
     try:
         rows = restore_backup(store, file)
@@ -307,23 +387,38 @@ def publish(
     end: Annotated[str | None, typer.Option(help="quotes-updated: until (exclusive), ISO 8601")] = None,
     reason: Annotated[str | None, typer.Option(help="task: why it is wanted (default: manual)")] = None,
     experiment_id: Annotated[str | None, typer.Option(help="task: experiment to run it under")] = None,
-    target: Annotated[str | None, typer.Option(help="backup: where to (default: configured)")] = None,
-    queue_prefix: Annotated[str, typer.Option(help="prefix of the exchange and queue names")] = "rof",
+    destination: Annotated[
+        str | None, typer.Option(help="backup: a system_setup.backup destination's name (default: default)")
+    ] = None,
+    queue_prefix: Annotated[
+        str | None,
+        typer.Option(help="prefix of the exchange and queue names (default: storage.rabbitmq.queue_prefix)"),
+    ] = None,
 ) -> None:
-    """Publish one message to RabbitMQ (declaring the queues first, idempotently); prints its message_id."""
-    from rof_pipelines.adapters.messages import build_message
+    """Publish one message to RabbitMQ (declaring the queues first, idempotently); prints its message_id.
+
+    The queues are the ones the sensors read (``storage.rabbitmq.queue_prefix``), and a message they
+    would dead-letter (a day outside the partitions, too many runs) is refused here with the reason.
+    """
+    from rof_pipelines.adapters.messages import (
+        MessageLimits,
+        UnrunnableMessage,
+        build_message,
+        check_runnable,
+    )
     from rof_pipelines.adapters.rabbitmq import RabbitMQ
+    from rof_pipelines.partitions import HISTORY_START, daily_partitions
 
     kinds = {"task": "task", "quotes-updated": "quotes.updated", "backup": "backup"}
     allowed = {
         "task": {"--market", "--date", "--reason", "--experiment-id"},
         "quotes-updated": {"--market", "--date", "--start", "--end"},
-        "backup": {"--target"},
+        "backup": {"--destination"},
     }
     if kind not in kinds:
         _fail(f"KIND must be one of {', '.join(kinds)}, got {kind!r}")
     given = {"--market": market, "--date": day, "--start": start, "--end": end, "--reason": reason}
-    given |= {"--experiment-id": experiment_id, "--target": target}
+    given |= {"--experiment-id": experiment_id, "--destination": destination}
     extra = sorted(
         option for option, value in given.items() if value is not None and option not in allowed[kind]
     )
@@ -335,7 +430,7 @@ def publish(
         "market": market,
         "reason": reason,
         "experiment_id": experiment_id,
-        "target": target,
+        "destination": destination,
     }
     try:
         if kind == "task" and day:
@@ -349,12 +444,26 @@ def publish(
         _fail(f"bad date: {exc}")
     message = build_message(kinds[kind], **fields)
     settings = load_settings()
-    rabbit = RabbitMQ(settings.storage.rabbitmq, settings.system_setup.circuit_breaker, queue_prefix)
+    config = settings.storage.rabbitmq
+    last = daily_partitions.get_last_partition_key()
+    limits = MessageLimits(
+        first_day=HISTORY_START,
+        last_day=date.fromisoformat(last) if last else HISTORY_START - timedelta(days=1),
+        max_days_per_message=config.max_days_per_message,
+        max_runs_per_message=config.max_runs_per_message,
+    )
+    try:
+        check_runnable(message, limits)
+    except UnrunnableMessage as exc:
+        _fail(f"not published, the sensors would dead-letter it: {exc.reason}")
+    rabbit = RabbitMQ(config, settings.system_setup.circuit_breaker, queue_prefix or config.queue_prefix)
     rabbit.declare_topology()
     rabbit.publish(message)
-    typer.secho(
-        f"published {message.kind} to {rabbit.queue_name(message.kind)} on {rabbit.describe()}", err=True
+    where = (
+        f"published {message.kind} message {message.message_id} to queue {rabbit.queue_name(message.kind)} "
+        f"(exchange {rabbit.topology.exchange}, routing key {message.queue_suffix}) on {config.describe()}"
     )
+    typer.secho(where, err=True)  # describe() stars the password
     typer.echo(message.message_id)
 
 
@@ -366,13 +475,26 @@ def instance_render() -> None:
     typer.echo(render_instance_yaml(load_settings()), nl=False)
 
 
+def _decision_summary(record: Any) -> str:
+    """What the experiment changed, in words (a buy-and-hold win is a warning, not a promotion)."""
+    from rof_pipelines.core.abtest import decision_summary
+
+    return decision_summary(
+        record.winner,
+        record.promoted,
+        record.conflict,
+        version=record.promoted_version,
+        note=record.details.get("promotion"),
+    )
+
+
 @experiments_app.command("list")
 def experiments_list(
     market: Annotated[str | None, typer.Option("--market", "-m", help="only this exchange:PAIR")] = None,
     limit: int = 20,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
 ) -> None:
-    """Recorded experiments, newest first: winner, promotion or conflict, and the reason."""
+    """Recorded experiments, newest first: partition date, what changed, and the decision's reason."""
     store = _state_store()
     try:
         records = store.list_experiments(market, limit)
@@ -387,9 +509,11 @@ def experiments_list(
                     {
                         "experiment_id": record.experiment_id,
                         "market": record.market,
+                        "partition_date": record.partition_date,
                         "window_end": record.window_end,
                         "winner": record.winner,
                         "outcome": outcome,
+                        "summary": _decision_summary(record),
                         "conflict": record.conflict,
                         "reason": reason,
                         "arms": [arm.arm for arm in record.arms],
@@ -399,11 +523,245 @@ def experiments_list(
             )
         else:
             typer.echo(
-                f"{record.created_at:%Y-%m-%d %H:%M} {record.market:<18} {record.window_end:%Y-%m-%d} "
-                f"{outcome:<11} winner={record.winner or '-'}  {reason}"
+                f"{record.created_at:%Y-%m-%d %H:%M} {record.market:<18} {record.partition_date:%Y-%m-%d} "
+                f"{_decision_summary(record)}  ({reason})"
             )
     if not records:
         typer.echo("no experiments recorded yet")
+
+
+# Lineage an A/B experiment record should carry in ``details`` (written by the ab_report asset); a
+# missing one is named by ``rof experiments show``.
+LINEAGE_DETAILS = (
+    "run_id",
+    "partition_key",
+    "partition_date",
+    "upstream_runs",
+    "ga_task_id",
+    "ga_generations",
+)
+
+
+def _experiment_lineage(store: Any, record: Any) -> dict[str, Any]:
+    """Everything ``rof experiments show`` prints, JSON-able: the decision with each arm's evidence,
+    the promotion and whether it is still in force, the GA task and its generations, and the
+    partitions and Dagster runs the experiment came from."""
+    details = record.details
+    day = record.partition_date
+    current = store.get_active_config(record.market)
+    task_id = details.get("ga_task_id")
+    progress = store.get_progress(task_id) if task_id else None
+    checkpoints = store.checkpoint_generations(task_id) if task_id else []
+    verdicts = {name: arm.get("reason") for name, arm in (record.decision.get("arms") or {}).items()}
+    first_day = record.window_start.astimezone(UTC).date()
+    days = [first_day + timedelta(days=i) for i in range((day - first_day).days + 1)]
+    try:
+        calendar = load_settings().market_profile(record.market).calendar
+        open_days: int | None = sum(calendar.is_open_day(d) for d in days)
+    except RofError:  # an unknown exchange: the day count alone
+        open_days = None
+    ga_generations = details.get("ga_generations") or {}
+    if progress is not None:
+        ga_generations = {
+            "first": ga_generations.get("first", 0),
+            "last": progress.generation,
+            "total": progress.total_generations,
+            **ga_generations,
+        }
+    return {
+        "experiment_id": record.experiment_id,
+        "label": record.label,
+        "market": record.market,
+        "created_at": record.created_at.astimezone(UTC) if record.created_at else None,
+        "partition_date": day,
+        "partition_key": details.get("partition_key") or f"{day.isoformat()}|{record.market}",
+        "window": {"start": record.window_start.astimezone(UTC), "end": record.window_end.astimezone(UTC)},
+        "decision": {
+            "summary": _decision_summary(record),
+            "winner": record.winner,
+            "reason": record.decision.get("reason", ""),
+            "rule": (record.decision.get("rule") or {}).get("text"),
+            "held_out_periods": record.decision.get("n_periods"),
+        },
+        "arms": [
+            {
+                "arm": arm.arm,
+                "role": arm.role,
+                "sharpe": arm.metrics.get("sharpe"),
+                "total_return": arm.metrics.get("total_return"),
+                "p_values": arm.p_values,
+                "verdict": verdicts.get(arm.arm) or ("the config in force" if arm.role == "active" else ""),
+            }
+            for arm in record.arms
+        ],
+        "promotion": {
+            "promoted": record.promoted,
+            "active_version_read": record.active_version,
+            "promoted_version": record.promoted_version,
+            "conflict": record.conflict,
+            "note": details.get("promotion"),
+            "in_force": bool(record.promoted and current and current.experiment_id == record.experiment_id),
+            "active_now": None
+            if current is None
+            else {
+                "version": current.version,
+                "source": current.source,
+                "experiment_id": current.experiment_id,
+            },
+        },
+        "ga": {
+            "task_id": task_id,
+            "status": progress.status if progress else None,
+            "generations": ga_generations or None,
+            "checkpoints": [{"generation": g, "final": final} for g, final in checkpoints],
+        },
+        "inputs": {
+            "assets": ["quote_snapshots", "indicator_frame"],
+            "market": record.market,
+            "first_day": first_day,
+            "last_day": day,
+            "days": len(days),
+            "open_days": open_days,
+        },
+        "dagster_run_id": record.run_id,
+        "upstream_runs": details.get("upstream_runs"),
+        "not_recorded": [key for key in LINEAGE_DETAILS if not details.get(key)],
+    }
+
+
+def _p(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+
+def _print_lineage(lineage: dict[str, Any]) -> None:
+    decision, promotion, ga, inputs = (lineage[k] for k in ("decision", "promotion", "ga", "inputs"))
+    window = lineage["window"]
+    created = f", recorded {lineage['created_at']:%Y-%m-%d %H:%M %Z}" if lineage["created_at"] else ""
+    lines = [
+        f"experiment   {lineage['experiment_id']} ({lineage['label']}{created})",
+        f"market       {lineage['market']}",
+        f"partition    {lineage['partition_date']} (key {lineage['partition_key']})",
+        f"window       {window['start']:%Y-%m-%d %H:%M} .. {window['end']:%Y-%m-%d %H:%M} UTC "
+        f"({decision['held_out_periods'] or '?'} held-out periods)",
+        f"decision     {decision['summary']}",
+        f"reason       {decision['reason']}",
+    ]
+    if decision["rule"]:
+        lines.append(f"rule         {decision['rule']}")
+    lines.append(
+        "arms         arm / role / Sharpe / p welch, mann-whitney, bootstrap, 1-DSR, Holm-adjusted / verdict"
+    )
+    for arm in lineage["arms"]:
+        p = arm["p_values"]
+        dsr = 1 - p["dsr"] if isinstance(p.get("dsr"), int | float) else None
+        p_text = " ".join(_p(v) for v in (p.get("welch"), p.get("mann_whitney"), p.get("bootstrap"), dsr))
+        lines.append(
+            f"  {arm['arm']:<18} {arm['role']:<10} {_p(arm['sharpe']):>7}  "
+            + (f"p {p_text} -> {_p(p.get('p_adjusted'))}  " if p else "")
+            + arm["verdict"]
+        )
+    now = promotion["active_now"]
+    if promotion["promoted"]:
+        state = (
+            "still in force"
+            if promotion["in_force"]
+            else f"since replaced: now v{now['version']} ({now['source']}, experiment {now['experiment_id'] or '-'})"
+            if now
+            else "no active config now"
+        )
+        lines.append(
+            f"promotion    read active config v{promotion['active_version_read'] or 0}, wrote "
+            f"v{promotion['promoted_version']}: {state}"
+        )
+    else:
+        lines.append(
+            f"promotion    none (read active config v{promotion['active_version_read'] or 0})"
+            + (f": {promotion['conflict']}" if promotion["conflict"] else "")
+            + (f"; {promotion['note']}" if promotion["note"] and not promotion["conflict"] else "")
+        )
+    if ga["task_id"]:
+        gens = ga["generations"]
+        span = (
+            f"generations {gens.get('first', 0)}..{gens['last']} of {gens['total']}"
+            if gens
+            else "no progress"
+        )
+        kept = ", ".join(f"{c['generation']}" + (" (final)" if c["final"] else "") for c in ga["checkpoints"])
+        lines.append(f"GA task      {ga['task_id']}")
+        lines.append(
+            f"             {ga['status'] or 'no progress recorded'}, {span}; checkpoints kept: {kept or 'none'}"
+        )
+    else:
+        lines.append("GA task      not recorded")
+    open_days = f", {inputs['open_days']} open" if inputs["open_days"] is not None else ""
+    lines.append(
+        f"inputs       {' and '.join(inputs['assets'])} of {inputs['market']}: {inputs['days']} day partition(s) "
+        f"{inputs['first_day']} .. {inputs['last_day']}{open_days} (keys DAY|{inputs['market']}), "
+        "read as one window from the quote store"
+    )
+    for asset_name, run in (lineage["upstream_runs"] or {}).items():
+        lines.append(f"             {asset_name}: run {run}")
+    run_id = lineage["dagster_run_id"]
+    if run_id:
+        lines.append(f"dagster run  {run_id}")
+    else:
+        prefix = lineage["experiment_id"].rsplit(":", 1)[-1]
+        lines.append(
+            f"dagster run  not recorded (the experiment id ends with the run id's first 8 characters: {prefix})"
+        )
+    if lineage["not_recorded"]:
+        lines.append("not recorded " + ", ".join(f"details.{key}" for key in lineage["not_recorded"]))
+    typer.echo("\n".join(lines))
+
+
+@experiments_app.command("show")
+def experiments_show(
+    experiment_id: Annotated[str | None, typer.Argument(help="an id from `rof experiments list`")] = None,
+    active: Annotated[
+        str | None,
+        typer.Option(
+            "--active", metavar="MARKET", help="the experiment that promoted MARKET's active config"
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+) -> None:
+    """One experiment's lineage: market, partition, window, decision with each arm's p-values, the
+    promotion, the GA task and its generations, and the partitions and Dagster run it came from."""
+    if (experiment_id is None) == (active is None):
+        _fail("give an experiment id or --active MARKET (one of them)")
+    store = _state_store()
+    try:
+        if active is not None:
+            config, record = store.promoting_experiment(active)
+            if config is None:
+                _fail(f"{active}: no active config recorded")
+            if record is None:
+                if config.experiment_id:
+                    _fail(
+                        f"{config.market}: active config v{config.version} names experiment "
+                        f"{config.experiment_id}, which is not recorded"
+                    )
+                message = (
+                    f"{config.market}: active config v{config.version} was set by source {config.source!r} "
+                    f"({config.updated_by}, {config.updated_at.astimezone(UTC):%Y-%m-%d %H:%M %Z}), not by an experiment"
+                )
+                typer.echo(
+                    json.dumps({"market": config.market, "experiment": None, "reason": message})
+                    if as_json
+                    else message
+                )
+                return
+        else:
+            record = store.get_experiment(experiment_id)
+            if record is None:
+                _fail(f"no experiment {experiment_id!r} recorded (see `rof experiments list`)")
+        lineage = _experiment_lineage(store, record)
+    finally:
+        store.dispose()
+    if as_json:
+        typer.echo(json.dumps(lineage, default=str))
+    else:
+        _print_lineage(lineage)
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -480,7 +838,7 @@ def bench_ga(
 
 @bench_app.command("rl")
 def bench_rl(bars: int = 1_000_000, episodes: int = 20) -> None:
-    """RL training kernel steps/s, and the ratio to the C yardstick (../shared/bench/ref-rl)."""
+    """RL training kernel steps/s, and the ratio to the C yardstick (bench/qlearn_ref.c, compiled here)."""
     from rof_pipelines.bench.rl import bench_rl as run
 
     _emit(run(bars, episodes))
@@ -505,15 +863,49 @@ def _dagster_home() -> Path:
 def demo(
     days: Annotated[int, typer.Option(help="whole UTC days ending yesterday")] = 3,
     seed: int = 0,
+    market: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--market",
+            "-m",
+            help="exchange:PAIR=PATTERN (none | momentum), repeatable; default "
+            "binance:SOLUSDT=momentum and binance:BTCUSDT=none",
+        ),
+    ] = None,
 ) -> None:
-    """The main job on the configured store (the embedded Parquet store by default): generate quotes
-    for the configured markets if the store has none, then materialise every asset for each market
-    and day through Dagster, recorded in a persistent local instance the UI shows afterwards."""
-    from rof_pipelines.demo import run_demo
+    """The main job end to end on two synthetic markets: one with a planted momentum pattern the
+    optimiser can find, one pure random walk. Generates their quotes into the configured store (the
+    embedded Parquet store by default) where it has none, then materialises every asset for each
+    market and day through Dagster with the demo's config (config.yaml with 15-minute bars over a
+    two-week window and a smaller GA: the summary names the file), recorded in a persistent local
+    instance the UI shows afterwards."""
+    from rof_pipelines.adapters.embedded_pg import ensure_state_store
+    from rof_pipelines.core.market import Market
+    from rof_pipelines.core.quotes import PATTERNS
+    from rof_pipelines.demo import DEMO_MARKETS, DemoMarket, run_demo
 
+    markets = list(DEMO_MARKETS)
+    if market:
+        markets = []
+        for spec in market:
+            key, _, pattern = spec.partition("=")
+            if (pattern or "none") not in PATTERNS:
+                _fail(f"--market {spec!r}: the pattern must be one of {', '.join(PATTERNS)}")
+            try:
+                markets.append(DemoMarket(Market.parse(key).key, pattern or "none"))
+            except ValueError as exc:
+                _fail(f"--market {spec!r}: {exc}")
     home = _dagster_home()
     started = time.perf_counter()
-    summary = run_demo(load_settings(), days=days, seed=seed)
+    settings = load_settings()
+    try:
+        if ensure_state_store(settings.state_storage):  # outlives the demo: the UI and the CLI see it
+            typer.echo(
+                f"state store: {settings.state_storage.describe()} ({time.perf_counter() - started:.1f}s)"
+            )
+    except RofError as exc:  # the demo still runs what needs no state store, and says so
+        typer.echo(f"state store: could not be started ({exc})")
+    summary = run_demo(settings, days=days, seed=seed, markets=markets)
     typer.echo(summary.render())
     typer.echo(
         f"\n{summary.runs} runs in {time.perf_counter() - started:.1f}s, recorded in DAGSTER_HOME={home}"
@@ -584,13 +976,20 @@ def _day_range(spec: str) -> list[date]:
 
 @app.command()
 def ui(port: int = 3000, host: str = "127.0.0.1") -> None:
-    """``dagster dev`` on the same local instance as ``rof demo``."""
+    """``dagster dev`` on the same local instance (and state store) as ``rof demo``."""
+    from rof_pipelines.adapters.embedded_pg import ensure_state_store
+
     home = _dagster_home()
-    typer.echo(f"DAGSTER_HOME={home}")
+    settings = load_settings()
+    ensure_state_store(settings.state_storage)  # its holder is not a child of dagster dev: it stays up
+    typer.echo(f"DAGSTER_HOME={home}  state store: {settings.state_storage.describe()}")
     os.execvp(
         sys.executable,
         [
             sys.executable,
+            # `dg dev` (dagster-dg-cli) is not installed; silence `dagster dev`'s "use dg dev" notice.
+            "-W",
+            "ignore:Function `dev_command` is superseded",
             "-m",
             "dagster",
             "dev",

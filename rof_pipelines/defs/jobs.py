@@ -1,14 +1,16 @@
-"""Jobs, each in one of the seed's worker pools (run tags; limits in dagster.yaml)."""
+"""Jobs, each in one of the worker pools (run tags ``rof/pool``; limits in deploy/dagster.yaml).
+
+The jobs take their partitions (date x market) from the assets they select; every asset here shares
+``market_day_partitions``, and a test holds each resolved job to it.
+"""
 
 from dagster import AssetSelection, define_asset_job
 
 from rof_pipelines.defs.load_time import pool_tags
-from rof_pipelines.partitions import market_day_partitions
 
 market_data_job = define_asset_job(
     "market_data",
     selection=AssetSelection.groups("quotes", "indicators"),
-    partitions_def=market_day_partitions,
     description="Quote snapshots and indicator frame for one market and day.",
     tags=pool_tags("task_worker"),
 )
@@ -16,7 +18,6 @@ market_data_job = define_asset_job(
 all_market_day_assets_job = define_asset_job(
     "all_market_day_assets",
     selection=AssetSelection.all(),
-    partitions_def=market_day_partitions,
     description="Every asset for one market and day: what `rof demo` runs and what new quotes rerun.",
     tags=pool_tags("ab_optimizer"),
 )
@@ -24,7 +25,6 @@ all_market_day_assets_job = define_asset_job(
 nightly_optimisation_job = define_asset_job(
     "nightly_optimisation",
     selection=AssetSelection.all(),
-    partitions_def=market_day_partitions,
     description="Everything for one market and day: quotes, indicators, agent, optimisation, A/B test. "
     "Run nightly for yesterday and on `tasks` messages.",
     tags=pool_tags("ab_optimizer"),

@@ -23,8 +23,8 @@ def settings_at_load() -> Settings:
 
 
 def pool_tags(pool: str) -> dict[str, str]:
-    """Run tags that put a job into one of the seed's worker pools: the queued run coordinator limits
-    concurrent runs per ``rof/pool`` value (see dagster.yaml), and run monitoring stops a run after
+    """Run tags that put a job into one of the worker pools (system_setup.worker_pool): the queued
+    run coordinator limits concurrent runs per ``rof/pool`` value (see deploy/dagster.yaml), and run monitoring stops a run after
     the pool's task_timeout. Partitioned runs also get Dagster's own dagster/partition/* tags."""
     pools = settings_at_load().system_setup.worker_pool
     timeout = getattr(pools, pool).task_timeout
