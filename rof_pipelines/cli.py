@@ -900,9 +900,7 @@ def demo(
     settings = load_settings()
     try:
         if ensure_state_store(settings.state_storage):  # outlives the demo: the UI and the CLI see it
-            typer.echo(
-                f"state store: {settings.state_storage.describe()} ({time.perf_counter() - started:.1f}s)"
-            )
+            typer.echo(f"embedded state store started in {time.perf_counter() - started:.1f}s")
     except RofError as exc:  # the demo still runs what needs no state store, and says so
         typer.echo(f"state store: could not be started ({exc})")
     summary = run_demo(settings, days=days, seed=seed, markets=markets)

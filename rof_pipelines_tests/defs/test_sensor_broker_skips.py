@@ -145,3 +145,33 @@ def test_config_reload_and_market_discovery_skip_with_the_reason(tmp_path, pg_ad
     for outcome in discovery_ticks:
         assert isinstance(outcome, SkipReason) and outcome.skip_message.startswith("cannot list markets:")
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_fresh_broker_gets_its_queues_declared_on_the_first_tick(tmp_path, state_storage, rabbitmq_url):
+    """A stock broker has none of the project's queues yet: the first tick declares them
+    (idempotently) and drains, instead of skipping for ever with "no queue"."""
+    import secrets
+
+    import pika
+
+    prefix = f"fresh{secrets.token_hex(4)}"
+    path = tmp_path / "config.yaml"
+    rabbit = {"url": rabbitmq_url, "queue_prefix": prefix}
+    path.write_text(yaml.safe_dump({"state_storage": state_storage, "storage": {"rabbitmq": rabbit}}))
+    settings = RofSettings(config_path=str(path))
+    resources = {
+        "settings": settings,
+        "state_store": StateStoreResource(settings=settings),
+        "rabbitmq": RabbitMQResource(settings=settings),
+    }
+    try:
+        (outcome,) = ticks(tasks_sensor, resources, 1)
+        assert isinstance(outcome, SkipReason) and "drained 0" in outcome.skip_message, outcome
+        connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+        assert connection.channel().queue_declare(f"{prefix}.tasks", passive=True)  # it exists now
+    finally:
+        connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+        channel = connection.channel()
+        for suffix in ("tasks", "quotes.updated", "backup", "dead_letter"):
+            channel.queue_delete(f"{prefix}.{suffix}")
+        connection.close()

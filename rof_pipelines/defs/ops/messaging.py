@@ -49,7 +49,7 @@ from rof_pipelines.core.market import Market
 from rof_pipelines.defs.jobs import all_market_day_assets_job, nightly_optimisation_job
 from rof_pipelines.defs.load_time import settings_at_load
 from rof_pipelines.defs.ops.backups import state_backup_job
-from rof_pipelines.errors import PartitionOutOfRange, PermanentError, StoreUnavailableError
+from rof_pipelines.errors import NotFoundError, PartitionOutOfRange, PermanentError, StoreUnavailableError
 from rof_pipelines.partitions import (
     HISTORY_START,
     daily_partitions,
@@ -212,7 +212,12 @@ def queue_sensor(
                 )
             else:
                 try:
-                    drained = rabbitmq.open().drain(kind, batch, inbox.add, message_limits)
+                    client = rabbitmq.open()
+                    try:
+                        drained = client.drain(kind, batch, inbox.add, message_limits)
+                    except NotFoundError:  # a fresh broker: declare the queues (idempotent), then read
+                        client.declare_topology()
+                        drained = client.drain(kind, batch, inbox.add, message_limits)
                     if drained.dead_lettered:
                         reasons = "; ".join(item.error.reason for item in drained.dead_lettered if item.error)
                         context.log.warning(
