@@ -41,7 +41,7 @@ from rof_pipelines.core.redaction import (
     secret_values,
     split_url,
 )
-from rof_pipelines.core.windows import window_budget
+from rof_pipelines.core.windows import WindowBudget, window_budget
 from rof_pipelines.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -972,12 +972,10 @@ class Settings(_Section):
             slippage=float(slippage),
         )
 
-    def window_problems(self, profile: MarketProfile) -> str | None:
-        """Why the market's window cannot feed the agent, the GA and the A/B test (None: it can),
-        with the numbers; checked at config load for configured markets and at import for others."""
+    def window_budget(self, bars: int) -> WindowBudget:
+        """Where ``bars`` bars of a window go under this config's split, folds and GA slices."""
         ab, ga = self.ab_tests, self.ab_tests.experiment.ga
-        bars = profile.window.expected_bars(profile.bars_per_year)
-        budget = window_budget(
+        return window_budget(
             bars,
             train_fraction=ab.train_fraction,
             folds=ab.folds,
@@ -985,6 +983,12 @@ class Settings(_Section):
             sample_fraction=ga.sample_fraction if ga.full_window_from_generation > 0 else 1.0,
             min_periods=ab.min_periods,
         )
+
+    def window_problems(self, profile: MarketProfile) -> str | None:
+        """Why the market's window cannot feed the agent, the GA and the A/B test (None: it can),
+        with the numbers; checked at config load for configured markets and at import for others."""
+        bars = profile.window.expected_bars(profile.bars_per_year)
+        budget = self.window_budget(bars)
         problems = budget.problems()
         if not problems:
             return None

@@ -10,7 +10,7 @@ from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings
 from rof_pipelines.adapters.windows import read_frame, read_window
 from rof_pipelines.core.market import Market, MarketProfile
 from rof_pipelines.core.window_frame import WindowFrame
-from rof_pipelines.core.windows import WindowSplit, split_train_test, window_budget
+from rof_pipelines.core.windows import WindowSplit, split_train_test
 from rof_pipelines.errors import ConfigError, PermanentError
 from rof_pipelines.partitions import day_bounds, market_and_day
 from rof_pipelines.settings import Settings
@@ -85,15 +85,7 @@ def window_frame(
             window = read_window(store, md.profile, md.end)
     except PermanentError as exc:
         raise _permanent(exc) from exc
-    ab, ga = md.settings.ab_tests, md.settings.ab_tests.experiment.ga
-    budget = window_budget(
-        len(window.frame),
-        train_fraction=ab.train_fraction,
-        folds=ab.folds,
-        validation_fraction=ga.validation_fraction,
-        sample_fraction=ga.sample_fraction if ga.full_window_from_generation > 0 else 1.0,
-        min_periods=ab.min_periods,
-    )
+    budget = md.settings.window_budget(len(window.frame))
     problems = budget.problems()
     if problems:
         first = str(window.frame.index[0]) if len(window.frame) else "none"
@@ -105,7 +97,7 @@ def window_frame(
             ),
             allow_retries=False,
         )
-    return window, split_train_test(window.frame, ab.train_fraction)
+    return window, split_train_test(window.frame, md.settings.ab_tests.train_fraction)
 
 
 def state_store_failure(md: MarketDay, what: str, exc: Exception) -> Failure:
