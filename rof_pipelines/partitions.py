@@ -61,16 +61,25 @@ def check_partition_day(day: date) -> date:
     "PartitionsDefinition containing the passed partition key"."""
     from rof_pipelines.errors import PartitionOutOfRange
 
-    today = datetime.now(UTC).date()
     if day < HISTORY_START:
         raise PartitionOutOfRange(
             f"{day} is before the first partition day {HISTORY_START} (storage.history_start); set "
             f"storage.history_start to {day} or earlier in config.yaml and reload the code location "
             f"(restart `rof ui` / the daemon)"
         )
-    if day > today:
-        raise PartitionOutOfRange(f"{day} is in the future (today is {today} UTC): no partition yet")
+    last = last_partition_day()
+    if day > last:
+        raise PartitionOutOfRange(
+            f"{day} has no partition yet: the last `date` partition is {last} (a UTC day gets its "
+            f"partition once it is over)"
+        )
     return day
+
+
+def last_partition_day() -> date:
+    """The last `date` partition Dagster accepts now: yesterday UTC (today's exists once it is over)."""
+    last = daily_partitions.get_last_partition_key()
+    return date.fromisoformat(last) if last else HISTORY_START - timedelta(days=1)
 
 
 def market_and_day(key: str | MultiPartitionKey) -> tuple[Market, date]:

@@ -22,7 +22,7 @@ from rof_pipelines.adapters.quote_stores import open_quote_store
 from rof_pipelines.adapters.windows import read_window, window_start
 from rof_pipelines.core.calendars import calendar_for
 from rof_pipelines.core.indicators import IndicatorWindows
-from rof_pipelines.core.market import Market, MarketProfile, WindowLength, duration_text
+from rof_pipelines.core.market import Market, MarketProfile, WindowLength, datetime_to_us, duration_text
 from rof_pipelines.core.quotes import candles_to_snapshots
 from rof_pipelines.core.window_frame import open_slot_mask, warmup_bars
 from rof_pipelines.settings import Settings, parse_duration
@@ -41,8 +41,8 @@ END = datetime(2025, 1, 1, tzinfo=UTC)
 def open_candles(calendar_name: str, interval: timedelta, start: datetime, end: datetime, seed: int = 0):
     """A random walk of OHLCV candles on the calendar's open bar slots in ``[start, end)``."""
     step = int(interval.total_seconds() * US)
-    first = int(pd.Timestamp(start).value // 1000) // step * step
-    slots = np.arange(first, int(pd.Timestamp(end).value // 1000), step, dtype=np.int64)
+    first = datetime_to_us(start) // step * step
+    slots = np.arange(first, datetime_to_us(end), step, dtype=np.int64)
     slots = slots[open_slot_mask(slots, step, calendar_for(calendar_name).open_intervals(start, end))]
     rng = np.random.default_rng(seed)
     close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.002, len(slots))))

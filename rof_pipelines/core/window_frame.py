@@ -17,7 +17,7 @@ import pandas as pd
 
 from rof_pipelines.core.calendars import MarketCalendar
 from rof_pipelines.core.indicators import IndicatorWindows, build_indicator_frame
-from rof_pipelines.core.market import duration_text, ts_to_us
+from rof_pipelines.core.market import datetime_to_us, duration_text, ts_to_us
 from rof_pipelines.core.quotes import CleaningConfig, clean_quotes, resample_bars
 from rof_pipelines.errors import BarIntervalTooFine
 
@@ -156,7 +156,9 @@ def bar_gaps(
     (pass snapshots from ``lookback_bars`` open bars before ``start`` to see where)."""
     step = int(interval.total_seconds() * US)
     lo = calendar.start_for_bars(start, max(min_bars, lookback_bars), interval)
-    grid = np.arange(_floor(lo, step), _floor(end, step) + (0 if _us(end) % step == 0 else step), step)
+    grid = np.arange(
+        _floor(lo, step), _floor(end, step) + (0 if datetime_to_us(end) % step == 0 else step), step
+    )
     if len(grid) == 0:
         return []
     open_slots = grid[open_slot_mask(grid, step, calendar.open_intervals(lo, end))]
@@ -167,7 +169,7 @@ def bar_gaps(
     # Runs of empty open slots, counted over open slots only (closed slots are skipped over).
     edges = np.diff(np.r_[0, empty.astype(np.int8), 0])
     run_starts, run_ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    start_us = _us(start)
+    start_us = datetime_to_us(start)
     gaps = []
     for a, b in zip(run_starts, run_ends, strict=True):
         last_slot = open_slots[b - 1]
@@ -182,9 +184,5 @@ def bar_gaps(
     return gaps
 
 
-def _us(moment: datetime) -> int:
-    return int(pd.Timestamp(moment).value // 1000)  # .value is nanoseconds whatever the unit
-
-
 def _floor(moment: datetime, step: int) -> int:
-    return _us(moment) // step * step
+    return datetime_to_us(moment) // step * step

@@ -37,9 +37,9 @@ from rof_pipelines.adapters.rabbitmq import REASON_HEADER, Delivery, RabbitMQ, R
 from rof_pipelines.adapters.resources import RabbitMQResource, RofSettings, StateStoreResource
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.cli import app
-from rof_pipelines.defs.ops.messaging import last_partition_day, quotes_updated_sensor, tasks_sensor
+from rof_pipelines.defs.ops.messaging import quotes_updated_sensor, tasks_sensor
 from rof_pipelines.errors import PartitionOutOfRange
-from rof_pipelines.partitions import HISTORY_START, market_day_key
+from rof_pipelines.partitions import HISTORY_START, last_partition_day, market_day_key
 from rof_pipelines.settings import load_settings
 from rof_pipelines_tests.defs.test_message_sensors import Daemon, dead_letters, publish_raw
 

@@ -20,7 +20,7 @@ most once a minute per sensor, and the breaker lets it resume by itself.
 import logging
 import time
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 import pika.exceptions as pika_errors
@@ -52,7 +52,7 @@ from rof_pipelines.defs.ops.backups import state_backup_job
 from rof_pipelines.errors import NotFoundError, PartitionOutOfRange, PermanentError, StoreUnavailableError
 from rof_pipelines.partitions import (
     HISTORY_START,
-    daily_partitions,
+    last_partition_day,
     market_and_day,
     market_day_key,
     markets_partitions,
@@ -93,12 +93,6 @@ def log_broker_problem(context: SensorEvaluationContext, sensor_name: str, reaso
 
 def _tags(row: InboxRow, **extra: str) -> dict[str, str]:
     return {"rof/trigger": f"message:{row.message_id}", "rof/message_id": row.message_id, **extra}
-
-
-def last_partition_day() -> date:
-    """The last `date` partition Dagster accepts now: yesterday UTC (today's exists once it is over)."""
-    last = daily_partitions.get_last_partition_key()
-    return date.fromisoformat(last) if last else HISTORY_START - timedelta(days=1)
 
 
 def task_requests(row: InboxRow) -> list[RunRequest]:
