@@ -10,6 +10,7 @@ disturbed; what ``timeit`` does) compares like with like; the median ratio of th
 too."""
 
 import functools
+import hashlib
 import json
 import multiprocessing
 import resource
@@ -121,8 +122,18 @@ def bench_ga(
         "host_ceiling": round(float(np.median(ceilings)), 3),
         "host_ceilings": [round(c, 3) for c in ceilings],
         "same_result_as_1_worker": bool(same),
+        "result_hash": result_hash(k),
         **_peak_rss_mb(),
     }
+
+
+def result_hash(result: Any) -> str:
+    """A fingerprint of what the GA found (champion genome, every fitness, the Pareto flags): equal
+    across refactors that keep the optimiser's behaviour, different if any figure moves."""
+    digest = hashlib.sha256(repr(tuple(result.champion_genome)).encode())
+    digest.update(np.ascontiguousarray(result.fitness, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(result.pareto).astype(np.int64).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _yardstick_seconds(_: int = 0) -> float:
