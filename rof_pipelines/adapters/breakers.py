@@ -7,32 +7,24 @@ While a circuit is open, calls fail fast with :class:`CircuitOpenError`, which i
 
 import threading
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import pybreaker
-from prometheus_client import Counter, Gauge
+
+from rof_pipelines.adapters.metrics import BREAKER_FAILURES, BREAKER_STATE
 
 # The adapters' password-free error text; defined beside the config's redaction, one set of rules.
 from rof_pipelines.core.redaction import error_message, scrub  # noqa: F401
-from rof_pipelines.errors import CircuitOpenError, PermanentError, RofError, StoreUnavailableError
+from rof_pipelines.errors import CircuitOpenError, PermanentError, RofError
 from rof_pipelines.settings import CircuitBreakerConfig
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
-BREAKER_STATE = Gauge(
-    "circuit_breaker_state",
-    "Circuit breaker state per service: 0 closed, 1 half-open, 2 open",
-    ["service"],
-)
-BREAKER_FAILURES = Counter(
-    "circuit_breaker_failures_total", "Transient failures seen by a circuit breaker", ["service"]
-)
 _STATE_VALUE = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 
 
 class _MetricsListener(pybreaker.CircuitBreakerListener):
-    def state_change(self, cb: pybreaker.CircuitBreaker, old_state, new_state) -> None:  # type: ignore[no-untyped-def]
+    def state_change(self, cb: pybreaker.CircuitBreaker, _old_state, new_state) -> None:  # type: ignore[no-untyped-def]
         BREAKER_STATE.labels(cb.name).set(_STATE_VALUE.get(new_state.name, 0))
 
     def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
@@ -76,23 +68,24 @@ def guarded_call(
     service: str,
     config: CircuitBreakerConfig | None,
     translate: Callable[[BaseException], RofError],
-    fn: Callable[P, R],
-    *args: P.args,
-    **kwargs: P.kwargs,
+    fn: Callable[..., R],
+    *args: Any,
+    operation: str | None = None,
 ) -> R:
-    """Run ``fn`` through the service's breaker; driver errors become the project's own errors.
-
-    ``translate`` maps a driver exception to a TransientError or PermanentError subclass.
-    """
+    """Run ``fn(*args)`` through the service's breaker; driver errors become the project's own errors
+    (``translate``, usually an :class:`~rof_pipelines.errors.ErrorMap`'s translator), tagged with
+    ``service`` and ``operation``."""
     breaker = breaker_for(service, config)
+    operation = operation or getattr(fn, "__name__", None)
 
     def call() -> R:
         try:
-            return fn(*args, **kwargs)
-        except RofError:
+            return fn(*args)
+        except RofError as exc:
+            exc.with_context(service, operation)
             raise
         except Exception as exc:
-            raise translate(exc) from exc
+            raise translate(exc).with_context(service, operation) from exc
 
     try:
         return breaker.call(call)
@@ -100,15 +93,4 @@ def guarded_call(
         raise CircuitOpenError(
             f"{service}: circuit open after {breaker.fail_counter} consecutive failures; "
             f"calls are refused for {breaker.reset_timeout:.0f}s before a trial call"
-        ) from exc
-
-
-def generic_translate(service: str) -> Callable[[BaseException], RofError]:
-    """Fallback mapping: OS / connection level errors are transient, anything else permanent."""
-
-    def translate(exc: BaseException) -> RofError:
-        if isinstance(exc, OSError | TimeoutError | ConnectionError):
-            return StoreUnavailableError(f"{service}: {type(exc).__name__}: {exc}")
-        return PermanentError(f"{service}: {type(exc).__name__}: {exc}")
-
-    return translate
+        ).with_context(service, operation) from exc

@@ -42,7 +42,7 @@ from pydantic import (
 )
 
 from rof_pipelines.core.market import Market
-from rof_pipelines.errors import DataValidationError
+from rof_pipelines.errors import MalformedMessage, UnrunnableMessage
 
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -65,22 +65,6 @@ _MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # always fullmatch: "$" 
 _UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _BRACKET_STEP = [1 if b in b"[{" else -1 for b in range(256)]
-
-
-class MalformedMessage(DataValidationError):
-    """A body that can never be processed: bad JSON, unknown kind, wrong version or an invalid field.
-
-    Not retryable; the consumer dead-letters it with ``reason`` in a header.
-    """
-
-    def __init__(self, reason: str, *, kind: str | None = None, message_id: str | None = None) -> None:
-        self.reason = reason
-        self.kind = kind
-        self.message_id = message_id
-        where = ", ".join(
-            part for part in (kind and f"kind {kind}", message_id and f"id {message_id}") if part
-        )
-        super().__init__(f"malformed message{f' ({where})' if where else ''}: {reason}")
 
 
 def _utc(value: datetime) -> datetime:
@@ -427,11 +411,6 @@ def _parse(kind_or_queue: str | None, body: bytes, properties: Any, where: dict[
         raise MalformedMessage(_explain(exc), **where) from None
     message.to_body()  # what cannot be serialised cannot be stored: fail here, not in the inbox INSERT
     return message
-
-
-class UnrunnableMessage(MalformedMessage):
-    """A well-formed message this deployment cannot run: a day outside the partitions, a range or a
-    number of runs over the configured limits. Dead-lettered like a malformed one."""
 
 
 @dataclass(frozen=True)

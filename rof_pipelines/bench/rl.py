@@ -28,7 +28,7 @@ import numpy as np
 
 from rof_pipelines.core.rl.agent import RLParams, train
 from rof_pipelines.core.rl.env import EnvArrays, FeatureBins, StateSpace
-from rof_pipelines.errors import PermanentError
+from rof_pipelines.errors import ReferenceUnavailable
 
 REF_SOURCE = Path(__file__).resolve().with_name("qlearn_ref.c")
 N_MARKET_STATES = 256  # as in qlearn_ref.c
@@ -57,10 +57,6 @@ def ref_params(episodes: int) -> RLParams:
         slippage=0.0,
         seed=88172645463325252,
     )
-
-
-class ReferenceUnavailable(PermanentError):
-    """The C yardstick cannot be built or run here (no compiler, a failed compile, a crash)."""
 
 
 def find_compiler() -> list[str]:

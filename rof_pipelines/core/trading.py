@@ -9,16 +9,12 @@ even when it is true: the system never pretends an order was placed.
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NoReturn
 
-from rof_pipelines.errors import PermanentError, TradingDisabledError
+from rof_pipelines.errors import NoLiveRouteError, TradingDisabledError
 
 if TYPE_CHECKING:
     from rof_pipelines.settings import AIConfig
 
 Side = Literal["buy", "sell"]
-
-
-class NoLiveRouteError(PermanentError):
-    """Trading is allowed by config, but no live order route (broker / exchange adapter) exists."""
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import pytest
 
 from rof_pipelines.core.ga import pool as pool_module
 from rof_pipelines.core.ga.fitness import FULL, SAMPLE, build_fitness_data, evaluate_genome
-from rof_pipelines.core.ga.pool import GenomePool, WorkerLost
+from rof_pipelines.core.ga.pool import GenomePool
 from rof_pipelines.core.rl.agent import RLParams
-from rof_pipelines.errors import DataValidationError
+from rof_pipelines.errors import DataValidationError, WorkerLost
 from rof_pipelines_tests.core.test_ga import SMALL_SPACE, planted_frame
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from rof_pipelines.core.trading import NoLiveRouteError, Order, OrderGateway, place_order
-from rof_pipelines.errors import PermanentError, TradingDisabledError
+from rof_pipelines.core.trading import Order, OrderGateway, place_order
+from rof_pipelines.errors import NoLiveRouteError, PermanentError, TradingDisabledError
 from rof_pipelines.settings import AIConfig
 
 ORDER = Order(market="binance:TONUSDT", side="buy", fraction=0.1, reason="q-table signal")

@@ -27,14 +27,9 @@ from typing import Any
 
 from rof_pipelines.core.ga.fitness import FitnessData, evaluate_genome
 from rof_pipelines.core.ga.space import Genome
-from rof_pipelines.errors import TransientError
+from rof_pipelines.errors import WorkerLost
 
 Fitness = tuple[float, float, float]
-
-
-class WorkerLost(TransientError):
-    """A worker process died mid-batch; the genomes it held were not scored (rerun the task: it
-    resumes from its newest checkpoint)."""
 
 
 def _worker_main(conn: Connection, counter: Any, data: FitnessData, inherited: Sequence[Connection]) -> None:
