@@ -70,7 +70,9 @@ def store(ch_settings: Settings):
         store.ensure_schema()
         store.ensure_schema()  # idempotent
         yield store
-        store._run(lambda client: client.command(f"DROP DATABASE IF EXISTS `{store._database}`"))
+        store._connection.run(
+            lambda client: client.command(f"DROP DATABASE IF EXISTS `{store._database}`"), operation="drop"
+        )
 
 
 def test_factory_builds_the_clickhouse_store(ch_settings):

@@ -341,5 +341,8 @@ def test_cli_import_takes_tz_and_prints_the_days_covered(tmp_path):
     assert "yahoo:GOOG: 20 candles rows -> 80 snapshots" in done.stdout
     assert "candle interval given by --interval" in done.stdout
     assert "covers 20 UTC day(s) with data, 2004-01-02 .. 2004-01-30" in done.stdout
-    assert "20 trading day(s) on the XNYS calendar" in done.stdout and "added to the Dagster instance" in done.stdout
+    assert (
+        "20 trading day(s) on the XNYS calendar" in done.stdout
+        and "added to the Dagster instance" in done.stdout
+    )
     assert "too few" in done.stderr  # 20 sessions cannot fill the 2-year window: said at import

@@ -7,11 +7,10 @@ raises (clients on the same path share the engine), and a directory can be used 
 """
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import clickhouse_connect
 import numpy as np
@@ -20,9 +19,8 @@ import pyarrow as pa
 from clickhouse_connect.driver import exceptions as ch_errors
 from clickhouse_connect.driver.client import Client
 
-from rof_pipelines.adapters.breakers import error_message, guarded_call
-from rof_pipelines.adapters.quote_stores import validated_quotes
 from rof_pipelines.adapters.quote_stores.base import QuoteStore
+from rof_pipelines.adapters.quote_stores.connection import GuardedConnection
 from rof_pipelines.core.market import (
     QUOTE_COLUMNS,
     Market,
@@ -31,15 +29,20 @@ from rof_pipelines.core.market import (
     ts_to_us,
     us_to_datetime,
 )
-from rof_pipelines.errors import DataValidationError, PermanentError, RofError, StoreUnavailableError
+from rof_pipelines.errors import (
+    DataValidationError,
+    ErrorMap,
+    ErrorRule,
+    PermanentError,
+    StoreUnavailableError,
+)
 from rof_pipelines.settings import (
     PROJECT_ROOT,
     CircuitBreakerConfig,
     ClickHouseConfig,
+    Settings,
     validate_sql_identifier,
 )
-
-R = TypeVar("R")
 
 SERVICE = "clickhouse"
 DDL_PATH = PROJECT_ROOT / "sql" / "clickhouse" / "001_quotes.sql"
@@ -53,12 +56,67 @@ TRANSIENT_CODES = frozenset({159, 160, 202, 203, 209, 210, 236, 241, 242, 252, 3
 # Server error codes that mean the data itself was refused.
 DATA_CODES = frozenset({6, 27, 38, 53, 69, 70, 72, 321})
 
+
+def _server_code_in(codes: frozenset[int], what: str) -> Callable[[BaseException], bool]:
+    """A rule matcher on the server's error code (clickhouse-connect puts it on ``exc.code``)."""
+
+    def matches(exc: BaseException) -> bool:
+        return getattr(exc, "code", None) in codes
+
+    matches.__doc__ = f"server error code in {what}"
+    return matches
+
+
+# clickhouse-connect's (and chDB's) exceptions -> the project's: refused data first, then lost
+# connections, timeouts and overload as the transient ones; chDB's own errors are permanent.
+CLICKHOUSE_ERRORS = ErrorMap(
+    "clickhouse",
+    [
+        ErrorRule((ch_errors.DataError,), DataValidationError),
+        ErrorRule(_server_code_in(DATA_CODES, "DATA_CODES"), DataValidationError),
+        ErrorRule(_server_code_in(TRANSIENT_CODES, "TRANSIENT_CODES"), StoreUnavailableError),
+        ErrorRule((ch_errors.OperationalError, OSError), StoreUnavailableError),
+    ],
+    default=PermanentError,
+)
+
 # Arrow output uncompressed (it is in-process or loopback) and strings as strings, set once per client:
 # per-query settings cost chDB extra round trips.
 CLIENT_SETTINGS = {
     "output_format_arrow_compression_method": "none",
     "output_format_arrow_string_as_string": 1,
 }
+
+
+class ClickHouseConnection(GuardedConnection[Client]):
+    """One clickhouse-connect client (HTTP, or chDB in-process when ``dsn`` is set); dropped after a
+    lost connection."""
+
+    def __init__(self, config: ClickHouseConfig, breaker: CircuitBreakerConfig, label: Callable[[], str]):
+        super().__init__(SERVICE, breaker, CLICKHOUSE_ERRORS, label, [config.db_password.get_secret_value()])
+        self._config = config
+
+    def _open(self) -> Client:
+        timeout = self.timeout_s
+        settings = {**CLIENT_SETTINGS, "max_execution_time": max(1, int(timeout))}
+        if self._config.dsn:
+            return clickhouse_connect.get_client(dsn=self._config.dsn, settings=settings)
+        return clickhouse_connect.get_client(
+            host=self._config.host,
+            port=self._config.http_port,
+            username=self._config.db_user,
+            password=self._config.db_password.get_secret_value(),
+            secure=self._config.secure,
+            connect_timeout=timeout,
+            send_receive_timeout=timeout,
+            settings=settings,
+        )
+
+    def _close(self, conn: Client) -> None:
+        conn.close()
+
+    def _spoiled_by(self, conn: Client, exc: BaseException) -> bool:
+        return isinstance(exc, ch_errors.OperationalError | OSError)
 
 
 class ClickHouseQuoteStore(QuoteStore):
@@ -76,12 +134,14 @@ class ClickHouseQuoteStore(QuoteStore):
 
     def __init__(self, config: ClickHouseConfig, breaker: CircuitBreakerConfig | None = None):
         self._config = config
-        self._breaker = breaker or CircuitBreakerConfig()
         # Settings validated these already; they are pasted into SQL, so check again right here.
         self._database = validate_sql_identifier(config.db_name)
         self._qualified = f"`{self._database}`.`{validate_sql_identifier(config.table)}`"
-        self._client: Client | None = None
-        self._lock = threading.Lock()
+        self._connection = ClickHouseConnection(config, breaker or CircuitBreakerConfig(), self.describe)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ClickHouseQuoteStore":
+        return cls(settings.storage.clickhouse, settings.system_setup.circuit_breaker)
 
     def describe(self) -> str:
         return f"{self._config.describe()} table={self._config.table}"
@@ -89,53 +149,8 @@ class ClickHouseQuoteStore(QuoteStore):
     def __repr__(self) -> str:
         return f"ClickHouseQuoteStore({self.describe()!r})"
 
-    # -- plumbing ----------------------------------------------------------------------------------
-
-    def _connection(self) -> Client:
-        if self._client is None:
-            timeout = self._breaker.call_timeout.total_seconds()
-            settings = {**CLIENT_SETTINGS, "max_execution_time": max(1, int(timeout))}
-            if self._config.dsn:
-                self._client = clickhouse_connect.get_client(dsn=self._config.dsn, settings=settings)
-            else:
-                self._client = clickhouse_connect.get_client(
-                    host=self._config.host,
-                    port=self._config.http_port,
-                    username=self._config.db_user,
-                    password=self._config.db_password.get_secret_value(),
-                    secure=self._config.secure,
-                    connect_timeout=timeout,
-                    send_receive_timeout=timeout,
-                    settings=settings,
-                )
-        return self._client
-
-    def _discard(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _on_client(self, fn: Callable[..., R], *args: Any) -> R:
-        client = self._connection()
-        try:
-            return fn(client, *args)
-        except (ch_errors.OperationalError, OSError):
-            self._discard()
-            raise
-
-    def _run(self, fn: Callable[..., R], *args: Any) -> R:
-        with self._lock:
-            return guarded_call(SERVICE, self._breaker, self._translate, self._on_client, fn, *args)
-
-    def _translate(self, exc: BaseException) -> RofError:
-        """Driver errors -> project errors; lost connections, timeouts and overload are transient."""
-        message = error_message(self.describe(), exc, self._config.db_password.get_secret_value())
-        code = getattr(exc, "code", None)
-        if isinstance(exc, ch_errors.DataError) or code in DATA_CODES:
-            return DataValidationError(message)
-        if code in TRANSIENT_CODES or isinstance(exc, ch_errors.OperationalError | OSError):
-            return StoreUnavailableError(message)
-        return PermanentError(message)
+    def close(self) -> None:
+        self._connection.close()
 
     def _market_filter(self, market: Market) -> tuple[str, dict[str, Any]]:
         return "exchange = {exchange:String} AND pair = {pair:String}", {
@@ -143,7 +158,7 @@ class ClickHouseQuoteStore(QuoteStore):
             "pair": market.pair,
         }
 
-    # -- interface ---------------------------------------------------------------------------------
+    # -- the store's part of the contract ------------------------------------------------------------
 
     def ensure_schema(self) -> None:
         text = DDL_PATH.read_text().format(database=self._database, table=self._config.table)
@@ -154,16 +169,15 @@ class ClickHouseQuoteStore(QuoteStore):
             for statement in statements:
                 client.command(statement)
 
-        self._run(run)
+        self._connection.run(run, operation="ensure_schema")
 
-    def write(self, market: Market, quotes: pd.DataFrame) -> int:
-        frame = validated_quotes(market, quotes)
-        if frame.empty:
-            return 0
+    def _write(self, market: Market, frame: pd.DataFrame) -> None:
         ts_us = ts_to_us(frame["ts"])
         low, high = int(ts_us.min()), int(ts_us.max())
         if low < MIN_TS_US or high >= MAX_TS_US:
-            raise DataValidationError(f"{market}: ts must lie in 1900..2299 for ClickHouse")
+            raise DataValidationError(f"{market}: ts must lie in 1900..2299 for ClickHouse").with_context(
+                SERVICE, "write"
+            )
         write_id = time.time_ns()
         table = _arrow_quotes(market, frame, ts_us, write_id)
         where, params = self._market_filter(market)
@@ -186,13 +200,9 @@ class ClickHouseQuoteStore(QuoteStore):
                 f"DELETE FROM {self._qualified} WHERE {in_range} AND write_id < {{write_id:UInt64}}", params
             )
 
-        self._run(run)
-        return len(frame)
+        self._connection.run(run, operation="write")
 
-    def read(self, market: Market, start: datetime, end: datetime) -> pd.DataFrame:
-        start_us, end_us = datetime_to_us(start), datetime_to_us(end)
-        if start_us >= end_us:
-            return empty_quotes()
+    def _read(self, market: Market, start_us: int, end_us: int) -> pd.DataFrame:
         where, params = self._market_filter(market)
         params |= {"start": start_us, "end": end_us}
         query = (
@@ -204,18 +214,18 @@ class ClickHouseQuoteStore(QuoteStore):
         def run(client: Client) -> pa.Table:
             return client.query_arrow(query, parameters=params)
 
-        table = self._run(run)
+        table = self._connection.run(run, operation="read")
         if table.num_rows == 0:
             return empty_quotes()
         return table.cast(READ_SCHEMA).to_pandas()
 
-    def markets(self) -> list[Market]:
+    def _markets(self) -> list[Market]:
         def run(client: Client) -> list[tuple[str, str]]:
             return client.query(f"SELECT DISTINCT exchange, pair FROM {self._qualified}").result_rows
 
-        return sorted(Market(exchange, pair) for exchange, pair in self._run(run))
+        return [Market(exchange, pair) for exchange, pair in self._connection.run(run, operation="markets")]
 
-    def time_range(self, market: Market) -> tuple[datetime, datetime] | None:
+    def _time_range(self, market: Market) -> tuple[datetime, datetime] | None:
         where, params = self._market_filter(market)
         query = (
             "SELECT count(), toUnixTimestamp64Micro(min(ts)), toUnixTimestamp64Micro(max(ts))"
@@ -225,14 +235,10 @@ class ClickHouseQuoteStore(QuoteStore):
         def run(client: Client) -> tuple[int, int, int]:
             return client.query(query, parameters=params).first_row
 
-        count, first, last = self._run(run)
+        count, first, last = self._connection.run(run, operation="time_range")
         if not count:
             return None
         return us_to_datetime(first), us_to_datetime(last)
-
-    def close(self) -> None:
-        with self._lock:
-            self._discard()
 
 
 READ_SCHEMA = pa.schema(

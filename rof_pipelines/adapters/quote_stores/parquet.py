@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,18 +20,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from rof_pipelines.adapters.quote_stores import validated_quotes
 from rof_pipelines.adapters.quote_stores.base import QuoteStore
-from rof_pipelines.core.market import (
-    QUOTE_COLUMNS,
-    Market,
-    datetime_to_us,
-    empty_quotes,
-    ts_to_us,
-    us_to_datetime,
-)
-from rof_pipelines.errors import PermanentError
+from rof_pipelines.core.market import QUOTE_COLUMNS, Market, empty_quotes, ts_to_us, us_to_datetime
+from rof_pipelines.errors import ErrorMap, ErrorRule, PermanentError
 
+if TYPE_CHECKING:
+    from rof_pipelines.settings import Settings
+
+SERVICE = "parquet"
 US_PER_DAY = 86_400 * 1_000_000
 # What a write stages beside a day file before renaming it into place: ".part-0.parquet.<pid>.tmp".
 _TEMP_NAME_RE = re.compile(r"^\.part-\d+\.parquet\.\d+\.tmp$")
@@ -38,12 +35,24 @@ _SCHEMA = pa.schema(
     [("ts", pa.timestamp("us", tz="UTC"))] + [(col, pa.float64()) for col in QUOTE_COLUMNS[1:]]
 )
 
+# The failures of reading a day file: the disk, or a file that is not (whole) Parquet. Neither goes
+# away by trying again, and no breaker guards a local directory.
+FILE_ERROR_TYPES: tuple[type[BaseException], ...] = (OSError, pa.ArrowInvalid)
+PARQUET_FILE_ERRORS = ErrorMap("parquet files", [ErrorRule(FILE_ERROR_TYPES, PermanentError)])
+
 
 class ParquetQuoteStore(QuoteStore):
+    """Quotes as day files under ``root``; a write stages every file it changes, then renames them into
+    place, under a per-market file lock (one writer per market across processes)."""
+
     name = "parquet"
 
     def __init__(self, root: Path):
         self.root = Path(root)
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "ParquetQuoteStore":
+        return cls(settings.storage.resolved_data_dir() / "quotes")
 
     def describe(self) -> str:
         return f"parquet:{self.root}"
@@ -71,19 +80,24 @@ class ParquetQuoteStore(QuoteStore):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _read_file(self, path: Path) -> pd.DataFrame:
+    @contextmanager
+    def _reading(self, what: object, operation: str) -> Iterator[None]:
+        """File errors while reading ``what`` -> the project's, tagged with the store and operation."""
         try:
+            yield
+        except FILE_ERROR_TYPES as exc:
+            raise PARQUET_FILE_ERRORS.translate(
+                exc, service=SERVICE, label=f"{self.describe()}: cannot read {what}", operation=operation
+            ) from exc
+
+    def _read_file(self, path: Path, operation: str) -> pd.DataFrame:
+        with self._reading(path, operation):
             table = pq.read_table(path, schema=_SCHEMA)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise PermanentError(f"{self.describe()}: cannot read {path}: {exc}") from exc
         return table.to_pandas()
 
-    # -- interface --
+    # -- the store's part of the contract --
 
-    def write(self, market: Market, quotes: pd.DataFrame) -> int:
-        frame = validated_quotes(market, quotes)
-        if frame.empty:
-            return 0
+    def _write(self, market: Market, frame: pd.DataFrame) -> None:
         ts_us = ts_to_us(frame["ts"])
         low, high = int(ts_us.min()), int(ts_us.max())
         day_of_row = ts_us // US_PER_DAY
@@ -96,7 +110,7 @@ class ParquetQuoteStore(QuoteStore):
                     target = self._day_file(market, day)
                     fresh = frame.loc[day_of_row == day_number]
                     if target.exists():
-                        kept = self._read_file(target)
+                        kept = self._read_file(target, "write")
                         kept_us = ts_to_us(kept["ts"])
                         kept = kept.loc[(kept_us < low) | (kept_us > high)]
                         fresh = pd.concat([kept, fresh], ignore_index=True)
@@ -112,7 +126,7 @@ class ParquetQuoteStore(QuoteStore):
                 # Days inside the replaced range that the new frame does not touch lose their rows too.
                 for path in self._day_files(market, us_to_datetime(low), us_to_datetime(high + 1)):
                     if path not in {target for _, target in staged}:
-                        kept = self._read_file(path)
+                        kept = self._read_file(path, "write")
                         kept_us = ts_to_us(kept["ts"])
                         kept = kept.loc[(kept_us < low) | (kept_us > high)]
                         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -124,7 +138,6 @@ class ParquetQuoteStore(QuoteStore):
                 for temp, _ in staged:
                     temp.unlink(missing_ok=True)
                 raise
-        return len(frame)
 
     def _sweep_temp_files(self, market: Market) -> list[Path]:
         """Remove the temp files a killed writer of ``market`` left beside its day files (a SIGKILL runs
@@ -154,34 +167,32 @@ class ParquetQuoteStore(QuoteStore):
                 files.append(child)
         return files
 
-    def read(self, market: Market, start: datetime, end: datetime) -> pd.DataFrame:
+    def _read(self, market: Market, start_us: int, end_us: int) -> pd.DataFrame:
         """One dataset scan over the range's day files (pyarrow reads them on its thread pool), so a
         two-year window is one call, not hundreds of sequential file reads."""
-        low, high = datetime_to_us(start), datetime_to_us(end)
-        files = self._day_files(market, start, end)
+        low, high = start_us, end_us
+        files = self._day_files(market, us_to_datetime(start_us), us_to_datetime(end_us))
         if not files:
             return empty_quotes()
-        try:
+        with self._reading(f"{market} files", "read"):
             dataset = ds.dataset([str(path) for path in files], schema=_SCHEMA, format="parquet")
             ts = ds.field("ts")
             table = dataset.to_table(
                 filter=(ts >= pa.scalar(low, pa.timestamp("us", tz="UTC")))
                 & (ts < pa.scalar(high, pa.timestamp("us", tz="UTC")))
             )
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise PermanentError(f"{self.describe()}: cannot read {market} files: {exc}") from exc
         frame = table.to_pandas()
         return frame.sort_values("ts", kind="stable").reset_index(drop=True)
 
-    def markets(self) -> list[Market]:
+    def _markets(self) -> list[Market]:
         found = []
         for pair_dir in self.root.glob("exchange=*/pair=*"):
             if any(pair_dir.glob("date=*/part-0.parquet")):
                 exchange = pair_dir.parent.name.removeprefix("exchange=")
                 found.append(Market(exchange, pair_dir.name.removeprefix("pair=")))
-        return sorted(found)
+        return found
 
-    def time_range(self, market: Market) -> tuple[datetime, datetime] | None:
+    def _time_range(self, market: Market) -> tuple[datetime, datetime] | None:
         files = self._day_files(market, datetime(1970, 1, 2, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
         first = next((ts.min() for ts in self._ts_columns(files) if len(ts)), None)
         last = next((ts.max() for ts in self._ts_columns(reversed(files)) if len(ts)), None)
@@ -191,7 +202,7 @@ class ParquetQuoteStore(QuoteStore):
 
     def _ts_columns(self, files: Iterable[Path]) -> Iterator[pd.Series]:
         for path in files:
-            yield self._read_file(path)["ts"]
+            yield self._read_file(path, "time_range")["ts"]
 
 
 def _as_utc(moment: datetime) -> datetime:

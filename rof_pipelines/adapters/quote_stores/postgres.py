@@ -6,40 +6,41 @@ roughly the speed of ``psql \\copy``.
 """
 
 import select
-import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from math import ceil
-from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import psycopg
 from psycopg import pq, sql
 
-from rof_pipelines.adapters.breakers import error_message, guarded_call
-from rof_pipelines.adapters.quote_stores import validated_quotes
 from rof_pipelines.adapters.quote_stores.base import QuoteStore
-from rof_pipelines.core.market import (
-    QUOTE_COLUMNS,
-    Market,
-    datetime_to_us,
-    empty_quotes,
-    ts_to_us,
-    us_to_datetime,
-)
+from rof_pipelines.adapters.quote_stores.connection import GuardedConnection
+from rof_pipelines.core.market import QUOTE_COLUMNS, Market, ts_to_us, us_to_datetime
 from rof_pipelines.errors import (
     DataValidationError,
+    ErrorMap,
+    ErrorRule,
     PermanentError,
     RofError,
     StoreUnavailableError,
 )
-from rof_pipelines.settings import PROJECT_ROOT, CircuitBreakerConfig, PostgresConfig
-
-R = TypeVar("R")
+from rof_pipelines.settings import PROJECT_ROOT, CircuitBreakerConfig, PostgresConfig, Settings
 
 SERVICE = "postgres"
 DDL_PATH = PROJECT_ROOT / "sql" / "postgres" / "001_quotes.sql"
+
+# psycopg's exceptions -> the project's: lost connections and timeouts are the transient ones.
+PSYCOPG_ERRORS = ErrorMap(
+    "psycopg",
+    [
+        ErrorRule((psycopg.errors.UndefinedTable,), PermanentError, hint="run ensure_schema() first"),
+        ErrorRule((psycopg.DataError, psycopg.IntegrityError), DataValidationError),
+        ErrorRule((psycopg.OperationalError, psycopg.InterfaceError, OSError), StoreUnavailableError),
+    ],
+    default=PermanentError,
+)
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z: zero of PostgreSQL's binary timestamps
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
@@ -56,6 +57,33 @@ READ_RECORD = np.dtype(
 )
 
 
+class PostgresConnection(GuardedConnection[psycopg.Connection]):
+    """One autocommit psycopg connection; dropped when closed, broken or left inside a transaction."""
+
+    def __init__(self, config: PostgresConfig, breaker: CircuitBreakerConfig, label: Callable[[], str]):
+        super().__init__(SERVICE, breaker, PSYCOPG_ERRORS, label, [config.db_password.get_secret_value()])
+        self._config = config
+
+    def _open(self) -> psycopg.Connection:
+        timeout_s = self.timeout_s
+        return psycopg.connect(
+            **self._config.conninfo_kwargs(),
+            autocommit=True,
+            connect_timeout=max(2, ceil(timeout_s)),
+            application_name="rof_pipelines",
+            options=f"-c statement_timeout={max(1, int(timeout_s * 1000))} -c TimeZone=UTC",
+        )
+
+    def _close(self, conn: psycopg.Connection) -> None:
+        conn.close()
+
+    def _reusable(self, conn: psycopg.Connection) -> bool:
+        return not (conn.closed or conn.broken)
+
+    def _spoiled_by(self, conn: psycopg.Connection, exc: BaseException) -> bool:
+        return conn.closed or conn.broken or conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+
 class PostgresQuoteStore(QuoteStore):
     """Quotes in one PostgreSQL table; every call goes through the ``postgres`` circuit breaker.
 
@@ -67,10 +95,12 @@ class PostgresQuoteStore(QuoteStore):
 
     def __init__(self, config: PostgresConfig, breaker: CircuitBreakerConfig | None = None):
         self._config = config
-        self._breaker = breaker or CircuitBreakerConfig()
         self._table = sql.Identifier(config.table)
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.Lock()
+        self._connection = PostgresConnection(config, breaker or CircuitBreakerConfig(), self.describe)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "PostgresQuoteStore":
+        return cls(settings.storage.postgres, settings.system_setup.circuit_breaker)
 
     def describe(self) -> str:
         return f"{self._config.describe()} table={self._config.table}"
@@ -78,53 +108,10 @@ class PostgresQuoteStore(QuoteStore):
     def __repr__(self) -> str:
         return f"PostgresQuoteStore({self.describe()!r})"
 
-    # -- plumbing ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._connection.close()
 
-    @property
-    def _timeout_s(self) -> float:
-        return self._breaker.call_timeout.total_seconds()
-
-    def _connection(self) -> psycopg.Connection:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(
-                **self._config.conninfo_kwargs(),
-                autocommit=True,
-                connect_timeout=max(2, ceil(self._timeout_s)),
-                application_name="rof_pipelines",
-                options=f"-c statement_timeout={max(1, int(self._timeout_s * 1000))} -c TimeZone=UTC",
-            )
-        return self._conn
-
-    def _discard(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _on_connection(self, fn: Callable[..., R], *args: Any) -> R:
-        conn = self._connection()
-        try:
-            return fn(conn, *args)
-        except BaseException:
-            if conn.closed or conn.broken or conn.info.transaction_status != pq.TransactionStatus.IDLE:
-                self._discard()
-            raise
-
-    def _run(self, fn: Callable[..., R], *args: Any) -> R:
-        with self._lock:
-            return guarded_call(SERVICE, self._breaker, self._translate, self._on_connection, fn, *args)
-
-    def _translate(self, exc: BaseException) -> RofError:
-        """Driver errors -> project errors; lost connections and timeouts are the transient ones."""
-        message = error_message(self.describe(), exc, self._config.db_password.get_secret_value())
-        if isinstance(exc, psycopg.errors.UndefinedTable):
-            return PermanentError(f"{message} (run ensure_schema() first)")
-        if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
-            return DataValidationError(message)
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
-            return StoreUnavailableError(message)
-        return PermanentError(message)
-
-    # -- interface ---------------------------------------------------------------------------------
+    # -- the store's part of the contract ------------------------------------------------------------
 
     def ensure_schema(self) -> None:
         ddl = sql.SQL(DDL_PATH.read_text()).format(
@@ -139,13 +126,10 @@ class PostgresQuoteStore(QuoteStore):
                 conn.execute(lock)
                 conn.execute(ddl)
 
-        self._run(run)
+        self._connection.run(run, operation="ensure_schema")
 
-    def write(self, market: Market, quotes: pd.DataFrame) -> int:
-        """Replace the market's rows in [first ts, last ts] of ``quotes`` in one transaction."""
-        frame = validated_quotes(market, quotes)
-        if frame.empty:
-            return 0
+    def _write(self, market: Market, frame: pd.DataFrame) -> None:
+        """Replace the market's rows in [first ts, last ts] of ``frame`` in one transaction."""
         ts_us = ts_to_us(frame["ts"])
         low, high = us_to_datetime(ts_us.min()), us_to_datetime(ts_us.max())
         records = encode_records(market, frame, ts_us)
@@ -164,30 +148,32 @@ class PostgresQuoteStore(QuoteStore):
                     copy.write(records.data)
                     copy.write(COPY_TRAILER)
 
-        self._run(run)
-        return len(frame)
+        self._connection.run(run, operation="write")
 
-    def read(self, market: Market, start: datetime, end: datetime) -> pd.DataFrame:
-        start_us, end_us = datetime_to_us(start), datetime_to_us(end)
-        if start_us >= end_us:
-            return empty_quotes()
+    def _read(self, market: Market, start_us: int, end_us: int) -> pd.DataFrame:
         query = sql.SQL(
             "COPY (SELECT ts, price, COALESCE(bid, 'NaN'), COALESCE(ask, 'NaN'), COALESCE(volume, 'NaN')"
             " FROM {table} WHERE exchange = %s AND pair = %s AND ts >= %s AND ts < %s ORDER BY ts)"
             " TO STDOUT (FORMAT binary)"
         ).format(table=self._table)
         params = (market.exchange, market.pair, us_to_datetime(start_us), us_to_datetime(end_us))
+        timeout_s = self._connection.timeout_s
 
         def run(conn: psycopg.Connection) -> bytearray:
             with conn.cursor() as cur, cur.copy(query, params) as copy:
-                payload = drain_copy_out(conn, self._timeout_s)
+                payload = drain_copy_out(conn, timeout_s)
                 while copy.read():  # psycopg consumes the end of the COPY and raises its error, if any
                     pass
             return payload
 
-        return decode_copy(self._run(run))
+        payload = self._connection.run(run, operation="read")
+        try:
+            return decode_copy(payload)
+        except RofError as exc:
+            exc.with_context(SERVICE, "read")
+            raise
 
-    def markets(self) -> list[Market]:
+    def _markets(self) -> list[Market]:
         # A loose index scan: one index probe per market instead of reading every row.
         query = sql.SQL(
             "WITH RECURSIVE m(exchange, pair) AS ("
@@ -201,9 +187,9 @@ class PostgresQuoteStore(QuoteStore):
         def run(conn: psycopg.Connection) -> list[tuple[str, str]]:
             return conn.execute(query).fetchall()
 
-        return sorted(Market(exchange, pair) for exchange, pair in self._run(run))
+        return [Market(exchange, pair) for exchange, pair in self._connection.run(run, operation="markets")]
 
-    def time_range(self, market: Market) -> tuple[datetime, datetime] | None:
+    def _time_range(self, market: Market) -> tuple[datetime, datetime] | None:
         query = sql.SQL("SELECT min(ts), max(ts) FROM {table} WHERE exchange = %s AND pair = %s").format(
             table=self._table
         )
@@ -212,14 +198,10 @@ class PostgresQuoteStore(QuoteStore):
             row = conn.execute(query, (market.exchange, market.pair)).fetchone()
             return (None, None) if row is None else (row[0], row[1])
 
-        first, last = self._run(run)
+        first, last = self._connection.run(run, operation="time_range")
         if first is None or last is None:
             return None
-        return first.astimezone(UTC), last.astimezone(UTC)
-
-    def close(self) -> None:
-        with self._lock:
-            self._discard()
+        return first, last
 
 
 def drain_copy_out(conn: psycopg.Connection, timeout_s: float) -> bytearray:
