@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from rof_pipelines.adapters.state_store.tables import migration_schema
+
 # revision identifiers, used by Alembic.
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
@@ -23,16 +25,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _schema() -> str:
-    """The configured state_storage schema (env.py puts the version table there)."""
-    schema = op.get_context().version_table_schema
-    if not schema:
-        raise RuntimeError("migrations/env.py must configure version_table_schema")
-    return schema
-
-
 def upgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     op.create_table(
         "worker_progress",
         sa.Column("task_id", sa.Text(), primary_key=True),
@@ -85,7 +79,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     op.drop_table("active_strategy_configs", schema=schema)
     op.drop_index("ix_worker_progress_market_status", table_name="worker_progress", schema=schema)
     op.drop_table("worker_progress", schema=schema)

@@ -15,21 +15,16 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from rof_pipelines.adapters.state_store.tables import migration_schema
+
 revision: str = "0002"
 down_revision: str | Sequence[str] | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _schema() -> str:
-    schema = op.get_context().version_table_schema
-    if not schema:
-        raise RuntimeError("migrations/env.py must configure version_table_schema")
-    return schema
-
-
 def upgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     op.create_table(
         "message_inbox",
         sa.Column("seq", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
@@ -46,6 +41,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     op.drop_index("ix_message_inbox_kind_seq", table_name="message_inbox", schema=schema)
     op.drop_table("message_inbox", schema=schema)

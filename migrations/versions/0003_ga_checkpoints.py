@@ -9,15 +9,17 @@ one row per saved generation, ``payload`` being the engine's checkpoint (zlib-co
 population, fitness, adaptive state and seeds; bytes so floats, even -0.0, come back bit for bit).
 Rows older than ``state_management.retention_days`` are pruned by ``created_at``.
 
-Tables live in the configured state_storage schema: always pass ``schema=_schema()`` (never a literal
-name, never the name pasted into SQL text). Mirror every change in
-rof_pipelines/adapters/state_store.py ``build_metadata`` so ``alembic check`` stays clean.
+Tables live in the configured state_storage schema: always pass ``schema=migration_schema()`` (never
+a literal name, never the name pasted into SQL text). Mirror every change in
+rof_pipelines/adapters/state_store/tables.py ``build_metadata`` so ``alembic check`` stays clean.
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+from rof_pipelines.adapters.state_store.tables import migration_schema
 
 # revision identifiers, used by Alembic.
 revision: str = "0003"
@@ -26,16 +28,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _schema() -> str:
-    """The configured state_storage schema (env.py puts the version table there)."""
-    schema = op.get_context().version_table_schema
-    if not schema:
-        raise RuntimeError("migrations/env.py must configure version_table_schema")
-    return schema
-
-
 def upgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     tstz = sa.DateTime(timezone=True)
     op.create_table(
         "ga_checkpoints",
@@ -70,6 +64,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     op.drop_index("ix_ga_checkpoints_created_at", table_name="ga_checkpoints", schema=schema)
     op.drop_table("ga_checkpoints", schema=schema)

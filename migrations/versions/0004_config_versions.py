@@ -13,21 +13,16 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from rof_pipelines.adapters.state_store.tables import migration_schema
+
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _schema() -> str:
-    schema = op.get_context().version_table_schema
-    if not schema:
-        raise RuntimeError("migrations/env.py must configure version_table_schema")
-    return schema
-
-
 def upgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     op.create_table(
         "config_versions",
         sa.Column("seq", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
@@ -43,4 +38,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_table("config_versions", schema=_schema())
+    op.drop_table("config_versions", schema=migration_schema())

@@ -4,9 +4,9 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-24 17:25:32.916590+00:00
 
-Tables live in the configured state_storage schema: always pass ``schema=_schema()`` (never a literal
-name, never the name pasted into SQL text). Mirror every change in
-rof_pipelines/adapters/state_store.py ``build_metadata`` so ``alembic check`` stays clean.
+Tables live in the configured state_storage schema: always pass ``schema=migration_schema()`` (never
+a literal name, never the name pasted into SQL text). Mirror every change in
+rof_pipelines/adapters/state_store/tables.py ``build_metadata`` so ``alembic check`` stays clean.
 
 Every experiment is kept with its arms, statistics and decision (and a promotion conflict, if it lost
 the optimistic-lock race), so promotions can be audited; knowledge_tasks are the finished optimisation
@@ -19,22 +19,16 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from rof_pipelines.adapters.state_store.tables import migration_schema
+
 revision: str = "0005"
 down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _schema() -> str:
-    """The configured state_storage schema (env.py puts the version table there)."""
-    schema = op.get_context().version_table_schema
-    if not schema:
-        raise RuntimeError("migrations/env.py must configure version_table_schema")
-    return schema
-
-
 def upgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     tstz = sa.DateTime(timezone=True)
     op.create_table(
         "ab_experiments",
@@ -88,7 +82,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     op.drop_table("knowledge_tasks", schema=schema)
     op.drop_table("ab_arms", schema=schema)
     op.drop_table("ab_experiments", schema=schema)

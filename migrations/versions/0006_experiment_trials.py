@@ -9,8 +9,8 @@ optimiser scored for it, in any run (resumed, rerun, seeded or cold), is one row
 genome's hash, with the Sharpe it scored. The deflated Sharpe ratio and Holm count these trials,
 so a decision does not depend on how many times it was computed.
 
-Tables live in the configured state_storage schema: always pass ``schema=_schema()``. Mirror every
-change in rof_pipelines/adapters/state_store.py ``build_metadata``.
+Tables live in the configured state_storage schema: always pass ``schema=migration_schema()``.
+Mirror every change in rof_pipelines/adapters/state_store/tables.py ``build_metadata``.
 """
 
 from collections.abc import Sequence
@@ -18,17 +18,12 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from rof_pipelines.adapters.state_store.tables import migration_schema
+
 revision: str = "0006"
 down_revision: str | Sequence[str] | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
-
-
-def _schema() -> str:
-    schema = op.get_context().version_table_schema
-    if not schema:
-        raise RuntimeError("migrations/env.py must configure version_table_schema")
-    return schema
 
 
 def upgrade() -> None:
@@ -38,9 +33,9 @@ def upgrade() -> None:
         sa.Column("config_hash", sa.Text(), primary_key=True),
         sa.Column("sharpe", sa.Double(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-        schema=_schema(),
+        schema=migration_schema(),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("experiment_trials", schema=_schema())
+    op.drop_table("experiment_trials", schema=migration_schema())

@@ -6,7 +6,7 @@ Create Date: 2026-12-01 22:30:00+00:00
 
 A queue sensor that meets an error on one inbox row records it here and moves its cursor past the
 row, instead of failing every later tick on it; the sensors skip quarantined rows. Mirrored in
-rof_pipelines/adapters/state_store.py ``build_metadata`` (message_inbox).
+rof_pipelines/adapters/state_store/tables.py ``build_metadata`` (message_inbox).
 """
 
 from collections.abc import Sequence
@@ -14,21 +14,16 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from rof_pipelines.adapters.state_store.tables import migration_schema
+
 revision: str = "0007"
 down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _schema() -> str:
-    schema = op.get_context().version_table_schema
-    if not schema:
-        raise RuntimeError("migrations/env.py must configure version_table_schema")
-    return schema
-
-
 def upgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     op.add_column(
         "message_inbox", sa.Column("quarantined_at", sa.DateTime(timezone=True), nullable=True), schema=schema
     )
@@ -36,6 +31,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    schema = _schema()
+    schema = migration_schema()
     op.drop_column("message_inbox", "quarantine_reason", schema=schema)
     op.drop_column("message_inbox", "quarantined_at", schema=schema)

@@ -101,7 +101,7 @@ def snapshot(store: StateStore) -> tuple[dict[str, Any], dict[str, bytes]]:
         }
         return manifest, data
 
-    return store._call(run)
+    return store.guarded_call(run, operation="backup")
 
 
 def _quoted(connection: sa.Connection, name: str) -> str:
@@ -221,7 +221,7 @@ def restore_backup(store: StateStore, url: str) -> dict[str, int]:
                 _reset_sequences(cursor, store.schema, list(data))
         return {name: info["rows"] for name, info in manifest["tables"].items()}
 
-    return store._call(run)
+    return store.guarded_call(run, operation="restore")
 
 
 def _reset_sequences(cursor: Any, schema: str, tables: list[str]) -> None:

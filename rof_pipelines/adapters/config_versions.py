@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from prometheus_client import Counter
 
+from rof_pipelines.adapters.metrics import CONFIG_RELOADS
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.core.redaction import scrub, secret_values
 from rof_pipelines.errors import ConfigError
@@ -26,7 +26,6 @@ from rof_pipelines.settings import (
 
 log = logging.getLogger(__name__)
 TABLE = "config_versions"
-RELOADS = Counter("config_reloads_total", "config.yaml edits seen by the hot-reload sensor", ["status"])
 
 
 def last_valid_path(config_path: Path) -> Path:
@@ -83,14 +82,14 @@ def check_config(config_path: Path, store: StateStore | None, seen_sha256: str |
     try:
         load_settings(config_path)
     except ConfigError as exc:
-        RELOADS.labels("refused").inc()
+        CONFIG_RELOADS.labels("refused").inc()
         # The message is scrubbed where it is made; this is the second line of defence, with the
         # secrets of both versions, since the text is logged and stored.
         error = scrub(str(exc), *secret_values(edited), *secret_values(previous))
         log.error("ALERT config refused, the last valid version stays in force: %s", error)
         outcome = ReloadOutcome(digest, "refused", changed_keys(previous, edited or {}), error)
     else:
-        RELOADS.labels("applied").inc()
+        CONFIG_RELOADS.labels("applied").inc()
         _keep_last_valid(config_path, snapshot, raw)
         outcome = ReloadOutcome(digest, "applied", changed_keys(previous, edited or {}))
     if store is not None:
@@ -134,7 +133,7 @@ def record_version(store: StateStore, outcome: ReloadOutcome, config_path: Path)
                 )
             )
 
-    store._call(run)
+    store.guarded_call(run, operation="write")
 
 
 def config_versions(store: StateStore, limit: int = 50) -> list[dict[str, Any]]:
@@ -145,4 +144,4 @@ def config_versions(store: StateStore, limit: int = 50) -> list[dict[str, Any]]:
             rows = connection.execute(sa.select(table).order_by(table.c.seq.desc()).limit(limit))
             return [dict(row._mapping) for row in rows]
 
-    return store._call(run)
+    return store.guarded_call(run, operation="read")

@@ -7,7 +7,7 @@ anything twice.
 
 A row that cannot become a run request (an error nobody foresaw, or a row stored before the checks
 that now refuse it) is quarantined: ``quarantined_at`` and ``quarantine_reason`` are set, the
-sensors skip it from then on, and ``message_inbox_quarantined_total`` counts it for alerting.
+sensors skip it from then on, and ``workerpool_inbox_quarantined_total`` counts it for alerting.
 """
 
 from collections.abc import Sequence
@@ -16,23 +16,17 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from prometheus_client import Counter
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from rof_pipelines.adapters.messages import Message
-from rof_pipelines.adapters.rabbitmq import Received, RefusedMessages
+from rof_pipelines.adapters.metrics import INBOX_QUARANTINED
+from rof_pipelines.adapters.rabbitmq import Received
 from rof_pipelines.adapters.state_store import StateStore
-from rof_pipelines.errors import PermanentError
+from rof_pipelines.errors import PermanentError, RefusedMessages
 
 TABLE = "message_inbox"
 MAX_QUARANTINE_REASON_CHARS = 2000
-
-QUARANTINED = Counter(
-    "message_inbox_quarantined_total",
-    "Inbox rows a sensor could not turn into run requests and set aside (alert on any increase)",
-    ["kind"],
-)
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,7 @@ class Inbox:
                 )
                 return connection.execute(statement).rowcount or 0
 
-        return self._store._call(run)
+        return self._store.guarded_call(run, operation="write")
 
     def quarantine(self, rows: Sequence[tuple[InboxRow, str]]) -> None:
         """Set rows aside with the reason, in one transaction: no sensor turns them into runs again."""
@@ -111,9 +105,9 @@ class Inbox:
                         )
                     )
 
-        self._store._call(run)
+        self._store.guarded_call(run, operation="write")
         for row, _ in rows:
-            QUARANTINED.labels(row.kind).inc()
+            INBOX_QUARANTINED.labels(row.kind).inc()
 
     def quarantined(self, kind: str | None = None) -> list[tuple[InboxRow, str]]:
         """Quarantined rows with their reasons, oldest first (for operators and tests)."""
@@ -127,7 +121,7 @@ class Inbox:
                     (_inbox_row(r), r.quarantine_reason) for r in connection.execute(query.order_by("seq"))
                 ]
 
-        return self._store._call(run)
+        return self._store.guarded_call(run, operation="read")
 
     def after(self, kind: str, cursor: int, limit: int) -> list[InboxRow]:
         """Rows of one kind with ``seq > cursor``, oldest first; quarantined rows are left out."""
@@ -146,7 +140,7 @@ class Inbox:
             with self._store.engine.connect() as connection:
                 return [_inbox_row(r) for r in connection.execute(query)]
 
-        return self._store._call(run)
+        return self._store.guarded_call(run, operation="read")
 
     def count(self, kind: str | None = None) -> int:
         def run() -> int:
@@ -156,7 +150,7 @@ class Inbox:
             with self._store.engine.connect() as connection:
                 return int(connection.execute(query).scalar_one())
 
-        return self._store._call(run)
+        return self._store.guarded_call(run, operation="read")
 
 
 def _inbox_row(r: Any) -> InboxRow:

@@ -51,13 +51,13 @@ def filled(make_settings, pg_database):
     store = store_for(make_settings, pg_database, "rof_live")
     store.upgrade()
     for i in range(25):
-        store.record_progress(
+        store.progress.record(
             f"task-{i}", "binance:TONUSDT", i, 20, 0.1 * i, 3.5, "running", {"note": "ü ✓", "i": i}
         )
-    store.set_active_config(
+    store.configs.set_active(
         "binance:TONUSDT", {"alpha": 0.1, "bins": {"rsi": [30, 70]}}, source="ga", experiment_id="e1"
     )
-    store.set_active_config("okx:BTCUSDT", {"gamma": 0.9}, source="manual")
+    store.configs.set_active("okx:BTCUSDT", {"gamma": 0.9}, source="manual")
     yield store
     store.dispose()
 
@@ -72,7 +72,7 @@ def test_backup_restores_identically_into_an_empty_schema(filled, make_settings,
         assert restore_backup(target, result.url) == result.tables
         assert contents(target) == contents(filled)
         assert target.current_revision() == filled.current_revision()
-        assert target.get_active_config("binance:TONUSDT").params["bins"] == {"rsi": [30, 70]}
+        assert target.configs.get_active("binance:TONUSDT").params["bins"] == {"rsi": [30, 70]}
         # Restoring on top of data is refused: only into an empty schema.
         with pytest.raises(PermanentError, match="is not empty; restore only into an empty schema"):
             restore_backup(target, result.url)

@@ -82,7 +82,7 @@ def test_serve_status_stop_and_the_state_store_on_it(short_dir):
 
     with StateStore(config) as store:
         store.upgrade()
-        store.set_active_config("binance:TONUSDT", {"alpha": 0.2}, source="manual")
+        store.configs.set_active("binance:TONUSDT", {"alpha": 0.2}, source="manual")
         with store.engine.connect() as connection:
             assert connection.execute(sa.text("SELECT pg_try_advisory_lock(42)")).scalar() is True
             assert connection.execute(sa.text("SELECT current_user")).scalar() == "states"
@@ -97,7 +97,7 @@ def test_serve_status_stop_and_the_state_store_on_it(short_dir):
 
     assert ensure_state_store(config) is not None  # restart on the same directory: same data
     with StateStore(config) as store:
-        assert store.get_active_config("binance:TONUSDT").params == {"alpha": 0.2}
+        assert store.configs.get_active("binance:TONUSDT").params == {"alpha": 0.2}
 
 
 def test_many_processes_ensuring_at_once_start_one_holder(short_dir):

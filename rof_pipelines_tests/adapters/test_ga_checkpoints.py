@@ -117,11 +117,11 @@ def _kill_at(proc: subprocess.Popen, store: StateStore, task_id: str, generation
     """SIGKILL the run's process group once it reports ``generation``; the generation it had done."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        progress = store.get_progress(task_id)
+        progress = store.progress.get(task_id)
         if progress is not None and progress.generation >= generation:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-            done = store.get_progress(task_id)
+            done = store.progress.get(task_id)
             assert done is not None
             return done.generation
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -142,7 +142,7 @@ def test_sigkilled_run_resumes_bit_identically(settings, store, pg, tmp_path):
     for kill_at in (3, 7):
         proc = _start(payload, script)
         done = _kill_at(proc, store, job.key.task_id, kill_at)
-        saved = store.latest_checkpoint(key)
+        saved = store.checkpoints.latest(key)
         assert saved is not None and saved.generation % INTERVAL == 0
         assert done - saved.generation <= INTERVAL, "repeats at most checkpoint_interval generations"
         assert done < GA["generations"], "killed in the middle"
@@ -155,9 +155,9 @@ def test_sigkilled_run_resumes_bit_identically(settings, store, pg, tmp_path):
     assert finished["fitness"] == reference.fitness.tolist()
     assert finished["champion"] == reference.champion
 
-    final = store.latest_checkpoint(key)
+    final = store.checkpoints.latest(key)
     assert final is not None and final.final and final.generation == GA["generations"]
-    progress = store.get_progress(job.key.task_id)
+    progress = store.progress.get(job.key.task_id)
     assert progress is not None and progress.status == "completed"
     assert progress.generation == GA["generations"] and progress.eta_seconds == 0
     assert progress.experiment_id == "kill-test" and progress.window_start == START
@@ -167,16 +167,16 @@ def test_checkpoints_keep_the_newest_two_and_old_ones_are_pruned(store, settings
     job = prepare_optimisation(settings, MARKET, frame(), START, END, workers=1)
     key = job.key.as_mapping()
     for generation in range(5):
-        store.save_checkpoint(key, generation, encode_payload({"g": generation, "x": -0.0}))
-    latest = store.latest_checkpoint(key)
+        store.checkpoints.save(key, generation, encode_payload({"g": generation, "x": -0.0}))
+    latest = store.checkpoints.latest(key)
     assert latest is not None and latest.generation == 4
     assert decode_payload(latest.payload) == {"g": 4, "x": -0.0}
     assert str(decode_payload(latest.payload)["x"]) == "-0.0", "bytes keep the sign of zero"
     other = {**key, "config_fingerprint": "another"}
-    assert store.latest_checkpoint(other) is None, "another configuration never resumes this one"
-    assert store.prune_checkpoints(7) == 0
-    assert store.prune_checkpoints(7, now=datetime.now(UTC) + timedelta(days=8)) == 2
-    assert store.latest_checkpoint(key) is None
+    assert store.checkpoints.latest(other) is None, "another configuration never resumes this one"
+    assert store.checkpoints.prune(7) == 0
+    assert store.checkpoints.prune(7, now=datetime.now(UTC) + timedelta(days=8)) == 2
+    assert store.checkpoints.latest(key) is None
 
 
 def test_sigterm_stops_after_a_generation_with_a_checkpoint_and_resumes_identically(
@@ -192,15 +192,15 @@ def test_sigterm_stops_after_a_generation_with_a_checkpoint_and_resumes_identica
     proc = _start(payload, script)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        progress = store.get_progress(job.key.task_id)
+        progress = store.progress.get(job.key.task_id)
         if progress is not None and progress.generation >= 3 and progress.generation % INTERVAL == 1:
             break
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGTERM)  # the main process only, as Dagster or Kubernetes would
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "optimisation stopped after generation" in err
-    saved = store.latest_checkpoint(job.key.as_mapping())
-    stopped_at = store.get_progress(job.key.task_id).generation
+    saved = store.checkpoints.latest(job.key.as_mapping())
+    stopped_at = store.progress.get(job.key.task_id).generation
     assert saved is not None and saved.generation == stopped_at, "the generation it finished is saved"
     proc = _start(payload, script)
     out, err = proc.communicate(timeout=300)

@@ -18,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from psycopg import sql
 
 from rof_pipelines.adapters.state_store import (
+    SQLALCHEMY_ERRORS,
     ActiveConfig,
     StateStore,
     build_metadata,
@@ -139,7 +140,7 @@ def test_downgrade_to_base_then_upgrade_again(store, pg_database):
     assert store.upgrade() == HEAD
     assert store.upgrade() == HEAD, "a second upgrade is a no-op"
     assert _tables_by_schema(pg_database) == {"rof_state": TABLES}
-    assert store.record_progress("t", MARKET, 0, 10, None, None, "pending", {}) == 1
+    assert store.progress.record("t", MARKET, 0, 10, None, None, "pending", {}) == 1
 
 
 def test_code_tables_match_migrations(store):
@@ -165,8 +166,8 @@ def test_odd_but_valid_schema_name_is_quoted(make_settings, pg_database):
     settings = _settings(make_settings, pg_database, schema="Rof_State2")
     with _store(settings) as store:
         store.upgrade()
-        store.set_active_config(MARKET, {"rsi": 14}, "default")
-        assert store.get_active_config(MARKET).params == {"rsi": 14}
+        store.configs.set_active(MARKET, {"rsi": 14}, "default")
+        assert store.configs.get_active(MARKET).params == {"rsi": 14}
         assert _tables_by_schema(pg_database) == {"Rof_State2": TABLES}, "case kept, not folded"
         store.downgrade("base")
     assert _tables_by_schema(pg_database) == {"Rof_State2": {"alembic_version"}}
@@ -176,7 +177,7 @@ def test_reserved_word_schema_name_works(make_settings, pg_database):
     settings = _settings(make_settings, pg_database, schema="select")
     with _store(settings) as store:
         store.upgrade()
-        assert store.list_active_configs() == []
+        assert store.configs.list_active() == []
     assert _tables_by_schema(pg_database) == {"select": TABLES}
 
 
@@ -276,12 +277,12 @@ def test_plain_alembic_cli_reads_settings(pg_database, tmp_path):
 
 
 def test_record_and_get_progress(store):
-    assert store.get_progress("task-1") is None
-    v1 = store.record_progress(
+    assert store.progress.get("task-1") is None
+    v1 = store.progress.record(
         "task-1", "Binance:tonusdt", 3, 20, 1.25, 120.0, "running", {"population": 50}, worker_id="w1"
     )
     assert v1 == 1
-    got = store.get_progress("task-1")
+    got = store.progress.get("task-1")
     assert (got.market, got.generation, got.total_generations, got.status) == (MARKET, 3, 20, "running")
     assert (got.best_fitness, got.eta_seconds, got.details, got.worker_id) == (
         1.25,
@@ -292,49 +293,49 @@ def test_record_and_get_progress(store):
     assert got.version == 1 and got.started_at <= got.updated_at
 
     # Without expected_version: the worker's own heartbeat overwrites; omitted identity fields are kept.
-    assert store.record_progress("task-1", MARKET, 4, 20, 1.5, 90.0, "running", None) == 2
-    got = store.get_progress("task-1")
+    assert store.progress.record("task-1", MARKET, 4, 20, 1.5, 90.0, "running", None) == 2
+    got = store.progress.get("task-1")
     assert (got.generation, got.details, got.worker_id, got.version) == (4, {}, "w1", 2)
-    assert [p.task_id for p in store.list_progress(market=MARKET, status="running")] == ["task-1"]
-    assert store.list_progress(status="completed") == []
+    assert [p.task_id for p in store.progress.find(market=MARKET, status="running")] == ["task-1"]
+    assert store.progress.find(status="completed") == []
 
 
 def test_progress_expected_version(store):
     with pytest.raises(ConflictError, match="absent"):
-        store.record_progress("t", MARKET, 0, 10, None, None, "pending", {}, expected_version=1)
-    assert store.record_progress("t", MARKET, 0, 10, None, None, "pending", {}, expected_version=0) == 1
+        store.progress.record("t", MARKET, 0, 10, None, None, "pending", {}, expected_version=1)
+    assert store.progress.record("t", MARKET, 0, 10, None, None, "pending", {}, expected_version=0) == 1
     with pytest.raises(ConflictError) as info:  # claiming a task twice
-        store.record_progress("t", MARKET, 0, 10, None, None, "running", {}, expected_version=0)
+        store.progress.record("t", MARKET, 0, 10, None, None, "running", {}, expected_version=0)
     assert "worker_progress" in str(info.value) and "'t'" in str(info.value)
-    assert store.record_progress("t", MARKET, 1, 10, 0.1, 5.0, "running", {}, expected_version=1) == 2
+    assert store.progress.record("t", MARKET, 1, 10, 0.1, 5.0, "running", {}, expected_version=1) == 2
     with pytest.raises(ConflictError, match=r"expected version 1, found version 2"):
-        store.record_progress("t", MARKET, 9, 10, 0.9, 0.0, "failed", {"who": "stale"}, expected_version=1)
-    got = store.get_progress("t")
+        store.progress.record("t", MARKET, 9, 10, 0.9, 0.0, "failed", {"who": "stale"}, expected_version=1)
+    got = store.progress.get("t")
     assert (got.generation, got.status, got.version) == (1, "running", 2)
 
 
 def test_progress_input_is_validated(store):
     with pytest.raises(DataValidationError, match="status"):
-        store.record_progress("t", MARKET, 0, 10, None, None, "bogus", {})
+        store.progress.record("t", MARKET, 0, 10, None, None, "bogus", {})
     with pytest.raises(DataValidationError, match="market"):
-        store.record_progress("t", "TONUSDT", 0, 10, None, None, "running", {})
+        store.progress.record("t", "TONUSDT", 0, 10, None, None, "running", {})
     with pytest.raises(DataValidationError, match="details"):
-        store.record_progress("t", MARKET, 0, 10, None, None, "running", [1, 2])  # type: ignore[arg-type]
+        store.progress.record("t", MARKET, 0, 10, None, None, "running", [1, 2])  # type: ignore[arg-type]
     with pytest.raises(DataValidationError, match="expected_version"):
-        store.record_progress("t", MARKET, 0, 10, None, None, "running", {}, expected_version=-1)
+        store.progress.record("t", MARKET, 0, 10, None, None, "running", {}, expected_version=-1)
     with pytest.raises(PermanentError):  # jsonb has no NaN
-        store.record_progress("t", MARKET, 0, 10, None, None, "running", {"x": float("nan")})
+        store.progress.record("t", MARKET, 0, 10, None, None, "running", {"x": float("nan")})
     with pytest.raises(PermanentError, match="ck_worker_progress_generations"):
-        store.record_progress("t", MARKET, -1, 10, None, None, "running", {})
-    assert store.get_progress("t") is None
+        store.progress.record("t", MARKET, -1, 10, None, None, "running", {})
+    assert store.progress.get("t") is None
 
 
 # --- active configs and optimistic locking --------------------------------------------------------
 
 
 def test_active_config_create_read_replace(store):
-    assert store.get_active_config(MARKET) is None
-    created = store.set_active_config("binance:tonusdt", {"rsi": 14}, "default", updated_by="test")
+    assert store.configs.get_active(MARKET) is None
+    created = store.configs.set_active("binance:tonusdt", {"rsi": 14}, "default", updated_by="test")
     assert isinstance(created, ActiveConfig)
     assert (created.market, created.params, created.source, created.version) == (
         MARKET,
@@ -343,12 +344,12 @@ def test_active_config_create_read_replace(store):
         1,
     )
     assert created.updated_by == "test" and created.experiment_id is None
-    assert store.get_active_config(MARKET) == created
+    assert store.configs.get_active(MARKET) == created
 
     with pytest.raises(ConflictError, match=r"exists|found version 1"):
-        store.set_active_config(MARKET, {"rsi": 7}, "ga")
+        store.configs.set_active(MARKET, {"rsi": 7}, "ga")
 
-    replaced = store.set_active_config(MARKET, {"rsi": 21}, "ab_test", "exp-1", expected_version=1)
+    replaced = store.configs.set_active(MARKET, {"rsi": 21}, "ab_test", "exp-1", expected_version=1)
     assert (replaced.params, replaced.source, replaced.experiment_id, replaced.version) == (
         {"rsi": 21},
         "ab_test",
@@ -356,31 +357,31 @@ def test_active_config_create_read_replace(store):
         2,
     )
     assert replaced.updated_at >= created.updated_at
-    store.set_active_config("binance:BTCUSDT", {"rsi": 10}, "ga")
-    assert [c.market for c in store.list_active_configs()] == ["binance:BTCUSDT", MARKET]
+    store.configs.set_active("binance:BTCUSDT", {"rsi": 10}, "ga")
+    assert [c.market for c in store.configs.list_active()] == ["binance:BTCUSDT", MARKET]
 
     with pytest.raises(DataValidationError, match="source"):
-        store.set_active_config(MARKET, {"rsi": 1}, "guess", expected_version=2)
+        store.configs.set_active(MARKET, {"rsi": 1}, "guess", expected_version=2)
     with pytest.raises(DataValidationError, match="params"):
-        store.set_active_config(MARKET, "rsi=1", "ga", expected_version=2)  # type: ignore[arg-type]
+        store.configs.set_active(MARKET, "rsi=1", "ga", expected_version=2)  # type: ignore[arg-type]
     with pytest.raises(ConflictError, match="absent"):
-        store.set_active_config("binance:ETHUSDT", {"rsi": 1}, "ga", expected_version=3)
+        store.configs.set_active("binance:ETHUSDT", {"rsi": 1}, "ga", expected_version=3)
 
 
 def test_two_writers_sequentially_one_wins(store):
-    store.set_active_config(MARKET, {"rsi": 14}, "default")
-    read_a = store.get_active_config(MARKET)
-    read_b = store.get_active_config(MARKET)
+    store.configs.set_active(MARKET, {"rsi": 14}, "default")
+    read_a = store.configs.get_active(MARKET)
+    read_b = store.configs.get_active(MARKET)
     assert read_a.version == read_b.version == 1
 
-    store.set_active_config(MARKET, {"rsi": 10}, "ga", "exp-a", expected_version=read_a.version)
+    store.configs.set_active(MARKET, {"rsi": 10}, "ga", "exp-a", expected_version=read_a.version)
     with pytest.raises(ConflictError) as info:
-        store.set_active_config(MARKET, {"rsi": 30}, "ab_test", "exp-b", expected_version=read_b.version)
+        store.configs.set_active(MARKET, {"rsi": 30}, "ab_test", "exp-b", expected_version=read_b.version)
     message = str(info.value)
     assert "rof_state.active_strategy_configs" in message and MARKET in message
     assert "expected version 1" in message and "found version 2" in message
 
-    final = store.get_active_config(MARKET)
+    final = store.configs.get_active(MARKET)
     assert (final.params, final.experiment_id, final.version) == ({"rsi": 10}, "exp-a", 2)
 
 
@@ -406,12 +407,12 @@ def _race(**writers: Callable[[], Any]) -> dict[str, Any]:
 
 
 def test_two_writers_in_threads_exactly_one_wins(store):
-    store.set_active_config(MARKET, {"writer": "seed"}, "default")
+    store.configs.set_active(MARKET, {"writer": "seed"}, "default")
     for _ in range(5):
-        seen = store.get_active_config(MARKET).version  # both writers read this version
+        seen = store.configs.get_active(MARKET).version  # both writers read this version
 
         def writer(name: str, version: int = seen) -> Callable[[], ActiveConfig]:
-            return lambda: store.set_active_config(
+            return lambda: store.configs.set_active(
                 MARKET, {"writer": name}, "ga", name, expected_version=version
             )
 
@@ -419,34 +420,34 @@ def test_two_writers_in_threads_exactly_one_wins(store):
         winners = [name for name, result in outcome.items() if isinstance(result, ActiveConfig)]
         losers = [name for name, result in outcome.items() if isinstance(result, ConflictError)]
         assert len(winners) == 1 and len(losers) == 1, outcome
-        final = store.get_active_config(MARKET)
+        final = store.configs.get_active(MARKET)
         assert final.version == seen + 1
         assert final.params == {"writer": winners[0]} and final.experiment_id == winners[0]
 
 
 def test_progress_writers_in_threads_exactly_one_wins(store):
-    assert store.record_progress("t", MARKET, 0, 10, None, None, "running", {}) == 1
+    assert store.progress.record("t", MARKET, 0, 10, None, None, "running", {}) == 1
 
     def writer(name: str, generation: int) -> Callable[[], int]:
-        return lambda: store.record_progress(
+        return lambda: store.progress.record(
             "t", MARKET, generation, 10, None, None, "running", {"writer": name}, expected_version=1
         )
 
     outcome = _race(a=writer("a", 1), b=writer("b", 2))
     winners = [name for name, result in outcome.items() if result == 2]
     assert len(winners) == 1 and sum(isinstance(r, ConflictError) for r in outcome.values()) == 1, outcome
-    final = store.get_progress("t")
+    final = store.progress.get("t")
     assert final.details == {"writer": winners[0]} and final.version == 2
 
 
 def test_conflicts_do_not_open_the_circuit(pg_settings):
     with StateStore(pg_settings.state_storage, CircuitBreakerConfig(fail_max=2)) as store:
         store.upgrade()
-        store.set_active_config(MARKET, {"rsi": 14}, "default")
+        store.configs.set_active(MARKET, {"rsi": 14}, "default")
         for _ in range(5):
             with pytest.raises(ConflictError):
-                store.set_active_config(MARKET, {"rsi": 1}, "ga")
-        assert store.get_active_config(MARKET).version == 1
+                store.configs.set_active(MARKET, {"rsi": 1}, "ga")
+        assert store.configs.get_active(MARKET).version == 1
 
 
 # --- unavailability and secrets -------------------------------------------------------------------
@@ -459,7 +460,7 @@ def test_unreachable_database_then_circuit_opens():
     breaker = CircuitBreakerConfig(fail_max=3, reset_timeout="60s")
     errors: list[BaseException] = []
     with StateStore(config, breaker, connect_timeout=2) as store:
-        for call in (store.current_revision, lambda: store.get_active_config(MARKET)):
+        for call in (store.current_revision, lambda: store.configs.get_active(MARKET)):
             with pytest.raises(StoreUnavailableError) as info:
                 call()
             assert type(info.value) is StoreUnavailableError
@@ -470,7 +471,7 @@ def test_unreachable_database_then_circuit_opens():
         errors.append(info.value)
         started = time.monotonic()
         with pytest.raises(CircuitOpenError) as info:
-            store.record_progress("t", MARKET, 0, 1, None, None, "running", {})
+            store.progress.record("t", MARKET, 0, 1, None, None, "running", {})
         assert time.monotonic() - started < 0.5, "an open circuit fails fast"
         errors.append(info.value)
 
@@ -485,11 +486,11 @@ def test_password_never_shown_on_a_live_database(make_settings, pg_database):
     settings = _settings(make_settings, pg_database, db_password=PASSWORD)
     with _store(settings) as store:
         with pytest.raises(PermanentError) as info:  # before migrating: relation does not exist
-            store.get_active_config(MARKET)
+            store.configs.get_active(MARKET)
         store.upgrade()
-        store.set_active_config(MARKET, {"rsi": 14}, "default")
+        store.configs.set_active(MARKET, {"rsi": 14}, "default")
         with pytest.raises(ConflictError) as conflict:
-            store.set_active_config(MARKET, {"rsi": 15}, "default")
+            store.configs.set_active(MARKET, {"rsi": 15}, "default")
         shown = [
             store.describe(),
             repr(store),
@@ -508,6 +509,31 @@ def test_translate_scrubs_the_password_from_driver_messages():
     """Defence in depth: should a driver ever echo the password, the project's error does not."""
     config = StateStorageConfig(db_password=PASSWORD, db_host="127.0.0.1:1", schema="rof_state")
     with StateStore(config) as store:
-        error = store._translate(RuntimeError(f"could not connect with password {PASSWORD}"))
+        error = store.translate_error(RuntimeError(f"could not connect with password {PASSWORD}"))
     assert PASSWORD not in str(error) and "***" in str(error)
     assert isinstance(error, PermanentError)
+
+
+def test_sqlalchemy_error_table_decides_what_is_transient():
+    """One table (SQLALCHEMY_ERRORS) says which driver failures are worth a retry."""
+    from sqlalchemy import exc as sa_exc
+
+    cause = Exception("boom")
+    cases = {
+        sa_exc.OperationalError("SELECT 1", {}, cause): StoreUnavailableError,
+        sa_exc.InterfaceError("SELECT 1", {}, cause): StoreUnavailableError,
+        sa_exc.TimeoutError("pool exhausted"): StoreUnavailableError,
+        sa_exc.DBAPIError("SELECT 1", {}, cause, connection_invalidated=True): StoreUnavailableError,
+        ConnectionResetError("reset"): StoreUnavailableError,
+        sa_exc.IntegrityError("INSERT", {}, cause): PermanentError,
+        sa_exc.ProgrammingError("SELECT", {}, cause): PermanentError,
+        RuntimeError("a bug"): PermanentError,
+    }
+    for exc, expected in cases.items():
+        error = SQLALCHEMY_ERRORS.translate(
+            exc, service="state_store", label="state_store (x)", operation="read"
+        )
+        assert type(error) is expected, exc
+        assert (error.service, error.operation) == ("state_store", "read")
+        assert str(error).startswith(f"state_store (x): {type(exc).__name__}: ")
+    assert SQLALCHEMY_ERRORS.table()[-1] == ("anything else", "PermanentError", "")

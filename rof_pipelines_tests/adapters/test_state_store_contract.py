@@ -1,0 +1,423 @@
+"""One set of repository tests, run against the PostgreSQL state store and the in-memory one, so the
+fake that fast Dagster tests use cannot drift from the real thing: same results, same ordering, same
+errors (class and message) for the same calls."""
+
+import dataclasses
+import inspect
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from rof_pipelines.adapters.state_store import (
+    ActiveConfig,
+    ArmRecord,
+    ExperimentRecord,
+    InMemoryStateStore,
+    StateRepositories,
+    StateStore,
+)
+from rof_pipelines.adapters.state_store.checkpoints import SqlCheckpoints
+from rof_pipelines.adapters.state_store.configs import SqlActiveConfigs
+from rof_pipelines.adapters.state_store.experiments import SqlExperiments
+from rof_pipelines.adapters.state_store.knowledge import SqlKnowledge
+from rof_pipelines.adapters.state_store.progress import SqlProgress
+from rof_pipelines.adapters.state_store.trials import SqlTrials
+from rof_pipelines.core.knowledge import TaskRecord
+from rof_pipelines.errors import ConflictError, DataValidationError, PermanentError, StoreUnavailableError
+
+MARKET = "binance:TONUSDT"
+OTHER = "okx:BTCUSDT"
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+REPOSITORIES = ("progress", "configs", "checkpoints", "experiments", "trials", "knowledge")
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
+def store(request: pytest.FixtureRequest) -> Iterator[StateRepositories]:
+    """A migrated PostgreSQL store in a fresh database, or a fresh in-memory one."""
+    if request.param == "memory":
+        yield InMemoryStateStore()
+        return
+    settings = request.getfixturevalue("pg_settings")
+    with StateStore(settings.state_storage, settings.system_setup.circuit_breaker) as real:
+        real.upgrade()
+        yield real
+
+
+def task_key(**changes: Any) -> dict[str, Any]:
+    return {
+        "task_id": "ga:task",
+        "market": MARKET,
+        "experiment_id": "exp",
+        "window_start": NOW - timedelta(days=1),
+        "window_end": NOW,
+        "data_fingerprint": "d",
+        "config_fingerprint": "c",
+        **changes,
+    }
+
+
+def experiment(experiment_id: str, market: str = MARKET, **changes: Any) -> ExperimentRecord:
+    values: dict[str, Any] = {
+        "experiment_id": experiment_id,
+        "market": market,
+        "label": "rl_vs_ga",
+        "window_start": NOW - timedelta(days=1),
+        "window_end": NOW,
+        "decision": {"winner": "ga_champion", "sortino": float("inf"), "when": NOW},
+        "winner": "ga_champion",
+        "promoted": False,
+        "active_version": None,
+        "promoted_version": None,
+        "conflict": None,
+        "details": {"run_id": "run-1"},
+        "arms": (
+            ArmRecord("rl_baseline", "baseline", {"alpha": 0.1}, {"sharpe": 0.2}, {}),
+            ArmRecord("ga_champion", "challenger", {"alpha": 0.3}, {"sharpe": 1.1}, {"p": 0.01}),
+        ),
+    }
+    return ExperimentRecord(**{**values, **changes})
+
+
+def knowledge(task_id: str, days_ago: float, market: str = MARKET, **changes: Any) -> TaskRecord:
+    values: dict[str, Any] = {
+        "task_id": task_id,
+        "market": market,
+        "finished_at": NOW - timedelta(days=days_ago),
+        "features": {"log_volatility": 1.5, "trend": float("nan")},
+        "best_params": {"alpha": 0.3},
+        "score": 1.2,
+        "generations": 7,
+    }
+    return TaskRecord(**{**values, **changes})
+
+
+# --- the two implementations offer the same API -----------------------------------------------------
+
+
+def test_repositories_have_the_same_methods_and_signatures():
+    fake = InMemoryStateStore()
+    sql_classes = {
+        "progress": SqlProgress,
+        "configs": SqlActiveConfigs,
+        "checkpoints": SqlCheckpoints,
+        "experiments": SqlExperiments,
+        "trials": SqlTrials,
+        "knowledge": SqlKnowledge,
+    }
+    assert set(sql_classes) == set(REPOSITORIES)
+    for name, sql_class in sql_classes.items():
+        memory_class = type(getattr(fake, name))
+        public = {m for m in dir(sql_class) if not m.startswith("_")}
+        assert public == {m for m in dir(memory_class) if not m.startswith("_")}, name
+        for method in public:
+            sql_signature = inspect.signature(getattr(sql_class, method))
+            assert sql_signature == inspect.signature(getattr(memory_class, method)), f"{name}.{method}"
+
+
+# --- worker progress ------------------------------------------------------------------------------
+
+
+def test_progress_is_recorded_read_and_found_newest_first(store):
+    assert store.progress.get("a") is None
+    assert (
+        store.progress.record("a", "Binance:tonusdt", 3, 20, 1.25, 120.0, "running", {"n": 1}, worker_id="w1")
+        == 1
+    )
+    assert store.progress.record("b", OTHER, 0, 20, None, None, "pending") == 1
+    got = store.progress.get("a")
+    assert (got.market, got.generation, got.total_generations, got.status, got.worker_id) == (
+        MARKET,
+        3,
+        20,
+        "running",
+        "w1",
+    )
+    assert got.details == {"n": 1} and got.version == 1 and got.started_at <= got.updated_at
+    got.details["n"] = 99
+    assert store.progress.get("a").details == {"n": 1}, "a record is a copy, not the stored row"
+
+    # A heartbeat without expected_version overwrites; identity fields left None are kept.
+    assert store.progress.record("a", MARKET, 4, 20, 1.5, 90.0, "running", None) == 2
+    again = store.progress.get("a")
+    assert (again.generation, again.details, again.worker_id, again.version) == (4, {}, "w1", 2)
+    assert again.started_at == got.started_at and again.updated_at > got.updated_at
+
+    assert [p.task_id for p in store.progress.find()] == ["a", "b"], "newest first"
+    assert [p.task_id for p in store.progress.find(market=OTHER)] == ["b"]
+    assert [p.task_id for p in store.progress.find(market=MARKET, status="running")] == ["a"]
+    assert store.progress.find(status="completed") == []
+
+
+def test_progress_expected_version(store):
+    with pytest.raises(ConflictError, match="absent"):
+        store.progress.record("t", MARKET, 0, 10, None, None, "pending", {}, expected_version=1)
+    assert store.progress.record("t", MARKET, 0, 10, None, None, "pending", {}, expected_version=0) == 1
+    with pytest.raises(ConflictError) as claimed_twice:
+        store.progress.record("t", MARKET, 0, 10, None, None, "running", {}, expected_version=0)
+    assert str(claimed_twice.value) == (
+        "state_store: optimistic-lock conflict on rof_state.worker_progress task_id='t': "
+        "expected absent (create), found version 1; re-read and retry"
+    )
+    assert store.progress.record("t", MARKET, 1, 10, 0.1, 5.0, "running", {}, expected_version=1) == 2
+    with pytest.raises(ConflictError, match=r"expected version 1, found version 2"):
+        store.progress.record("t", MARKET, 9, 10, 0.9, 0.0, "failed", {"who": "stale"}, expected_version=1)
+    got = store.progress.get("t")
+    assert (got.generation, got.status, got.version) == (1, "running", 2)
+
+
+def test_progress_input_is_refused_the_same_way(store):
+    with pytest.raises(DataValidationError, match="status must be one of"):
+        store.progress.record("t", MARKET, 0, 10, None, None, "bogus", {})
+    with pytest.raises(DataValidationError, match="market"):
+        store.progress.record("t", "TONUSDT", 0, 10, None, None, "running", {})
+    with pytest.raises(DataValidationError, match="details must be a mapping"):
+        store.progress.record("t", MARKET, 0, 10, None, None, "running", [1, 2])  # type: ignore[arg-type]
+    with pytest.raises(DataValidationError, match="expected_version"):
+        store.progress.record("t", MARKET, 0, 10, None, None, "running", {}, expected_version=-1)
+    with pytest.raises(DataValidationError, match="status"):
+        store.progress.find(status="bogus")
+    with pytest.raises(PermanentError) as nan:  # jsonb has no NaN
+        store.progress.record("t", MARKET, 0, 10, None, None, "running", {"x": float("nan")})
+    assert (nan.value.service, nan.value.operation) == ("state_store", "write")
+    with pytest.raises(PermanentError, match="ck_worker_progress_generations"):
+        store.progress.record("t", MARKET, -1, 10, None, None, "running", {})
+    with pytest.raises(PermanentError, match="ck_worker_progress_window"):
+        store.progress.record("t", MARKET, 0, 10, None, None, "running", window_start=NOW, window_end=NOW)
+    assert store.progress.get("t") is None, "nothing refused was stored"
+
+
+# --- active configs -------------------------------------------------------------------------------
+
+
+def test_active_config_create_read_replace(store):
+    assert store.configs.get_active(MARKET) is None
+    created = store.configs.set_active("binance:tonusdt", {"rsi": 14}, "default", updated_by="test")
+    assert isinstance(created, ActiveConfig)
+    assert (created.market, created.params, created.source, created.version, created.updated_by) == (
+        MARKET,
+        {"rsi": 14},
+        "default",
+        1,
+        "test",
+    )
+    assert store.configs.get_active(MARKET) == created
+    created.params["rsi"] = 1
+    assert store.configs.get_active(MARKET).params == {"rsi": 14}, "a record is a copy"
+
+    with pytest.raises(ConflictError) as blind:
+        store.configs.set_active(MARKET, {"rsi": 7}, "ga")
+    assert str(blind.value) == (
+        "state_store: optimistic-lock conflict on rof_state.active_strategy_configs "
+        "market='binance:TONUSDT': expected absent (create), found version 1; re-read and retry"
+    )
+    replaced = store.configs.set_active(MARKET, {"rsi": 21}, "ab_test", "exp-1", expected_version=1)
+    assert (replaced.params, replaced.source, replaced.experiment_id, replaced.version) == (
+        {"rsi": 21},
+        "ab_test",
+        "exp-1",
+        2,
+    )
+    assert replaced.updated_at > created.updated_at
+    whole = store.configs.set_active(MARKET, {"rsi": 22}, "manual", expected_version=2)
+    assert whole.experiment_id is None and whole.updated_by == "rof_pipelines", "a replacement is whole"
+    with pytest.raises(ConflictError, match="expected version 2, found version 3"):
+        store.configs.set_active(MARKET, {"rsi": 30}, "ga", expected_version=2)
+    with pytest.raises(ConflictError, match="expected version 3, found absent"):
+        store.configs.set_active("binance:ETHUSDT", {"rsi": 1}, "ga", expected_version=3)
+
+    store.configs.set_active("binance:BTCUSDT", {"rsi": 10}, "ga")
+    assert [c.market for c in store.configs.list_active()] == ["binance:BTCUSDT", MARKET]
+    with pytest.raises(DataValidationError, match="source"):
+        store.configs.set_active(MARKET, {"rsi": 1}, "guess", expected_version=3)
+    with pytest.raises(DataValidationError, match="params"):
+        store.configs.set_active(MARKET, "rsi=1", "ga", expected_version=3)  # type: ignore[arg-type]
+    with pytest.raises(PermanentError):
+        store.configs.set_active(MARKET, {"rsi": float("nan")}, "ga", expected_version=3)
+    assert store.configs.get_active(MARKET).version == 3
+
+
+def _race(*writers: Callable[[], Any]) -> list[Any]:
+    """Run the writers in threads released together; each one's result or exception, in order."""
+    barrier = threading.Barrier(len(writers))
+    outcome: list[Any] = [None] * len(writers)
+
+    def run(index: int, write: Callable[[], Any]) -> None:
+        barrier.wait()
+        try:
+            outcome[index] = write()
+        except ConflictError as exc:
+            outcome[index] = exc
+
+    threads = [threading.Thread(target=run, args=item) for item in enumerate(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcome
+
+
+def test_two_writers_in_threads_exactly_one_wins(store):
+    store.configs.set_active(MARKET, {"writer": "first"}, "default")
+    for _ in range(3):
+        seen = store.configs.get_active(MARKET).version
+
+        def writer(name: str, version: int = seen) -> Callable[[], ActiveConfig]:
+            return lambda: store.configs.set_active(MARKET, {"w": name}, "ga", name, expected_version=version)
+
+        outcome = _race(writer("a"), writer("b"))
+        winners = [result.experiment_id for result in outcome if isinstance(result, ActiveConfig)]
+        assert len(winners) == 1 and sum(isinstance(r, ConflictError) for r in outcome) == 1, outcome
+        final = store.configs.get_active(MARKET)
+        assert final.version == seen + 1 and final.experiment_id == winners[0]
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+def test_checkpoints_keep_the_newest_and_resume_from_the_latest(store):
+    key = task_key()
+    assert store.checkpoints.latest(key) is None and store.checkpoints.generations("ga:task") == []
+    for generation in range(4):
+        store.checkpoints.save(key, generation, bytes([generation]), final=generation == 3, best_fitness=0.5)
+    assert store.checkpoints.generations("ga:task") == [(2, False), (3, True)], "older ones pruned"
+    latest = store.checkpoints.latest(key)
+    assert (latest.generation, latest.payload, latest.final, latest.best_fitness) == (3, b"\x03", True, 0.5)
+    assert {f.name for f in dataclasses.fields(latest)} >= {"created_at", "task_id", "config_fingerprint"}
+
+    store.checkpoints.save(key, 3, b"replayed", final=False)  # a resumed run replays a generation
+    assert store.checkpoints.latest(key).payload == b"replayed" and not store.checkpoints.latest(key).final
+    store.checkpoints.save(key, 9, b"many", keep=3)
+    assert [g for g, _ in store.checkpoints.generations("ga:task")] == [2, 3, 9]
+
+    assert store.checkpoints.latest(task_key(config_fingerprint="other")) is None
+    store.checkpoints.save(task_key(task_id="ga:other", data_fingerprint="e"), 0, b"o")
+    assert store.checkpoints.generations("ga:other") == [(0, False)]
+    assert store.checkpoints.prune(7) == 0
+    assert store.checkpoints.prune(7, now=datetime.now(UTC) + timedelta(days=8)) == 4
+    assert store.checkpoints.latest(key) is None
+
+
+def test_checkpoint_input_is_refused_the_same_way(store):
+    with pytest.raises(DataValidationError, match="generation must be >= 0"):
+        store.checkpoints.save(task_key(), -1, b"x")
+    with pytest.raises(DataValidationError, match="keep >= 1"):
+        store.checkpoints.save(task_key(), 0, b"x", keep=0)
+    with pytest.raises(DataValidationError, match="retention_days must be >= 1, got 0"):
+        store.checkpoints.prune(0)
+    with pytest.raises(PermanentError, match="ck_ga_checkpoints_window"):
+        store.checkpoints.save(task_key(window_end=NOW - timedelta(days=2)), 0, b"x")
+
+
+# --- experiments ----------------------------------------------------------------------------------
+
+
+def test_experiments_are_recorded_with_their_arms_and_listed_newest_first(store):
+    assert store.experiments.get("exp-1") is None and store.experiments.recent() == []
+    store.experiments.record(experiment("exp-1"))
+    store.experiments.record(experiment("exp-2", OTHER, arms=()))
+    store.experiments.record(experiment("exp-3"))
+    found = store.experiments.get("exp-1")
+    assert [a.arm for a in found.arms] == ["ga_champion", "rl_baseline"], "arms by name"
+    assert found.arms[0] == ArmRecord(
+        "ga_champion", "challenger", {"alpha": 0.3}, {"sharpe": 1.1}, {"p": 0.01}
+    )
+    assert found.decision == {"winner": "ga_champion", "sortino": None, "when": NOW.isoformat()}
+    assert found.run_id == "run-1" and found.partition_date.isoformat() == "2026-11-19"
+    assert found.created_at is not None and found.window_end == NOW
+
+    assert [e.experiment_id for e in store.experiments.recent()] == ["exp-3", "exp-2", "exp-1"]
+    assert [e.experiment_id for e in store.experiments.recent(MARKET)] == ["exp-3", "exp-1"]
+    assert [e.experiment_id for e in store.experiments.recent(limit=1)] == ["exp-3"]
+    assert store.experiments.recent(OTHER)[0].arms == ()
+
+    with pytest.raises(PermanentError):  # ids are unique per run: a duplicate is a bug
+        store.experiments.record(experiment("exp-1"))
+    with pytest.raises(DataValidationError, match="role must be one of"):
+        store.experiments.record(experiment("exp-4", arms=(ArmRecord("x", "referee", {}, {}, {}),)))
+    assert store.experiments.get("exp-4") is None
+    assert len(store.experiments.recent()) == 3
+
+
+def test_the_experiment_that_promoted_the_active_config(store):
+    assert store.experiments.promoting(MARKET) == (None, None)
+    store.configs.set_active(MARKET, {"rsi": 14}, "default")
+    config, promoting = store.experiments.promoting(MARKET)
+    assert config.source == "default" and promoting is None
+    store.experiments.record(experiment("exp-1", promoted=True, promoted_version=2))
+    store.configs.set_active(MARKET, {"alpha": 0.3}, "ab_test", "exp-1", expected_version=1)
+    config, promoting = store.experiments.promoting(MARKET)
+    assert config.version == 2 and promoting == store.experiments.get("exp-1")
+    store.configs.set_active(MARKET, {"alpha": 0.4}, "ab_test", "exp-missing", expected_version=2)
+    config, promoting = store.experiments.promoting(MARKET)
+    assert config.experiment_id == "exp-missing" and promoting is None
+
+
+# --- trial ledger ---------------------------------------------------------------------------------
+
+
+def test_trials_keep_their_first_score_and_count_distinct_configurations(store):
+    assert store.trials.stats("task") == (0, None)
+    store.trials.record("task", {})
+    store.trials.record("task", {"a": 1.0})
+    assert store.trials.stats("task") == (1, None), "no variance below two trials"
+    store.trials.record("task", {"a": 5.0, "b": 2.0, "c": 3.0, "nan": float("nan")})
+    count, variance = store.trials.stats("task")
+    assert count == 3 and variance == pytest.approx(1.0)
+    store.trials.record("other", {"a": 1.0})
+    assert store.trials.stats("task")[0] == 3 and store.trials.stats("other") == (1, None)
+
+
+# --- knowledge ------------------------------------------------------------------------------------
+
+
+def test_knowledge_tasks_with_retention_and_no_future(store):
+    for task_id, days in (("old", 40), ("recent", 3), ("future", -1), ("mid", 10)):
+        store.knowledge.add(knowledge(task_id, days))
+    store.knowledge.add(knowledge("elsewhere", 5, OTHER))
+    store.knowledge.add(knowledge("recent", 3, best_params={"alpha": 0.4}, score=float("nan")))
+    kept = store.knowledge.tasks(now=NOW, retention_days=30)
+    assert [t.task_id for t in kept] == ["mid", "elsewhere", "recent"], "oldest first"
+    recent = kept[-1]
+    assert recent.best_params == {"alpha": 0.4} and recent.score != recent.score, "replaced; NaN kept"
+    assert recent.features["log_volatility"] == 1.5 and recent.features["trend"] != recent.features["trend"]
+    assert recent.finished_at == NOW - timedelta(days=3) and recent.generations == 7
+    assert [t.task_id for t in store.knowledge.tasks(now=NOW, market=OTHER)] == ["elsewhere"]
+    assert [t.task_id for t in store.knowledge.tasks(now=NOW)] == ["old", "mid", "elsewhere", "recent"]
+    assert len(store.knowledge.tasks()) == 5
+    assert store.knowledge.prune(30, now=NOW) == 1
+    assert {t.task_id for t in store.knowledge.tasks()} == {"mid", "elsewhere", "recent", "future"}
+    with pytest.raises(DataValidationError, match="retention_days"):
+        store.knowledge.prune(0)
+
+
+# --- the store itself -----------------------------------------------------------------------------
+
+
+def test_the_store_describes_itself_pings_and_closes(store):
+    assert "rof_state" in store.describe()
+    store.ping()
+    with store as same:
+        assert same is store
+    store.dispose()
+
+
+def test_the_fake_can_be_down():
+    """For tests of "state store down" degradation: every call fails as a lost database would."""
+    store = InMemoryStateStore()
+    store.configs.set_active(MARKET, {"rsi": 14}, "default")
+    store.unavailable = "connection refused"
+    calls: list[Callable[[], Any]] = [
+        store.ping,
+        lambda: store.configs.get_active(MARKET),
+        lambda: store.progress.record("t", MARKET, 0, 1, None, None, "running"),
+        lambda: store.knowledge.tasks(),
+    ]
+    for call in calls:
+        with pytest.raises(StoreUnavailableError, match="connection refused") as info:
+            call()
+        assert info.value.service == "state_store" and info.value.retryable
+    store.unavailable = None
+    assert store.configs.get_active(MARKET).params == {"rsi": 14}
