@@ -7,13 +7,13 @@ afresh (an old checkpoint of another configuration is never mixed in). Checkpoin
 ``state_management.retention_days`` are pruned when a task starts. Progress (generation, best Sharpe,
 ETA) goes to ``worker_progress`` after every generation.
 
-The core's engine calls back into this module only through its ``CheckpointSink`` protocol.
+The core's engine calls back into this module only through its ``CheckpointSink`` protocol; the
+seeded run itself is ``core.ga.seeding``, the trial ledger's key ``core.experiment.trials_key``.
 """
 
 import hashlib
 import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -25,20 +25,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from rof_pipelines.adapters.state_store import StateStore
-from rof_pipelines.core.ga.engine import (
-    CheckpointSink,
-    GAResult,
-    GASettings,
-    ProgressReport,
-    optimise,
-)
+from rof_pipelines.core.experiment import trials_key
+from rof_pipelines.core.ga.engine import CheckpointSink, GAResult, GASettings, ProgressReport
 from rof_pipelines.core.ga.fitness import FULL, FitnessData, build_fitness_data
-from rof_pipelines.core.ga.space import Genome, SearchSpace, UnitGenome, derive_seed
-from rof_pipelines.core.market import MarketProfile
+from rof_pipelines.core.ga.seeding import run_seeded
+from rof_pipelines.core.ga.space import Genome, SearchSpace
 from rof_pipelines.core.rl.agent import RLParams
 from rof_pipelines.settings import Settings, normalise_market
 
@@ -65,12 +59,6 @@ class TaskKey:
         return {**vars(self), "task_id": self.task_id}
 
 
-def trials_key(market: str, experiment_id: str, window_start: datetime, window_end: datetime) -> str:
-    """The A/B task a trial belongs to: market, experiment and window, whatever the GA's settings,
-    seeds or data fingerprint, so resumed, rerun, seeded and cold runs all add to one count."""
-    return f"trials:{normalise_market(market)}:{experiment_id}:{window_start.isoformat()}/{window_end.isoformat()}"
-
-
 def trial_hashes(space: SearchSpace, trials: Mapping[Genome, float]) -> dict[str, float]:
     """Genome -> Sharpe as config hash -> Sharpe (the hash of the decoded genes by name)."""
     out = {}
@@ -85,8 +73,8 @@ def record_trials(store: StateStore, job: "Optimisation", result: GAResult) -> t
     variance) for the deflated Sharpe ratio."""
     key = job.key
     ledger = trials_key(key.market, key.experiment_id, key.window_start, key.window_end)
-    store.record_trials(ledger, trial_hashes(result.space, result.trials))
-    return store.trial_stats(ledger)
+    store.trials.record(ledger, trial_hashes(result.space, result.trials))
+    return store.trials.stats(ledger)
 
 
 def encode_payload(payload: dict[str, Any]) -> bytes:
@@ -110,12 +98,12 @@ class StoreCheckpoints:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     def latest(self) -> dict[str, Any] | None:
-        found = self.store.latest_checkpoint(self.key.as_mapping())
+        found = self.store.checkpoints.latest(self.key.as_mapping())
         return decode_payload(found.payload) if found is not None else None
 
     def save(self, generation: int, payload: dict[str, Any], *, final: bool) -> None:
         history = payload.get("history") or [{}]
-        self.store.save_checkpoint(
+        self.store.checkpoints.save(
             self.key.as_mapping(),
             generation,
             encode_payload(payload),
@@ -124,7 +112,7 @@ class StoreCheckpoints:
         )
 
     def progress(self, report: ProgressReport) -> None:
-        self.store.record_progress(
+        self.store.progress.record(
             self.key.task_id,
             self.key.market,
             report.generation,
@@ -205,11 +193,6 @@ def prepare_optimisation(
     )
 
 
-def market_base_params(settings: Settings, profile: MarketProfile) -> RLParams:
-    """The agent's fixed parameters for one market: the config's, with the market's own costs."""
-    return RLParams.from_settings(settings.ai_config, fee=profile.fee, slippage=profile.slippage)
-
-
 @contextmanager
 def stop_on_sigterm() -> Iterator[Callable[[], bool]]:
     """While the optimisation runs, SIGTERM (a run being terminated, a pod being stopped) asks it to
@@ -241,7 +224,7 @@ def run_optimisation(
     run is not checkpointed (it still works, it just cannot resume)."""
     sink: CheckpointSink | None = None
     if store is not None:
-        pruned = store.prune_checkpoints(job.retention_days)
+        pruned = store.checkpoints.prune(job.retention_days)
         if pruned:
             log.info("pruned %d GA checkpoints older than %d days", pruned, job.retention_days)
         sink = StoreCheckpoints(store, job.key)
@@ -258,8 +241,8 @@ def run_optimisation(
             )
     except Exception:
         if store is not None:
-            latest = store.get_progress(job.key.task_id)
-            store.record_progress(
+            latest = store.progress.get(job.key.task_id)
+            store.progress.record(
                 job.key.task_id,
                 job.key.market,
                 latest.generation if latest else 0,
@@ -269,57 +252,3 @@ def run_optimisation(
                 "failed",
             )
         raise
-
-
-# --- seeding (meta / transfer learning) -------------------------------------------------------------
-
-
-def seeded_units(
-    space: SearchSpace, seeds: Sequence[Mapping[str, Any]], settings: GASettings
-) -> list[UnitGenome]:
-    """The engine's own random initial population (same seed, same draw) with its first members
-    replaced by the seeds; a gene a seed lacks keeps its random value, values clamp to today's ranges."""
-    rng = np.random.default_rng(derive_seed(settings.seed, 0, "init"))
-    units = space.random_units(rng, settings.population_size)
-    for i, seed in enumerate(list(seeds)[: settings.population_size]):
-        row = list(units[i])
-        for j, gene in enumerate(space.genes):
-            if gene.name in seed:
-                row[j] = gene.to_unit(gene.canonical(seed[gene.name]))
-        units[i] = tuple(row)
-    return units
-
-
-def run_seeded(
-    data: FitnessData,
-    settings: GASettings,
-    seeds: Sequence[Mapping[str, Any]] = (),
-    *,
-    workers: int = 1,
-    checkpoints: CheckpointSink | None = None,
-    on_generation: Callable[[dict[str, Any]], None] | None = None,
-    stop_requested: Callable[[], bool] | None = None,
-) -> GAResult:
-    """:func:`optimise`, with ``seeds`` in the initial population of a fresh run (a run with a
-    checkpoint resumes as ever: generation 0 is checkpointed like any other, so a restart resumes
-    the seeded run, not a cold one). Without seeds this is exactly the cold run."""
-    return optimise(
-        data,
-        settings,
-        workers=workers,
-        checkpoints=checkpoints,
-        on_generation=on_generation,
-        stop_requested=stop_requested,
-        initial=seeded_units(data.space, seeds, settings) if seeds else None,
-        initial_note={"seeded": len(seeds)},
-    )
-
-
-def generations_to_reach(history: Sequence[Mapping[str, Any]], target_sharpe: float) -> int | None:
-    """First generation whose best Sharpe reaches ``target_sharpe`` (None: never): how long a run
-    took to get as good as another run's champion. Comparable between runs only on one slice, so
-    measure with ``sample_fraction`` 1 (or after ``full_window_from_generation``)."""
-    for entry in history:
-        if entry.get("best_sharpe", -math.inf) >= target_sharpe - 1e-12:
-            return int(entry["generation"])
-    return None

@@ -49,19 +49,19 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from numba import njit
 from scipy import special, stats
 
 from rof_pipelines.core.backtest import BacktestResult
+from rof_pipelines.core.defaults import DECISION
 from rof_pipelines.core.rl.agent import seed_state
 
 Alternative = Literal["greater", "less", "two-sided"]
 TestName = Literal["welch", "mann_whitney", "bootstrap"]
 EULER_GAMMA = float(np.euler_gamma)
 ALL_TESTS: tuple[TestName, ...] = ("welch", "mann_whitney", "bootstrap")
-DEFAULT_TESTS: tuple[TestName, ...] = ("welch", "bootstrap")
-YARDSTICK = "buy_and_hold"  # the baseline arm's name (adapters/experiments.BASELINE): never promoted
+DEFAULT_TESTS: tuple[TestName, ...] = DECISION["tests"].default
+YARDSTICK = "buy_and_hold"  # the baseline arm's name (core/experiment.BASELINE): never promoted
 _U53 = 1.0 / 9007199254740992.0  # 2**-53
 
 ArmData = np.ndarray | Sequence[float] | BacktestResult | Sequence[BacktestResult]
@@ -431,14 +431,14 @@ class DecisionRule:
     estimates when known (default ``1 / (T - 1)``, pure noise).
     """
 
-    alpha: float = 0.05
-    min_effect: float = 0.5
+    alpha: float = DECISION["alpha"].default
+    min_effect: float = DECISION["min_effect"].default
     tests: tuple[TestName, ...] = DEFAULT_TESTS
-    use_dsr: bool = True
+    use_dsr: bool = DECISION["use_dsr"].default
     n_trials: int = 1
     trials_sr_variance: float | None = None
-    min_periods: int = 30
-    n_boot: int = 2000
+    min_periods: int = DECISION["min_periods"].default
+    n_boot: int = DECISION["n_boot"].default
     block: float | None = None
     ci: float = 0.95
     seed: int = 0
@@ -504,10 +504,6 @@ class Decision:
     @property
     def promoted(self) -> bool:
         return self.winner is not None
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per challenger (for a Markdown table in asset metadata)."""
-        return pd.DataFrame([asdict(arm) for arm in self.arms.values()]).set_index("name")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (floats, strings, lists) for asset metadata and reports."""

@@ -41,17 +41,6 @@ class Trades:
     def __len__(self) -> int:
         return int(self.ret.shape[0])
 
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "entry": self.entry,
-                "exit": self.exit,
-                "direction": self.direction,
-                "size": self.size,
-                "ret": self.ret,
-            }
-        )
-
 
 @dataclass(frozen=True)
 class BacktestResult:
@@ -70,9 +59,6 @@ class BacktestResult:
     @property
     def returns(self) -> np.ndarray:
         return self.equity[1:] / self.equity[:-1] - 1.0
-
-    def equity_series(self) -> pd.Series:
-        return pd.Series(self.equity, index=self.index, name="equity")
 
     def metrics(self) -> dict[str, float]:
         """Flat floats for Dagster metadata and the optimiser; ``bh_*`` are the buy-and-hold baseline."""

@@ -1,9 +1,9 @@
 """The indicator frame: OHLCV bars plus RSI, MACD, ATR, Bollinger Bands (from ``ta``) and the
-volatility, trend and signal features the RL agent turns into states.
+volatility, trend and signal columns the RL agent's state features read.
 
-Column contract (the RL agent and later assets rely on these names): open, high, low, close, volume,
-n_ticks, log_return, rsi, macd, macd_signal, macd_hist, atr, atr_pct, bb_high, bb_mid, bb_low,
-bb_pband, bb_width, volatility, ema_fast, ema_slow, trend, adx, signal.
+Column contract (the RL agent and later assets rely on these names): the bars' open, high, low,
+close, volume, n_ticks, plus :data:`INDICATOR_COLUMNS`. Which columns become states, and how, is
+``core.features``.
 """
 
 from dataclasses import dataclass
@@ -117,10 +117,18 @@ def composite_signal(frame: pd.DataFrame) -> pd.Series:
 
 def atr(high: pd.Series, low: pd.Series, close: pd.Series, window: int) -> pd.Series:
     """ta's AverageTrueRange (Wilder smoothing), with the warm-up rows NaN instead of 0."""
-    true_range = AverageTrueRange._true_range(high, low, close.shift(1)).to_numpy(dtype="float64")
-    values = _wilder_atr(true_range, window)
+    ranges = AverageTrueRange._true_range(high, low, close.shift(1)).to_numpy(dtype="float64")
+    values = _wilder_atr(ranges, window)
     values[: window - 1] = np.nan
     return pd.Series(values, index=close.index)
+
+
+def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
+    """ta's ``AverageTrueRange._true_range`` (NaN-skipping max of the three ranges) on arrays."""
+    prev = np.empty_like(close)
+    prev[0] = np.nan
+    prev[1:] = close[:-1]
+    return np.fmax(np.fmax(high - low, np.abs(high - prev)), np.abs(low - prev))
 
 
 @njit(cache=True)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numba import njit
 
+from rof_pipelines.core.defaults import KELLY
+
 if TYPE_CHECKING:
     from rof_pipelines.settings import KellyConfig
 
@@ -38,12 +40,12 @@ if TYPE_CHECKING:
 class KellyParams:
     """Kelly sizing settings as plain values, so a compiled kernel and the optimiser can use them."""
 
-    use_kelly: bool = True
-    window_trades: int | None = 200
+    use_kelly: bool = KELLY["use_kelly"].default
+    window_trades: int | None = KELLY["window_trades"].default
     window_seconds: float | None = None
-    max_fraction: float = 0.25
-    min_trades: int = 20
-    warmup_fraction: float = 0.05
+    max_fraction: float = KELLY["max_fraction"].default
+    min_trades: int = KELLY["min_trades"].default
+    warmup_fraction: float = KELLY["warmup_fraction"].default
 
     def __post_init__(self) -> None:
         if (self.window_trades is None) == (self.window_seconds is None):

@@ -9,6 +9,8 @@ from typing import Literal
 
 import pandas as pd
 
+from rof_pipelines.core.defaults import GA
+
 DEFAULT_TRAIN_FRACTION = 0.7
 
 
@@ -137,7 +139,7 @@ def window_budget(
     *,
     train_fraction: float = DEFAULT_TRAIN_FRACTION,
     folds: int = 1,
-    validation_fraction: float = 0.3,
+    validation_fraction: float = GA["validation_fraction"].default,
     sample_fraction: float = 1.0,
     min_periods: int = MIN_TEST_BARS,
 ) -> WindowBudget:

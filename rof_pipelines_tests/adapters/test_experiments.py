@@ -1,30 +1,21 @@
-"""A/B experiments against a real PostgreSQL: arms evaluated on held-out folds, experiments recorded
-and listed, the knowledge base with retention, and promotion under concurrency (two experiments
-finishing at once for one market: one active config, one recorded conflict, no lost update)."""
+"""A/B experiments against a real PostgreSQL: experiments recorded and listed with their arms, the
+knowledge base with retention, and promotion under concurrency (two experiments finishing at once for
+one market: one active config, one recorded conflict, no lost update). The evaluation itself, without
+a store, is tested in core/test_experiment.py."""
 
 import threading
 from datetime import UTC, datetime, timedelta
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from rof_pipelines.adapters.experiments import (
-    ACTIVE,
-    BASELINE,
-    active_rl_params,
-    arm_records,
-    candidate_from_params,
-    decide_arms,
-    evaluate_arms,
-    finish_experiment,
-)
+from rof_pipelines.adapters.experiments import arm_records, finish_experiment
 from rof_pipelines.adapters.state_store import ExperimentRecord, StateStore
 from rof_pipelines.core.abtest import DecisionRule
+from rof_pipelines.core.experiment import ACTIVE, BASELINE, decide_arms, evaluate_arms
 from rof_pipelines.core.ga.space import Candidate, FeatureWindows, SearchSpace
 from rof_pipelines.core.knowledge import TaskRecord
 from rof_pipelines.core.rl.agent import RLParams
-from rof_pipelines.core.rl.env import BinSpec
+from rof_pipelines_tests.core.test_experiment import frame
 
 MARKET = "binance:TONUSDT"
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
@@ -58,25 +49,6 @@ def store(make_settings, pg_database):
         yield s
 
 
-def frame(n: int = 900, seed: int = 4) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
-    return pd.DataFrame(
-        {
-            "open": np.concatenate([[100.0], close[:-1]]),
-            "high": close * 1.001,
-            "low": close * 0.999,
-            "close": close,
-            "rsi": rng.uniform(0, 100, n),
-            "macd_hist": rng.normal(0, 0.05, n),
-            "bb_pband": rng.uniform(-0.2, 1.2, n),
-            "atr_pct": rng.uniform(0.001, 0.01, n),
-            "trend": rng.normal(0, 1e-3, n),
-        },
-        index=pd.date_range("2026-11-19", periods=n, freq="1min", tz="UTC"),
-    )
-
-
 def record(experiment_id: str, active_version: int | None, winner: str | None = "ga_champion"):
     return ExperimentRecord(
         experiment_id=experiment_id,
@@ -94,44 +66,6 @@ def record(experiment_id: str, active_version: int | None, winner: str | None = 
     )
 
 
-def test_arms_are_evaluated_on_the_held_out_folds_only():
-    champion = candidate_from_params(
-        {"alpha": 0.3, "rsi_low": 40, "rsi_high": 60, "rsi_window": 10}, BASE, SPACE
-    )
-    assert champion.windows == FeatureWindows(rsi=10) and champion.params.bins.rsi_edges == (40.0, 60.0)
-    data = frame()
-    evaluation = evaluate_arms(
-        data,
-        {ACTIVE: ("active", Candidate(BASE, FeatureWindows())), "ga_champion": ("challenger", champion)},
-        BASE,
-        SPACE,
-        n_folds=3,
-        train_fraction=0.7,
-    )
-    held_out = len(data) - round(len(data) * 0.7)
-    lengths = {name: len(arm.returns) for name, arm in evaluation.arms.items()}
-    assert set(lengths) == {ACTIVE, "ga_champion", BASELINE} and len(set(lengths.values())) == 1
-    assert held_out - 3 <= lengths[ACTIVE] <= held_out  # one step fewer per fold than bars
-    assert [f["fold"] for f in evaluation.folds] == [0, 1, 2]
-    assert all(pd.Timestamp(f["train_end"]) < pd.Timestamp(f["test_start"]) for f in evaluation.folds)
-    decision = decide_arms(evaluation, DecisionRule(n_boot=200, min_periods=30))
-    assert set(decision.arms) == {"ga_champion", BASELINE}
-    rows = {r.arm: r for r in arm_records(evaluation, decision)}
-    assert rows[ACTIVE].p_values == {} and 0 <= rows["ga_champion"].p_values["p_adjusted"] <= 1
-    assert rows["ga_champion"].params["indicator_windows"] == {"rsi": 10}
-
-
-def test_q_table_reads_the_champion_form_and_says_what_it_cannot_apply():
-    stored = Candidate(
-        BASE.replace(alpha=0.33, bins=BinSpec(rsi_edges=(40.0, 60.0))), FeatureWindows(rsi=9), 0.01, 0.0
-    ).to_dict()
-    params, ignored = active_rl_params(RLParams(seed=7), stored)
-    assert params.alpha == 0.33 and params.bins.rsi_edges == (40.0, 60.0) and params.seed == 7
-    assert any("indicator_windows" in n for n in ignored) and any("stop_loss" in n for n in ignored)
-    legacy, none = active_rl_params(RLParams(), {"alpha": 0.4})
-    assert legacy.alpha == 0.4 and none == []
-
-
 def test_experiments_are_recorded_and_listed_with_their_arms(store):
     data = frame(600)
     evaluation = evaluate_arms(data, {ACTIVE: ("active", Candidate(BASE, FeatureWindows()))}, BASE, SPACE)
@@ -140,16 +74,16 @@ def test_experiments_are_recorded_and_listed_with_their_arms(store):
     rec = ExperimentRecord(**{**vars(base), "arms": arm_records(evaluation, decision)})
     final, promotion = finish_experiment(store, rec, None)
     assert not promotion.promoted and final.conflict is None
-    listed = store.list_experiments(MARKET)
+    listed = store.experiments.recent(MARKET)
     assert [e.experiment_id for e in listed] == ["exp-1"]
     assert {a.arm for a in listed[0].arms} == {ACTIVE, BASELINE}
     assert listed[0].decision["inf"] is None  # non-finite floats stored as null
-    assert store.get_active_config(MARKET) is None
+    assert store.configs.get_active(MARKET) is None
 
 
 def test_concurrent_promotions_leave_one_active_config_and_a_recorded_conflict(store):
-    store.set_active_config(MARKET, {"rl": {"alpha": 0.2}}, "default")
-    read = store.get_active_config(MARKET)
+    store.configs.set_active(MARKET, {"rl": {"alpha": 0.2}}, "default")
+    read = store.configs.get_active(MARKET)
     assert read is not None and read.version == 1
     barrier = threading.Barrier(2)
     outcomes: dict[str, object] = {}
@@ -166,9 +100,9 @@ def test_concurrent_promotions_leave_one_active_config_and_a_recorded_conflict(s
     promoted = [name for name, (_, p) in outcomes.items() if p.promoted]
     conflicted = [name for name, (_, p) in outcomes.items() if p.conflict]
     assert len(promoted) == 1 and len(conflicted) == 1, outcomes
-    active = store.get_active_config(MARKET)
+    active = store.configs.get_active(MARKET)
     assert active is not None and active.version == 2 and active.experiment_id == promoted[0]
-    rows = {e.experiment_id: e for e in store.list_experiments(MARKET)}
+    rows = {e.experiment_id: e for e in store.experiments.recent(MARKET)}
     assert rows[promoted[0]].promoted and rows[promoted[0]].promoted_version == 2
     assert not rows[conflicted[0]].promoted and "optimistic-lock conflict" in rows[conflicted[0]].conflict
 
@@ -177,12 +111,12 @@ def test_first_promotion_creates_and_a_second_creator_conflicts(store):
     _, p1 = finish_experiment(store, record("a", None), {"rl": {"alpha": 0.3}})
     _, p2 = finish_experiment(store, record("b", None), {"rl": {"alpha": 0.4}})
     assert p1.promoted and p1.version == 1 and not p2.promoted and p2.conflict
-    assert store.get_active_config(MARKET).params == {"rl": {"alpha": 0.3}}
+    assert store.configs.get_active(MARKET).params == {"rl": {"alpha": 0.3}}
 
 
 def test_knowledge_tasks_round_trip_with_retention(store):
     for days, task_id in ((40, "old"), (3, "recent"), (-1, "future")):
-        store.add_knowledge_task(
+        store.knowledge.add(
             TaskRecord(
                 task_id=task_id,
                 market=MARKET,
@@ -193,29 +127,29 @@ def test_knowledge_tasks_round_trip_with_retention(store):
                 generations=7,
             )
         )
-    store.add_knowledge_task(  # the same task again replaces its record
+    store.knowledge.add(  # the same task again replaces its record
         TaskRecord("recent", MARKET, NOW - timedelta(days=3), {"log_volatility": 2.0}, {"alpha": 0.4})
     )
-    kept = store.knowledge_tasks(now=NOW, retention_days=30)
+    kept = store.knowledge.tasks(now=NOW, retention_days=30)
     assert [t.task_id for t in kept] == ["recent"]
     assert kept[0].best_params == {"alpha": 0.4} and kept[0].features["log_volatility"] == 2.0
-    assert len(store.knowledge_tasks()) == 3
-    assert store.prune_knowledge(30, now=NOW) == 1
-    assert {t.task_id for t in store.knowledge_tasks()} == {"recent", "future"}
+    assert len(store.knowledge.tasks()) == 3
+    assert store.knowledge.prune(30, now=NOW) == 1
+    assert {t.task_id for t in store.knowledge.tasks()} == {"recent", "future"}
 
 
 def test_an_experiment_is_found_by_id_and_from_the_config_it_promoted(store):
-    assert store.get_experiment("exp-1") is None
-    assert store.promoting_experiment(MARKET) == (None, None)
+    assert store.experiments.get("exp-1") is None
+    assert store.experiments.promoting(MARKET) == (None, None)
     _, promotion = finish_experiment(store, record("exp-1", None), {"rl": {"alpha": 0.3}})
     assert promotion.promoted
-    found = store.get_experiment("exp-1")
+    found = store.experiments.get("exp-1")
     assert found is not None and found.promoted_version == 1 and found.details["promotion"]
-    config, promoting = store.promoting_experiment(MARKET)
+    config, promoting = store.experiments.promoting(MARKET)
     assert config is not None and config.source == "ab_test" and promoting == found
     # A manual replacement names no experiment: the config in force was not promoted by one.
-    store.set_active_config(MARKET, {"rl": {"alpha": 0.1}}, "manual", expected_version=1)
-    config, promoting = store.promoting_experiment(MARKET)
+    store.configs.set_active(MARKET, {"rl": {"alpha": 0.1}}, "manual", expected_version=1)
+    config, promoting = store.experiments.promoting(MARKET)
     assert config.version == 2 and config.experiment_id is None and promoting is None
 
 
@@ -238,7 +172,7 @@ def test_checkpoint_generations_are_the_task_s_tail(store):
         "data_fingerprint": "d",
         "config_fingerprint": "c",
     }
-    assert store.checkpoint_generations("ga:task") == []
+    assert store.checkpoints.generations("ga:task") == []
     for generation in range(4):
-        store.save_checkpoint(key, generation, b"x", final=generation == 3)
-    assert store.checkpoint_generations("ga:task") == [(2, False), (3, True)]  # older ones pruned
+        store.checkpoints.save(key, generation, b"x", final=generation == 3)
+    assert store.checkpoints.generations("ga:task") == [(2, False), (3, True)]  # older ones pruned

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rof_pipelines.adapters.experiments import BASELINE
 from rof_pipelines.core import abtest
 from rof_pipelines.core.abtest import (
     DecisionRule,
@@ -28,6 +27,7 @@ from rof_pipelines.core.abtest import (
     welch_t,
 )
 from rof_pipelines.core.backtest import buy_and_hold
+from rof_pipelines.core.experiment import BASELINE
 
 # --- Welch and Mann-Whitney ---------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from rof_pipelines.adapters.experiments import candidate_from_params, run_candidate
+from rof_pipelines.core.experiment import candidate_from_params, run_candidate
 from rof_pipelines.core.ga.fitness import build_fitness_data
 from rof_pipelines.core.ga.space import Candidate, FeatureWindows, SearchSpace
 from rof_pipelines.core.indicators import build_indicator_frame

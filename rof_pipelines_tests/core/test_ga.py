@@ -10,6 +10,7 @@ import pytest
 from ta.momentum import RSIIndicator
 from ta.volatility import BollingerBands
 
+from rof_pipelines.core.features import feature_names
 from rof_pipelines.core.ga.engine import (
     GASettings,
     MemoryCheckpoints,
@@ -20,7 +21,6 @@ from rof_pipelines.core.ga.engine import (
     pareto_ranks,
 )
 from rof_pipelines.core.ga.fitness import (
-    FEATURE_ORDER,
     FULL,
     _enabled,
     _windowed_feature,
@@ -211,10 +211,12 @@ def test_rewindowed_features_equal_the_indicator_frame(bars_frame):
     s = make_slice(FULL, bars_frame, 0.3)
     for name, window, column in (("rsi", 14, "rsi"), ("bb", 20, "bb_pband"), ("vol", 14, "atr_pct")):
         expected = build_indicator_frame(bars)[column].to_numpy()
-        got = _windowed_feature(s, name, window, 2.0)
+        got = _windowed_feature(s, name, window, IndicatorWindows())
         assert np.allclose(got, expected, equal_nan=True, rtol=0, atol=1e-12), name
     other = build_indicator_frame(bars, windows=IndicatorWindows(rsi=9))
-    assert np.allclose(_windowed_feature(s, "rsi", 9, 2.0), other["rsi"].to_numpy(), equal_nan=True)
+    assert np.allclose(
+        _windowed_feature(s, "rsi", 9, IndicatorWindows()), other["rsi"].to_numpy(), equal_nan=True
+    )
 
 
 def test_rewindowed_features_equal_ta_for_every_window_even_on_flat_prices(bars_frame):
@@ -228,14 +230,15 @@ def test_rewindowed_features_equal_ta_for_every_window_even_on_flat_prices(bars_
     close = pd.Series(s.close)
     for window in range(2, 45):
         expected_rsi = RSIIndicator(close, window=window).rsi().to_numpy()
-        got_rsi = _windowed_feature(s, "rsi", window, 2.0)
+        got_rsi = _windowed_feature(s, "rsi", window, IndicatorWindows())
         assert np.array_equal(np.isnan(got_rsi), np.isnan(expected_rsi)), window
         assert np.allclose(got_rsi, expected_rsi, rtol=0, atol=1e-12, equal_nan=True), window
         bands = BollingerBands(close, window=window, window_dev=2.0)
         high, low = bands.bollinger_hband(), bands.bollinger_lband()
         expected_bb = ((close - low) / (high - low).replace(0.0, np.nan)).to_numpy()
         expected_bb = np.where(np.isfinite(expected_bb), expected_bb, np.nan)
-        assert np.array_equal(_windowed_feature(s, "bb", window, 2.0), expected_bb, equal_nan=True), window
+        got_bb = _windowed_feature(s, "bb", window, IndicatorWindows())
+        assert np.array_equal(got_bb, expected_bb, equal_nan=True), window
 
 
 def test_environments_from_cached_pieces_equal_the_reference_builders(bars_frame):
@@ -254,7 +257,7 @@ def test_environments_from_cached_pieces_equal_the_reference_builders(bars_frame
         by_name = {"rsi": windows.rsi, "bb": windows.bb, "vol": windows.atr, "macd": None, "trend": None}
         for slice_name, s in data.slices.items():
             fit_env, val_env = data.envs(slice_name, bins, windows, False)
-            raw = {name: data.feature(slice_name, name, by_name[name]) for name in FEATURE_ORDER}
+            raw = {name: data.feature(slice_name, name, by_name[name]) for name in feature_names()}
             raw = {name: values for name, values in raw.items() if name in _enabled(bins)}
             cut = s.fit_rows
             fit_raw = {k: v[:cut] for k, v in raw.items()}

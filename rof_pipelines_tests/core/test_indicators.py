@@ -89,3 +89,18 @@ def test_compiled_atr_and_adx_equal_the_ta_library(n, seed):
     np.testing.assert_allclose(got_atr[13:], expected_atr[13:], rtol=1e-12)
     np.testing.assert_allclose(got_adx[27:], expected_adx[27:], rtol=1e-10)
     assert np.isnan(got_atr[:13]).all() and np.isnan(got_adx[:27]).all()
+
+
+def test_numpy_true_range_equals_the_ta_library():
+    """The optimiser's re-windowed ATR feature (core.features) reads this array version."""
+    from ta.volatility import AverageTrueRange
+
+    from rof_pipelines.core.indicators import true_range
+
+    rng = np.random.default_rng(3)
+    close = pd.Series(100 * np.exp(np.cumsum(rng.normal(0, 0.01, 300))))
+    high = close * (1 + rng.uniform(0, 0.01, 300))
+    low = close * (1 - rng.uniform(0, 0.01, 300))
+    expected = AverageTrueRange._true_range(high, low, close.shift(1)).to_numpy(dtype="float64")
+    got = true_range(high.to_numpy(), low.to_numpy(), close.to_numpy())
+    assert np.array_equal(got, expected, equal_nan=True)

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rof_pipelines.adapters.optimisation import generations_to_reach, run_seeded, seeded_units
 from rof_pipelines.core.ga.engine import GASettings, optimise
 from rof_pipelines.core.ga.fitness import build_fitness_data
+from rof_pipelines.core.ga.seeding import generations_to_reach, run_seeded, seeded_units
 from rof_pipelines.core.ga.space import SearchSpace
 from rof_pipelines.core.knowledge import TaskRecord, market_features, plan_seeds
 from rof_pipelines.core.rl.agent import RLParams

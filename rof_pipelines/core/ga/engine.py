@@ -45,10 +45,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rof_pipelines.core.defaults import GA, ga_problem
 from rof_pipelines.core.ga.fitness import FULL, SAMPLE, FitnessData, evaluate_genome
 from rof_pipelines.core.ga.pool import GenomePool
 from rof_pipelines.core.ga.space import Genome, SearchSpace, UnitGenome, derive_seed
-from rof_pipelines.errors import TransientError
+from rof_pipelines.errors import Interrupted
 
 OBJECTIVES = ("total_return", "sharpe", "max_drawdown")
 CHECKPOINT_FORMAT = "rof.ga.checkpoint"
@@ -61,36 +62,32 @@ _quiet.setLevel(logging.ERROR)
 
 @dataclass(frozen=True)
 class GASettings:
-    """The optimiser's knobs as plain values (``ab_tests.experiment.ga`` + state management)."""
+    """The optimiser's knobs as plain values (``ab_tests.experiment.ga`` + state management); their
+    defaults and limits are :data:`rof_pipelines.core.defaults.GA`, config.yaml's too."""
 
-    generations: int = 20
-    population_size: int = 50
-    mutation_rate: float = 0.15
-    mutation_rate_min: float = 0.02
-    mutation_rate_max: float = 0.5
-    min_population: int = 20
-    max_population: int = 100
-    elitism: int = 2
-    diversity_low: float = 0.1
-    diversity_high: float = 0.3
-    resize_step: int = 5
-    patience: int = 5
-    min_delta: float = 1e-4
-    sample_fraction: float = 0.5
-    full_window_from_generation: int = 5
-    validation_fraction: float = 0.3
-    seed: int = 0
-    checkpoint_interval: int = 5
+    generations: int = GA["generations"].default
+    population_size: int = GA["population_size"].default
+    mutation_rate: float = GA["mutation_rate"].default
+    mutation_rate_min: float = GA["mutation_rate_min"].default
+    mutation_rate_max: float = GA["mutation_rate_max"].default
+    min_population: int = GA["min_population"].default
+    max_population: int = GA["max_population"].default
+    elitism: int = GA["elitism"].default
+    diversity_low: float = GA["diversity_low"].default
+    diversity_high: float = GA["diversity_high"].default
+    resize_step: int = GA["resize_step"].default
+    patience: int = GA["patience"].default
+    min_delta: float = GA["min_delta"].default
+    sample_fraction: float = GA["sample_fraction"].default
+    full_window_from_generation: int = GA["full_window_from_generation"].default
+    validation_fraction: float = GA["validation_fraction"].default
+    seed: int = GA["seed"].default
+    checkpoint_interval: int = GA["checkpoint_interval"].default
 
     def __post_init__(self) -> None:
-        if not 4 <= self.min_population <= self.population_size <= self.max_population:
-            raise ValueError("need 4 <= min_population <= population_size <= max_population")
-        if not 0 <= self.mutation_rate_min <= self.mutation_rate <= self.mutation_rate_max <= 1:
-            raise ValueError("need 0 <= mutation_rate_min <= mutation_rate <= mutation_rate_max <= 1")
-        if not 0 <= self.elitism < self.min_population - 1:
-            raise ValueError("elitism must leave room for at least two offspring")
-        if self.generations < 1 or self.checkpoint_interval < 1 or self.patience < 1:
-            raise ValueError("generations, checkpoint_interval and patience must be >= 1")
+        problem = ga_problem(self)
+        if problem:
+            raise ValueError(problem)
 
     @classmethod
     def from_config(cls, ga: Any, checkpoint_interval: int, **overrides: Any) -> "GASettings":
@@ -111,16 +108,6 @@ class GASettings:
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
-
-
-class Interrupted(TransientError):
-    """The run was asked to stop after a generation; that generation is checkpointed (when the run
-    has a checkpoint sink), so running the task again resumes from it."""
-
-    def __init__(self, generation: int, *, saved: bool) -> None:
-        self.generation = generation
-        where = "checkpoint saved; a rerun resumes from it" if saved else "no checkpoint sink: progress lost"
-        super().__init__(f"optimisation stopped after generation {generation} on request ({where})")
 
 
 class CheckpointSink(Protocol):

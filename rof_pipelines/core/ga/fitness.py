@@ -28,23 +28,16 @@ import pandas as pd
 from numba import njit
 
 from rof_pipelines.core.backtest import max_drawdown, sharpe_ratio
+from rof_pipelines.core.features import StateFeature, state_feature, state_features
 from rof_pipelines.core.ga.space import Candidate, FeatureWindows, Genome, SearchSpace
-from rof_pipelines.core.indicators import IndicatorWindows, _wilder_atr, rsi_values
+from rof_pipelines.core.indicators import IndicatorWindows
 from rof_pipelines.core.kelly import KellyParams
 from rof_pipelines.core.rl.agent import RLParams, train
-from rof_pipelines.core.rl.env import (
-    BinSpec,
-    EnvArrays,
-    FeatureBins,
-    StateSpace,
-    _quantile_edges,
-    _signed_edges,
-)
+from rof_pipelines.core.rl.env import BinSpec, EnvArrays, FeatureBins, StateSpace
 from rof_pipelines.core.rl.kernel import evaluate_kernel
 from rof_pipelines.errors import DataValidationError
 
 FULL, SAMPLE = "full", "sample"
-FEATURE_ORDER = ("rsi", "macd", "bb", "vol", "trend")
 MIN_PART_BARS = 50
 _FEATURE_CACHE_SIZE = 256
 _ENV_CACHE_SIZE = 512
@@ -73,21 +66,14 @@ class MarketSlice:
 
 
 def _raw_frame_features(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The same raw values ``core.rl.env.FEATURE_SOURCES`` reads, as float64 arrays."""
+    """The raw value of every registered feature whose columns the frame has (the values the state
+    space reads, ``core.features``), as float64 arrays."""
     out: dict[str, np.ndarray] = {}
-    sources = {
-        "rsi": lambda f: f["rsi"],
-        "macd": lambda f: f["macd_hist"] / f["close"],
-        "bb": lambda f: f["bb_pband"],
-        "vol": lambda f: f["atr_pct"],
-        "trend": lambda f: f["trend"],
-    }
-    for name, source in sources.items():
-        try:
-            values = source(frame).to_numpy(dtype=np.float64)
-        except KeyError:
+    for feature in state_features():
+        if not set(feature.columns) <= set(frame.columns):
             continue
-        out[name] = np.where(np.isfinite(values), values, np.nan)
+        values = feature.values(frame).to_numpy(dtype=np.float64)
+        out[feature.name] = np.where(np.isfinite(values), values, np.nan)
     return out
 
 
@@ -182,7 +168,7 @@ class FitnessData:
         cached = _recall(self._features, key)
         if cached is not None:
             return cached
-        values = _windowed_feature(s, name, window, self.windows.bollinger_dev)
+        values = _windowed_feature(s, name, window, self.windows)
         _remember(self._features, key, values, _FEATURE_CACHE_SIZE)
         return values
 
@@ -198,20 +184,18 @@ class FitnessData:
         if cached is not None:
             return cached
         s = self.slices[slice_name]
-        by_name = {"rsi": windows.rsi, "bb": windows.bb, "vol": windows.atr, "macd": None, "trend": None}
-        columns = tuple((name, by_name[name]) for name in _enabled(bins))
+        enabled = bins.enabled()
+        columns = tuple((f.name, windows.of(f)) for f in enabled)
         cut = s.fit_rows
         fit_start = self._first_valid(slice_name, columns, 0, cut)
-        fixed = {"rsi": bins.rsi_edges, "bb": bins.bb_edges}
-        levels = {"macd": bins.macd_levels, "vol": bins.vol_bins, "trend": bins.trend_levels}
         features = tuple(
             FeatureBins(
-                name,
-                fixed[name]
-                if name in fixed
-                else self._edges(slice_name, name, window, levels[name], fit_start),
+                f.name,
+                self._edges(slice_name, f, window, bins.of(f), fit_start)
+                if f.binning.fitted
+                else f.binning.edges(bins.of(f)),
             )
-            for name, window in columns
+            for f, (_, window) in zip(enabled, columns, strict=True)
         )
         space = StateSpace(features, allow_short=allow_short)
         fit_env = self._env(slice_name, columns, space, 0, cut, fit_start)
@@ -244,14 +228,16 @@ class FitnessData:
             _remember(self._pieces, key, start, _PIECE_CACHE_SIZE)
         return start
 
-    def _edges(self, slice_name: str, name: str, window: int | None, levels: int, start: int) -> tuple:
-        """Quantile-fitted edges of one feature on the fit rows from ``start`` (see fit_state_space)."""
-        key = ("edges", slice_name, name, window, levels, start)
+    def _edges(
+        self, slice_name: str, feature: StateFeature, window: int | None, setting: Any, start: int
+    ) -> tuple:
+        """Edges of one fitted feature on the fit rows from ``start`` (see fit_state_space)."""
+        key = ("edges", slice_name, feature.name, window, setting, start)
         edges = _recall(self._pieces, key)
         if edges is None:
             s = self.slices[slice_name]
-            filled = _ffill(self.feature(slice_name, name, window)[start : s.fit_rows])
-            edges = _quantile_edges(filled, levels) if name == "vol" else _signed_edges(filled, levels)
+            filled = _ffill(self.feature(slice_name, feature.name, window)[start : s.fit_rows])
+            edges = feature.binning.edges(setting, filled)
             _remember(self._pieces, key, edges, _PIECE_CACHE_SIZE)
         return edges
 
@@ -342,51 +328,23 @@ def build_fitness_data(
     return FitnessData(slices, base, space, windows)
 
 
-def _windowed_feature(s: MarketSlice, name: str, window: int, bollinger_dev: float) -> np.ndarray:
-    """The indicator-frame column behind feature ``name`` with another window, computed on the slice
-    alone as ``core.indicators.build_indicator_frame`` does (its first bars are warm-up): Bollinger
-    and ATR bit for bit, RSI compiled and within 1e-13 of ta's (tests hold all three)."""
-    if name == "rsi":
-        values = rsi_values(s.close, window)
-    elif name == "bb":  # ta's BollingerBands band position: its rolling mean and std, minus its overhead
-        rolling = pd.Series(s.close).rolling(window, min_periods=window)
-        mean = rolling.mean().to_numpy(dtype=np.float64)
-        spread = bollinger_dev * rolling.std(ddof=0).to_numpy(dtype=np.float64)
-        high, low = mean + spread, mean - spread
-        with np.errstate(invalid="ignore", divide="ignore"):
-            values = (s.close - low) / np.where(high - low == 0.0, np.nan, high - low)
-    elif name == "vol":  # core.indicators.atr / close, with the true range in numpy
-        if s.n <= window:
-            values = np.full(s.n, np.nan)
-        else:
-            average = _wilder_atr(true_range(s.high, s.low, s.close), window)
-            average[: window - 1] = np.nan
-            values = average / s.close
-    else:
+def _windowed_feature(s: MarketSlice, name: str, window: int, windows: IndicatorWindows) -> np.ndarray:
+    """The raw value of feature ``name`` with another indicator window (its ``Rewindow`` in
+    ``core.features``), computed on the slice alone as ``core.indicators.build_indicator_frame``
+    does (its first bars are warm-up); non-finite values become NaN."""
+    feature = state_feature(name)
+    if feature.window is None:
         raise ValueError(f"feature {name!r} has no window gene")
+    values = feature.window.compute(s, window, windows)
     return np.where(np.isfinite(values), values, np.nan)
-
-
-def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
-    """ta's ``AverageTrueRange._true_range`` (NaN-skipping max of the three ranges) in numpy."""
-    prev = np.empty_like(close)
-    prev[0] = np.nan
-    prev[1:] = close[:-1]
-    return np.fmax(np.fmax(high - low, np.abs(high - prev)), np.abs(low - prev))
 
 
 # --- state space and environment, numpy twins of core.rl.env ---------------------------------------
 
 
 def _enabled(bins: BinSpec) -> tuple[str, ...]:
-    on = {
-        "rsi": bool(bins.rsi_edges),
-        "macd": bins.macd_levels > 0,
-        "bb": bool(bins.bb_edges),
-        "vol": bins.vol_bins > 1,
-        "trend": bins.trend_levels > 0,
-    }
-    return tuple(name for name in FEATURE_ORDER if on[name])
+    """Names of the features ``bins`` keeps, in state order."""
+    return tuple(f.name for f in bins.enabled())
 
 
 def _first_valid(raw: dict[str, np.ndarray], opens: np.ndarray, closes: np.ndarray) -> int:
@@ -412,18 +370,11 @@ def fit_state_space(
     """``StateSpace.fit`` on arrays (same warm-up cut, forward fill and quantile edges)."""
     start = _first_valid(raw, opens, closes)
     filled = {k: _ffill(v[start:]) for k, v in raw.items()}
-    features: list[FeatureBins] = []
-    if bins.rsi_edges:
-        features.append(FeatureBins("rsi", bins.rsi_edges))
-    if bins.macd_levels > 0:
-        features.append(FeatureBins("macd", _signed_edges(filled["macd"], bins.macd_levels)))
-    if bins.bb_edges:
-        features.append(FeatureBins("bb", bins.bb_edges))
-    if bins.vol_bins > 1:
-        features.append(FeatureBins("vol", _quantile_edges(filled["vol"], bins.vol_bins)))
-    if bins.trend_levels > 0:
-        features.append(FeatureBins("trend", _signed_edges(filled["trend"], bins.trend_levels)))
-    return StateSpace(tuple(features), allow_short=allow_short)
+    features = tuple(
+        FeatureBins(f.name, f.binning.edges(bins.of(f), filled[f.name] if f.binning.fitted else None))
+        for f in bins.enabled()
+    )
+    return StateSpace(features, allow_short=allow_short)
 
 
 def env_arrays(

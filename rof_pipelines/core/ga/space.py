@@ -19,6 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rof_pipelines.core.features import (
+    FeatureSettings,
+    StateFeature,
+    bin_defaults,
+    window_defaults,
+    window_genes,
+)
+
 if TYPE_CHECKING:
     from rof_pipelines.core.rl.agent import RLParams
 
@@ -128,13 +136,24 @@ class GeneSpec:
         return float(min(max(round(float(value), FLOAT_DECIMALS), self.low), self.high))
 
 
-@dataclass(frozen=True)
-class FeatureWindows:
-    """Indicator windows a genome overrides; None keeps the indicator frame's own column."""
+class FeatureWindows(FeatureSettings):
+    """Indicator windows a genome overrides, one keyword per re-windowable feature of
+    ``core.features`` (its ``window.key``: ``rsi``, ``bb``, ``atr``); None keeps the indicator frame's
+    own column."""
 
-    rsi: int | None = None
-    bb: int | None = None
-    atr: int | None = None
+    __slots__ = ()
+
+    @classmethod
+    def defaults(cls) -> dict[str, tuple[Any, Any]]:
+        return window_defaults()
+
+    def of(self, feature: StateFeature) -> int | None:
+        """The window this genome gives ``feature``; None: the frame's own column."""
+        return None if feature.window is None else getattr(self, feature.window.key)
+
+    def to_dict(self) -> dict[str, int]:
+        """The windows that are set, in state order."""
+        return {key: value for key, value in self.values().items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -149,7 +168,7 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         return {
             "rl": self.params.to_dict(),
-            "indicator_windows": {k: v for k, v in vars(self.windows).items() if v is not None},
+            "indicator_windows": self.windows.to_dict(),
             "strategy": {"stop_loss": self.stop_loss, "take_profit": self.take_profit},
         }
 
@@ -230,8 +249,6 @@ class SearchSpace:
 
     def decode(self, genome: Genome, base: "RLParams") -> Candidate:
         """Genes over ``base`` (the config's agent); whatever is not a gene keeps the base's value."""
-        from rof_pipelines.core.rl.env import BinSpec
-
         values = dict(zip(self.names, genome, strict=True))
         rl = {
             k: float(values[k])
@@ -249,22 +266,17 @@ class SearchSpace:
             )
         else:
             rsi_edges = base.bins.rsi_edges
-        bins = BinSpec(
-            rsi_edges=rsi_edges,
-            macd_levels=int(values.get("macd_levels", base.bins.macd_levels)),
-            bb_edges=base.bins.bb_edges,
-            vol_bins=int(values.get("vol_bins", base.bins.vol_bins)),
-            trend_levels=int(values.get("trend_levels", base.bins.trend_levels)),
-        )
+        # A gene named like a feature's bin setting (macd_levels, vol_bins, ...) sets it.
+        bin_settings = bin_defaults()
+        settings = {name: int(value) for name, value in values.items() if name in bin_settings}
+        bins = base.bins.replace(**settings, rsi_edges=rsi_edges)
         kelly = base.kelly
         if "kelly_max_fraction" in values:
             cap = float(values["kelly_max_fraction"])
             kelly = replace(kelly, max_fraction=cap, warmup_fraction=min(kelly.warmup_fraction, cap))
         params = base.replace(**rl, bins=bins, kelly=kelly)
         windows = FeatureWindows(
-            rsi=_opt_int(values.get("rsi_window")),
-            bb=_opt_int(values.get("bb_window")),
-            atr=_opt_int(values.get("atr_window")),
+            **{window.key: int(values[gene]) for gene, window in window_genes().items() if gene in values}
         )
         return Candidate(
             params=params,
@@ -272,7 +284,3 @@ class SearchSpace:
             stop_loss=float(values.get("stop_loss", 0.0)),
             take_profit=float(values.get("take_profit", 0.0)),
         )
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)

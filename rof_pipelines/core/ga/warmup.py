@@ -6,6 +6,7 @@ import pandas as pd
 
 from rof_pipelines.core.ga.fitness import FULL, build_fitness_data, evaluate_genome
 from rof_pipelines.core.ga.space import SearchSpace
+from rof_pipelines.core.indicators import build_indicator_frame
 from rof_pipelines.core.rl.agent import RLParams
 
 _warmed = False
@@ -20,24 +21,23 @@ def warm_once() -> None:
 
 
 def warm() -> None:
-    """One evaluation on 240 synthetic bars touching every kernel (training, walk, ATR)."""
+    """One evaluation on 240 synthetic bars touching every kernel (training, walk, ATR). The frame is
+    a real indicator frame, so it has every column any registered state feature reads."""
     rng = np.random.default_rng(0)
     n = 240
     close = 100.0 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
-    frame = pd.DataFrame(
+    bars = pd.DataFrame(
         {
             "open": close,
             "high": close * 1.001,
             "low": close * 0.999,
             "close": close,
-            "rsi": rng.uniform(0, 100, n),
-            "macd_hist": rng.normal(0, 0.1, n),
-            "bb_pband": rng.uniform(-0.2, 1.2, n),
-            "atr_pct": rng.uniform(0.001, 0.01, n),
-            "trend": rng.normal(0, 1e-3, n),
+            "volume": rng.uniform(1.0, 10.0, n),
+            "n_ticks": np.full(n, 10),
         },
         index=pd.date_range("2024-01-01", periods=n, freq="1min", tz="UTC"),
     )
+    frame = build_indicator_frame(bars)
     space = SearchSpace.from_mapping(
         {
             "alpha": {"type": "float", "low": 0.1, "high": 0.2},

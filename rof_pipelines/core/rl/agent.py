@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from rof_pipelines.core.backtest import BacktestResult, Trades, buy_and_hold
+from rof_pipelines.core.defaults import RL
 from rof_pipelines.core.kelly import KellyParams
 from rof_pipelines.core.rl.env import BinSpec, EnvArrays, StateSpace, build_env
 from rof_pipelines.core.rl.kernel import evaluate_kernel, greedy_action, train_kernel
@@ -30,20 +31,20 @@ _MASK64 = (1 << 64) - 1
 class RLParams:
     """Everything that decides a training run and its backtest."""
 
-    alpha: float = 0.2
-    gamma: float = 0.85
-    epsilon: float = 0.3
-    epsilon_decay: float = 0.95  # epsilon *= epsilon_decay after every episode ...
-    epsilon_min: float = 0.01  # ... but never below this floor
-    alpha_decay: float = 0.001  # alpha = alpha0 / (1 + alpha_decay * visits(state, action))
-    episodes: int = 20
-    fee: float = 0.001  # fraction of the traded notional
-    slippage: float = 0.0005  # fraction of the traded notional, on top of the fee
-    allow_short: bool = False
-    risk_aversion: float = 0.0  # reward -= risk_aversion * (exposure * return) ** 2
+    alpha: float = RL["alpha"].default
+    gamma: float = RL["gamma"].default
+    epsilon: float = RL["epsilon"].default
+    epsilon_decay: float = RL["epsilon_decay"].default  # epsilon *= epsilon_decay after every episode ...
+    epsilon_min: float = RL["epsilon_min"].default  # ... but never below this floor
+    alpha_decay: float = RL["alpha_decay"].default  # alpha = alpha0 / (1 + alpha_decay * visits(s, a))
+    episodes: int = RL["episodes"].default
+    fee: float = RL["fee"].default  # fraction of the traded notional
+    slippage: float = RL["slippage"].default  # fraction of the traded notional, on top of the fee
+    allow_short: bool = RL["allow_short"].default
+    risk_aversion: float = RL["risk_aversion"].default  # reward -= risk_aversion * (exposure * return) ** 2
     bins: BinSpec = field(default_factory=BinSpec)
     kelly: KellyParams = field(default_factory=KellyParams)
-    seed: int = 0
+    seed: int = RL["seed"].default
 
     def __post_init__(self) -> None:
         checks = (
@@ -90,13 +91,7 @@ class RLParams:
                 "seed",
             )
         }
-        values["bins"] = BinSpec(
-            rsi_edges=tuple(getattr(rl, "rsi_edges", base.bins.rsi_edges)),
-            macd_levels=getattr(rl, "macd_levels", base.bins.macd_levels),
-            bb_edges=tuple(getattr(rl, "bb_edges", base.bins.bb_edges)),
-            vol_bins=getattr(rl, "vol_bins", base.bins.vol_bins),
-            trend_levels=getattr(rl, "trend_levels", base.bins.trend_levels),
-        )
+        values["bins"] = BinSpec.from_config(rl, base.bins)
         values["kelly"] = KellyParams.from_settings(ai_config.kelly)
         values.update(overrides)
         return cls(**values)

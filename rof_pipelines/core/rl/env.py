@@ -6,14 +6,8 @@ t + 1**, the first price after the bar that produced the features. The exposure 
 ``step_ret[t] = fill[t + 1] / fill[t] - 1`` with ``fill[t] = open[t + 1]`` and the final mark
 ``fill[n - 1] = close[n - 1]``; so n bars give n - 1 decisions, like the C reference.
 
-Features (each optional; the bin edges are stored in the :class:`StateSpace`):
-
-* ``rsi``: RSI zone, fixed edges (default 30 / 70 -> oversold, neutral, overbought);
-* ``macd``: MACD histogram relative to the close, sign x strength: ``levels`` bins per side, the
-  strength edges being quantiles of ``|hist / close|`` on the training data;
-* ``bb``: position in the Bollinger bands (``bb_pband``), fixed edges (default 0 / 0.5 / 1);
-* ``vol``: volatility regime, quantile bins of ``atr_pct`` on the training data;
-* ``trend``: ``ema_fast / ema_slow - 1``, sign x strength like ``macd``.
+Features: the ones registered in :mod:`rof_pipelines.core.features`, in its order (each optional:
+its :class:`BinSpec` setting can drop it; the fitted bin edges are stored in the :class:`StateSpace`).
 
 Positions: 0 flat, 1 long, and 2 short when ``allow_short``. Actions: 0 hold, 1 buy, 2 sell. Buy and
 sell step the position one unit: buy covers a short or goes long; sell closes a long, or (flat, with
@@ -21,72 +15,64 @@ sell step the position one unit: buy covers a short or goes long; sell closes a 
 """
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from rof_pipelines.core.features import (
+    FeatureSettings,
+    StateFeature,
+    bin_defaults,
+    feature_names,
+    state_feature,
+    state_features,
+)
 from rof_pipelines.errors import DataValidationError
 
 STATE_SPACE_VERSION = 1
 
-# Feature name -> how its raw value is read from the indicator frame.
-FEATURE_SOURCES: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
-    "rsi": lambda f: f["rsi"],
-    "macd": lambda f: f["macd_hist"] / f["close"],
-    "bb": lambda f: f["bb_pband"],
-    "vol": lambda f: f["atr_pct"],
-    "trend": lambda f: f["trend"],
-}
-FEATURE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "rsi": ("rsi",),
-    "macd": ("macd_hist", "close"),
-    "bb": ("bb_pband",),
-    "vol": ("atr_pct",),
-    "trend": ("trend",),
-}
 
+class BinSpec(FeatureSettings):
+    """How finely each state feature is cut: one keyword setting per registered feature, named and
+    defaulted by its binning rule in ``core.features`` (``rsi_edges=(30.0, 70.0)``, ``macd_levels=2``,
+    ``bb_edges``, ``vol_bins``, ``trend_levels``); an empty tuple or 0 levels / 1 bin drops it."""
 
-@dataclass(frozen=True)
-class BinSpec:
-    """How finely each feature is cut; an empty tuple or 0 levels / 1 bin drops the feature."""
+    __slots__ = ()
 
-    rsi_edges: tuple[float, ...] = (30.0, 70.0)
-    macd_levels: int = 2
-    bb_edges: tuple[float, ...] = (0.0, 0.5, 1.0)
-    vol_bins: int = 3
-    trend_levels: int = 1
+    @classmethod
+    def defaults(cls) -> dict[str, tuple[Any, Any]]:
+        return bin_defaults()
 
-    def __post_init__(self) -> None:
-        for name in ("rsi_edges", "bb_edges"):
-            edges = tuple(float(e) for e in getattr(self, name))
-            if sorted(set(edges)) != list(edges):
-                raise ValueError(f"{name} must be strictly increasing, got {edges}")
-            object.__setattr__(self, name, edges)
-        if self.macd_levels < 0 or self.trend_levels < 0:
-            raise ValueError("macd_levels and trend_levels must be >= 0")
-        if self.vol_bins < 1:
-            raise ValueError("vol_bins must be >= 1")
+    def of(self, feature: StateFeature) -> Any:
+        """This spec's setting for ``feature``."""
+        return getattr(self, feature.binning.setting)
+
+    def enabled(self) -> tuple[StateFeature, ...]:
+        """The features this spec keeps, in state order."""
+        return tuple(f for f in state_features() if f.binning.enabled(self.of(f)))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "rsi_edges": list(self.rsi_edges),
-            "macd_levels": self.macd_levels,
-            "bb_edges": list(self.bb_edges),
-            "vol_bins": self.vol_bins,
-            "trend_levels": self.trend_levels,
-        }
+        return {f.binning.setting: f.binning.to_json(self.of(f)) for f in state_features()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BinSpec":
+        """A stored spec; a feature it does not mention keeps its default."""
         return cls(
-            rsi_edges=tuple(data["rsi_edges"]),
-            macd_levels=int(data["macd_levels"]),
-            bb_edges=tuple(data["bb_edges"]),
-            vol_bins=int(data["vol_bins"]),
-            trend_levels=int(data["trend_levels"]),
+            **{
+                f.binning.setting: f.binning.from_json(data[f.binning.setting])
+                for f in state_features()
+                if f.binning.setting in data
+            }
+        )
+
+    @classmethod
+    def from_config(cls, config: Any, base: "BinSpec | None" = None) -> "BinSpec":
+        """The settings ``config`` (e.g. ``settings.RLConfig``) has an attribute for, over ``base``."""
+        base = base or cls()
+        return cls(
+            **{f.binning.setting: getattr(config, f.binning.setting, base.of(f)) for f in state_features()}
         )
 
 
@@ -113,9 +99,10 @@ class StateSpace:
     _strides: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        known = feature_names()
         for feature in self.features:
-            if feature.name not in FEATURE_SOURCES:
-                raise ValueError(f"unknown feature {feature.name!r}; known: {sorted(FEATURE_SOURCES)}")
+            if feature.name not in known:
+                raise ValueError(f"unknown feature {feature.name!r}; known: {sorted(known)}")
         strides = []
         stride = 1
         for feature in reversed(self.features):
@@ -166,21 +153,18 @@ class StateSpace:
     def fit(cls, frame: pd.DataFrame, bins: BinSpec | None = None, allow_short: bool = False) -> "StateSpace":
         """Fix the edges; the quantile-based ones from ``frame`` (the training data) only."""
         bins = bins or BinSpec()
-        raw = _raw_features(frame, _enabled(bins))
+        enabled = bins.enabled()
+        raw = _raw_features(frame, tuple(f.name for f in enabled))
         start = _first_valid(raw, frame)
         raw = raw.iloc[start:].ffill()
-        features: list[FeatureBins] = []
-        if bins.rsi_edges:
-            features.append(FeatureBins("rsi", bins.rsi_edges))
-        if bins.macd_levels > 0:
-            features.append(FeatureBins("macd", _signed_edges(raw["macd"].to_numpy(), bins.macd_levels)))
-        if bins.bb_edges:
-            features.append(FeatureBins("bb", bins.bb_edges))
-        if bins.vol_bins > 1:
-            features.append(FeatureBins("vol", _quantile_edges(raw["vol"].to_numpy(), bins.vol_bins)))
-        if bins.trend_levels > 0:
-            features.append(FeatureBins("trend", _signed_edges(raw["trend"].to_numpy(), bins.trend_levels)))
-        return cls(tuple(features), allow_short=allow_short)
+        features = tuple(
+            FeatureBins(
+                f.name,
+                f.binning.edges(bins.of(f), raw[f.name].to_numpy() if f.binning.fitted else None),
+            )
+            for f in enabled
+        )
+        return cls(features, allow_short=allow_short)
 
     def market_states(self, frame: pd.DataFrame) -> tuple[np.ndarray, int]:
         """(state per usable bar, index of the first usable bar). Leading warm-up rows where a feature
@@ -324,27 +308,13 @@ def build_env(frame: pd.DataFrame, state_space: StateSpace) -> EnvArrays:
 # --- helpers ----------------------------------------------------------------------------------------
 
 
-def _enabled(bins: BinSpec) -> tuple[str, ...]:
-    names = []
-    if bins.rsi_edges:
-        names.append("rsi")
-    if bins.macd_levels > 0:
-        names.append("macd")
-    if bins.bb_edges:
-        names.append("bb")
-    if bins.vol_bins > 1:
-        names.append("vol")
-    if bins.trend_levels > 0:
-        names.append("trend")
-    return tuple(names)
-
-
 def _raw_features(frame: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
-    needed = {c for name in names for c in FEATURE_COLUMNS[name]}
+    features = [state_feature(name) for name in names]
+    needed = {c for feature in features for c in feature.columns}
     missing = sorted(needed - set(frame.columns))
     if missing:
         raise DataValidationError(f"indicator frame lacks columns {missing}")
-    data = {name: FEATURE_SOURCES[name](frame).astype(np.float64) for name in names}
+    data = {feature.name: feature.values(frame).astype(np.float64) for feature in features}
     raw = pd.DataFrame(data, index=frame.index, columns=list(names))
     return raw.replace([np.inf, -np.inf], np.nan)
 
@@ -359,22 +329,3 @@ def _first_valid(raw: pd.DataFrame, frame: pd.DataFrame) -> int:
     if hits.size == 0:
         raise DataValidationError("no row of the indicator frame has every feature defined")
     return int(hits[0])
-
-
-def _quantile_edges(values: np.ndarray, n_bins: int) -> tuple[float, ...]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        raise DataValidationError("cannot fit quantile bins: no finite values")
-    edges = np.quantile(finite, np.arange(1, n_bins) / n_bins)
-    return tuple(float(e) for e in np.unique(edges))
-
-
-def _signed_edges(values: np.ndarray, levels: int) -> tuple[float, ...]:
-    """Sign x strength: 0 splits the sides; quantiles of |value| split each side into ``levels``."""
-    if levels == 1:
-        return (0.0,)
-    magnitude = np.abs(values[np.isfinite(values) & (values != 0)])
-    if magnitude.size == 0:
-        return (0.0,)
-    cuts = [float(c) for c in np.unique(np.quantile(magnitude, np.arange(1, levels) / levels)) if c > 0]
-    return tuple([-c for c in reversed(cuts)] + [0.0] + cuts)
