@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from rof_pipelines.core.defaults import DECISION, GA, KELLY, RL, Knob, ga_problem
 from rof_pipelines.core.market import Market, MarketProfile, WindowLength, duration_text
 from rof_pipelines.core.redaction import (
     clip,
@@ -41,7 +42,7 @@ from rof_pipelines.core.redaction import (
     secret_values,
     split_url,
 )
-from rof_pipelines.core.windows import WindowBudget, window_budget
+from rof_pipelines.core.windows import DEFAULT_TRAIN_FRACTION, WindowBudget, window_budget
 from rof_pipelines.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -140,6 +141,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
+def _knob(knob: Knob, description: str | None = None) -> Any:
+    """A ``Field`` with the core's default and bounds (:mod:`rof_pipelines.core.defaults`), so config.yaml
+    and the core's dataclasses cannot drift apart."""
+    if description is None:
+        return Field(default=knob.default, **knob.bounds)
+    return Field(default=knob.default, description=description, **knob.bounds)
+
+
 def _split_host(host: str, default_port: int) -> tuple[str, int]:
     if host.startswith("[") and "]" in host:  # [::1]:5432
         name, _, rest = host[1:].partition("]")
@@ -182,6 +191,22 @@ class CircuitBreakerConfig(_Section):
     call_timeout: CallTimeout = Field(default="60s", description="statement / request timeout")
 
 
+def is_valid_cron(expression: str) -> bool:
+    """Whether Dagster's scheduler accepts ``expression``, asked through its public API: building a
+    ``ScheduleDefinition`` checks the cron string first and refuses what it cannot run."""
+    import warnings
+
+    from dagster import DagsterInvalidDefinitionError, ScheduleDefinition
+
+    with warnings.catch_warnings():  # a valid but coarse interval ("*/90") only warns
+        warnings.simplefilter("ignore")
+        try:
+            ScheduleDefinition(name="cron_check", cron_schedule=expression, job_name="cron_check")
+        except DagsterInvalidDefinitionError:
+            return False
+    return True
+
+
 class ScheduleConfig(_Section):
     cron: str
     timezone: str = "UTC"
@@ -189,9 +214,7 @@ class ScheduleConfig(_Section):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from dagster._utils.schedules import is_valid_cron_string
-
-        if not is_valid_cron_string(value):
+        if not is_valid_cron(value):
             raise ValueError("not a valid cron expression (Dagster accepts 5-field cron)")
         return value
 
@@ -296,9 +319,12 @@ class BackupConfig(_Section):
 
 
 class SystemSetup(_Section):
+    # Served by the ops service, which does not exist yet: nothing reads these three today. They are
+    # validated so a config written for it loads now. log_level will set the root logger's level,
+    # metrics_port is where adapters.metrics.REGISTRY will be served, pprof_port the profiler's port.
     log_level: Literal["debug", "info", "warning", "warn", "error", "critical"] = "info"
-    metrics_port: int = Field(default=8080, ge=1, le=65535)
-    pprof_port: int = Field(default=9080, ge=1, le=65535)
+    metrics_port: int = Field(default=8080, ge=1, le=65535, description="not read yet: the ops service's")
+    pprof_port: int = Field(default=9080, ge=1, le=65535, description="not read yet: the ops service's")
     worker_pool: WorkerPoolConfig = WorkerPoolConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     schedules: SchedulesConfig = SchedulesConfig()
@@ -434,8 +460,20 @@ class MarketOverrides(_Section):
         return None if value is None else validate_bar_interval(value)
 
 
+def _registered_quote_store(name: Any) -> str:
+    """A name from the quote-store registry; imported when a config is checked, not when this module
+    loads, and the registry imports no store (so no driver)."""
+    from rof_pipelines.adapters.quote_stores.registry import validate_quote_store_name
+
+    return validate_quote_store_name(name)
+
+
 class StorageConfig(_Section):
-    quote_store: Literal["parquet", "postgres", "clickhouse"] = "parquet"
+    # A store registered in adapters/quote_stores/registry.py: parquet, postgres, clickhouse (memory: tests).
+    quote_store: str = "parquet"
+    _quote_store = field_validator("quote_store", mode="before")(
+        classmethod(lambda cls, v: _registered_quote_store(v))
+    )
     data_dir: Path = Path("data")
     bar_interval: BarInterval = "1m"
     # The first day of the `date` partitions (applied when the code location loads). Real history
@@ -638,25 +676,26 @@ DEFAULT_SEARCH_SPACE: dict[str, GeneRange] = {
 
 
 class GAConfig(_Section):
-    """The genetic optimiser (rof_pipelines.core.ga.engine documents the rules these numbers drive)."""
+    """The genetic optimiser (rof_pipelines.core.ga.engine documents the rules these numbers drive;
+    defaults and limits: rof_pipelines.core.defaults.GA)."""
 
-    generations: int = Field(default=20, ge=1)
-    population_size: int = Field(default=50, ge=4)
-    mutation_rate: float = Field(default=0.15, ge=0, le=1, description="starting mutation probability")
-    mutation_rate_min: float = Field(default=0.02, ge=0, le=1)
-    mutation_rate_max: float = Field(default=0.5, ge=0, le=1)
-    min_population: int = Field(default=20, ge=4)
-    max_population: int = Field(default=100, ge=4)
-    elitism: int = Field(default=2, ge=0, description="best kept unchanged each generation")
-    diversity_low: float = Field(default=0.1, ge=0, le=1, description="grow the population below this")
-    diversity_high: float = Field(default=0.3, ge=0, le=1, description="shrink it above this")
-    resize_step: int = Field(default=5, ge=1)
-    patience: int = Field(default=5, ge=1, description="generations without front improvement")
-    min_delta: float = Field(default=1e-4, ge=0, description="smallest improvement that counts")
-    sample_fraction: float = Field(default=0.5, gt=0, le=1, description="of the data, early generations")
-    full_window_from_generation: int = Field(default=5, ge=0)
-    validation_fraction: float = Field(default=0.3, gt=0, lt=1, description="of the data, for scoring")
-    seed: int = Field(default=0, ge=0)
+    generations: int = _knob(GA["generations"])
+    population_size: int = _knob(GA["population_size"])
+    mutation_rate: float = _knob(GA["mutation_rate"], "starting mutation probability")
+    mutation_rate_min: float = _knob(GA["mutation_rate_min"])
+    mutation_rate_max: float = _knob(GA["mutation_rate_max"])
+    min_population: int = _knob(GA["min_population"])
+    max_population: int = _knob(GA["max_population"])
+    elitism: int = _knob(GA["elitism"], "best kept unchanged each generation")
+    diversity_low: float = _knob(GA["diversity_low"], "grow the population below this")
+    diversity_high: float = _knob(GA["diversity_high"], "shrink it above this")
+    resize_step: int = _knob(GA["resize_step"])
+    patience: int = _knob(GA["patience"], "generations without front improvement")
+    min_delta: float = _knob(GA["min_delta"], "smallest improvement that counts")
+    sample_fraction: float = _knob(GA["sample_fraction"], "of the data, early generations")
+    full_window_from_generation: int = _knob(GA["full_window_from_generation"])
+    validation_fraction: float = _knob(GA["validation_fraction"], "of the data, for scoring")
+    seed: int = _knob(GA["seed"])
     search_space: dict[str, GeneRange] = Field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))
 
     @field_validator("search_space")
@@ -672,20 +711,9 @@ class GAConfig(_Section):
 
     @model_validator(mode="after")
     def _bounds(self) -> "GAConfig":
-        if not self.min_population <= self.population_size <= self.max_population:
-            raise ValueError(
-                f"need min_population ({self.min_population}) <= population_size ({self.population_size}) "
-                f"<= max_population ({self.max_population})"
-            )
-        if not self.mutation_rate_min <= self.mutation_rate <= self.mutation_rate_max:
-            raise ValueError(
-                f"need mutation_rate_min ({self.mutation_rate_min}) <= mutation_rate ({self.mutation_rate}) "
-                f"<= mutation_rate_max ({self.mutation_rate_max})"
-            )
-        if not self.diversity_low < self.diversity_high:
-            raise ValueError("diversity_low must be below diversity_high")
-        if self.elitism > self.min_population - 2:
-            raise ValueError(f"elitism ({self.elitism}) must leave two offspring in min_population")
+        problem = ga_problem(self)  # the same rules GASettings checks
+        if problem:
+            raise ValueError(problem)
         return self
 
 
@@ -714,7 +742,7 @@ class TransferLearningConfig(_Section):
 
 class StateManagementConfig(_Section):
     enabled: bool = True
-    checkpoint_interval: int = Field(default=5, ge=1)
+    checkpoint_interval: int = _knob(GA["checkpoint_interval"])
     retention_days: int = Field(default=7, ge=1)
 
 
@@ -730,19 +758,19 @@ class ABTestsConfig(_Section):
     state_management: StateManagementConfig = StateManagementConfig()
     # The walk-forward split every consumer shares (core/windows.py): the optimiser and the agent see
     # only the first train_fraction of a window; the A/B test alone sees the rest, in `folds` blocks.
-    train_fraction: float = Field(default=0.7, gt=0, lt=1)
+    train_fraction: float = Field(default=DEFAULT_TRAIN_FRACTION, gt=0, lt=1)
     folds: int = Field(default=1, ge=1, le=20, description="walk-forward test blocks of the held-out part")
     fold_scheme: Literal["expanding", "rolling"] = "expanding"
     embargo_bars: int = Field(default=0, ge=0, description="training bars dropped before each test block")
     # The decision rule (core/abtest.py DecisionRule).
-    alpha: float = Field(default=0.05, gt=0, lt=1, description="family-wise error rate (Holm)")
-    min_effect: float = Field(default=0.5, ge=0, description="minimum annualised Sharpe gain to promote")
-    min_periods: int = Field(default=30, ge=3, description="fewer held-out periods: no decision")
+    alpha: float = _knob(DECISION["alpha"], "family-wise error rate (Holm)")
+    min_effect: float = _knob(DECISION["min_effect"], "minimum annualised Sharpe gain to promote")
+    min_periods: int = _knob(DECISION["min_periods"], "fewer held-out periods: no decision")
     tests: list[Literal["welch", "mann_whitney", "bootstrap"]] = Field(
-        default_factory=lambda: ["welch", "bootstrap"], min_length=1
+        default_factory=lambda: list(DECISION["tests"].default), min_length=1
     )
-    use_dsr: bool = True
-    n_boot: int = Field(default=2000, ge=100, le=100_000)
+    use_dsr: bool = DECISION["use_dsr"].default
+    n_boot: int = _knob(DECISION["n_boot"])
     pareto_challengers: int = Field(default=0, ge=0, le=5, description="extra arms from the Pareto front")
     promote: bool = Field(default=True, description="promote the winner automatically")
     # When the GA was seeded (meta/transfer learning), also run it cold to measure what seeding bought.
@@ -762,13 +790,13 @@ class ABTestsConfig(_Section):
 
 
 class KellyConfig(_Section):
-    use_kelly: bool = True
+    use_kelly: bool = KELLY["use_kelly"].default
     window_type: Literal["trades", "time"] = "trades"
     # A count such as "200" (trades); for window_type "time" it is a duration such as "7d".
-    window_size: str = "200"
-    max_fraction: float = Field(default=0.25, gt=0, le=1, description="cap on the Kelly fraction")
-    min_trades: int = Field(default=20, ge=1, description="closed trades in the window before Kelly sizes")
-    warmup_fraction: float = Field(default=0.05, ge=0, le=1, description="size used before min_trades")
+    window_size: str = str(KELLY["window_trades"].default)
+    max_fraction: float = _knob(KELLY["max_fraction"], "cap on the Kelly fraction")
+    min_trades: int = _knob(KELLY["min_trades"], "closed trades in the window before Kelly sizes")
+    warmup_fraction: float = _knob(KELLY["warmup_fraction"], "size used before min_trades")
 
     @field_validator("window_size", mode="before")
     @classmethod
@@ -802,18 +830,18 @@ class KellyConfig(_Section):
 class RLConfig(_Section):
     """Starting values of the Q-learning agent (core.rl.RLParams.from_settings); the optimiser tunes them."""
 
-    alpha: float = Field(default=0.2, gt=0, le=1)
-    gamma: float = Field(default=0.85, ge=0, lt=1)
-    epsilon: float = Field(default=0.3, ge=0, le=1)
-    epsilon_decay: float = Field(default=0.95, gt=0, le=1, description="epsilon *= this per episode")
-    epsilon_min: float = Field(default=0.01, ge=0, le=1, description="floor of the epsilon decay")
-    alpha_decay: float = Field(default=0.001, ge=0, description="alpha = alpha / (1 + this * visits)")
-    episodes: int = Field(default=20, ge=1, le=100_000)
-    fee: float = Field(default=0.001, ge=0, lt=0.5, description="per unit of notional traded")
-    slippage: float = Field(default=0.0005, ge=0, lt=0.5, description="per unit of notional traded")
-    allow_short: bool = False
-    risk_aversion: float = Field(default=0.0, ge=0, description="reward -= this * (position return)^2")
-    seed: int = Field(default=0, ge=0)
+    alpha: float = _knob(RL["alpha"])
+    gamma: float = _knob(RL["gamma"])
+    epsilon: float = _knob(RL["epsilon"])
+    epsilon_decay: float = _knob(RL["epsilon_decay"], "epsilon *= this per episode")
+    epsilon_min: float = _knob(RL["epsilon_min"], "floor of the epsilon decay")
+    alpha_decay: float = _knob(RL["alpha_decay"], "alpha = alpha / (1 + this * visits)")
+    episodes: int = _knob(RL["episodes"])
+    fee: float = _knob(RL["fee"], "per unit of notional traded")
+    slippage: float = _knob(RL["slippage"], "per unit of notional traded")
+    allow_short: bool = RL["allow_short"].default
+    risk_aversion: float = _knob(RL["risk_aversion"], "reward -= this * (position return)^2")
+    seed: int = _knob(RL["seed"])
     # State bins: fixed edges for RSI and Bollinger position (empty list drops the feature), sign x
     # strength levels per side for MACD histogram and trend (0 drops), quantile bins for volatility.
     rsi_edges: list[float] = [30.0, 70.0]

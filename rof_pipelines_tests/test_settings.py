@@ -201,3 +201,47 @@ def test_credentials_in_plain_fields_are_masked_when_shown():
     assert s.storage.clickhouse.describe() == "clickhouse://reader:***@ch.example:8443/quotes"
     assert SECRET not in str(s.redacted())
     assert s.redacted()["storage"]["clickhouse"]["dsn"] == "clickhouse://reader:***@ch.example:8443/quotes"
+
+
+@pytest.mark.parametrize("cron", ["0 1 * * *", "30 3 * * *", "@daily", "0 0 * * MON-FRI", "*/90 * * * *"])
+def test_cron_strings_the_scheduler_runs_are_accepted(cron):
+    config = load_settings(
+        overrides={"system_setup": {"schedules": {"state_backup": {"cron": cron}}}}, environ={}
+    )
+    assert config.system_setup.schedules.state_backup.cron == cron
+
+
+@pytest.mark.parametrize("cron", ["* * * * * *", "0 1 * *", "61 * * * *", "0 0 30 2 *", "bad", ""])
+def test_cron_strings_the_scheduler_refuses_are_refused(cron):
+    with pytest.raises(ConfigError, match=r"state_backup\.cron.*not a valid cron expression"):
+        load_settings(overrides={"system_setup": {"schedules": {"state_backup": {"cron": cron}}}}, environ={})
+
+
+def test_config_defaults_and_limits_are_the_cores():
+    from rof_pipelines.core.abtest import DecisionRule
+    from rof_pipelines.core.defaults import GA, KELLY, RL
+    from rof_pipelines.core.ga.engine import GASettings
+    from rof_pipelines.core.kelly import KellyParams
+    from rof_pipelines.core.rl.agent import RLParams
+    from rof_pipelines.settings import ABTestsConfig, AIConfig, GAConfig, StateManagementConfig
+
+    ga, core_ga = GAConfig(), GASettings()
+    assert {name: getattr(ga, name) for name in GA if name != "checkpoint_interval"} == {
+        name: getattr(core_ga, name) for name in GA if name != "checkpoint_interval"
+    }
+    assert StateManagementConfig().checkpoint_interval == core_ga.checkpoint_interval
+    ai, rl = AIConfig(), RLParams()
+    assert {name: getattr(ai.rl, name) for name in RL} == {name: getattr(rl, name) for name in RL}
+    assert KellyParams.from_settings(ai.kelly) == KellyParams() == rl.kelly
+    assert set(KELLY) <= set(vars(KellyParams()))
+    ab, rule = ABTestsConfig(), DecisionRule()
+    names = ("alpha", "min_effect", "min_periods", "use_dsr", "n_boot")
+    assert {n: getattr(ab, n) for n in names} == {n: getattr(rule, n) for n in names}
+    assert tuple(ab.tests) == rule.tests
+    # One limit, two checks: config.yaml refuses what GASettings refuses, with the same words.
+    with pytest.raises(ConfigError, match=r"population_size.*greater than or equal to 4"):
+        load_settings(overrides={"ab_tests": {"experiment": {"ga": {"population_size": 3}}}}, environ={})
+    with pytest.raises(ValueError, match="population_size must be >= 4, got 3"):
+        GASettings(population_size=3, min_population=4)
+    with pytest.raises(ValueError, match=r"need min_population \(20\) <= population_size \(10\)"):
+        GASettings(population_size=10)

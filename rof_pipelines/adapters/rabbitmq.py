@@ -11,10 +11,11 @@ Topology (declared idempotently by :meth:`RabbitMQ.declare_topology`; ``<p>`` is
 No connection outlives a call: each method (and each :meth:`RabbitMQ.tick`) opens its own connection
 and closes it, so a sensor holds nothing between ticks and an instance is safe to share between
 threads. Connections time out in seconds, so a tick against a dead broker fails fast. Every broker
-call runs through the ``rabbitmq`` circuit breaker; pika errors surface as
-:class:`StoreUnavailableError` (connection refused or lost: retry later; skip the tick) or
-:class:`PermanentError` (refused credentials, a conflicting declaration, an unroutable publish); a
-missing queue is :class:`NotFoundError`. The URL's password never appears in a message.
+call runs through the ``rabbitmq`` circuit breaker; pika errors surface, by the one table
+:data:`AMQP_ERRORS`, as :class:`StoreUnavailableError` (connection refused or lost: retry later;
+skip the tick) or :class:`PermanentError` (refused credentials, a conflicting declaration, an
+unroutable publish); a missing queue is :class:`NotFoundError`. The URL's password never appears in
+a message.
 
 Tick protocol (nothing lost, nothing run twice), see :meth:`RabbitMQ.drain`::
 
@@ -34,7 +35,7 @@ dead-letter queue may hold a duplicate (same ``message_id``) but a message is ne
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,14 +45,12 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import pika
 import pika.exceptions as pex
 from pika.adapters.blocking_connection import BlockingChannel
-from prometheus_client import Counter
 
 from rof_pipelines.adapters.breakers import guarded_call, scrub
 from rof_pipelines.adapters.messages import (
     CONTENT_TYPE,
     QUEUE_SUFFIX,
     SCHEMA_VERSION,
-    MalformedMessage,
     Message,
     MessageLimits,
     check_runnable,
@@ -59,7 +58,23 @@ from rof_pipelines.adapters.messages import (
     parse_message,
     resolve_kind,
 )
-from rof_pipelines.errors import ConfigError, NotFoundError, PermanentError, RofError, StoreUnavailableError
+from rof_pipelines.adapters.metrics import (
+    MESSAGES_ACKED,
+    MESSAGES_DEAD_LETTERED,
+    MESSAGES_PUBLISHED,
+    MESSAGES_RECEIVED,
+)
+from rof_pipelines.errors import (
+    ConfigError,
+    ErrorMap,
+    ErrorRule,
+    MalformedMessage,
+    NotFoundError,
+    PermanentError,
+    RefusedMessages,
+    RofError,
+    StoreUnavailableError,
+)
 from rof_pipelines.settings import CircuitBreakerConfig, RabbitMQConfig
 
 log = logging.getLogger(__name__)
@@ -96,13 +111,51 @@ _COPIED_PROPERTIES = (
 )
 _PERMANENT_REPLY_CODES = {403, 405, 406, 530, 540}  # access refused, locked, precondition, not allowed
 
-PUBLISHED = Counter("rabbitmq_messages_published_total", "Messages published (confirmed)", ["queue"])
-RECEIVED = Counter("rabbitmq_messages_received_total", "Messages fetched with basic_get", ["queue"])
-ACKED = Counter("rabbitmq_messages_acked_total", "Messages acknowledged after the caller's commit", ["queue"])
-DEAD_LETTERED = Counter(
-    "rabbitmq_messages_dead_lettered_total",
-    "Messages copied to the dead-letter queue, with reason",
-    ["queue"],
+
+def _closed_by_broker(exc: BaseException) -> int | None:
+    """The reply code of a channel or connection the broker closed, else None."""
+    if isinstance(exc, pex.ChannelClosedByBroker | pex.ConnectionClosedByBroker):
+        return exc.reply_code
+    return None
+
+
+def _not_found(exc: BaseException) -> bool:
+    """closed by the broker with 404 NOT_FOUND (a queue or exchange that is not declared)"""
+    return _closed_by_broker(exc) == 404
+
+
+def _refused_for_good(exc: BaseException) -> bool:
+    """closed by the broker with 403, 405, 406, 530 or 540 (access refused, locked, precondition
+    failed, not allowed): asking again gets the same answer"""
+    return _closed_by_broker(exc) in _PERMANENT_REPLY_CODES
+
+
+# pika's exceptions -> the project's errors, first match wins. Lost or refused connections and
+# anything else the broker closed are the transient ones.
+AMQP_ERRORS = ErrorMap(
+    "amqp",
+    [
+        ErrorRule((pex.UnroutableError,), PermanentError, "no queue bound: run declare_topology() first"),
+        ErrorRule((pex.NackError,), StoreUnavailableError, "the broker refused the message; retry later"),
+        ErrorRule(
+            (pex.ProbableAuthenticationError, pex.AuthenticationError),
+            PermanentError,
+            "check the user and password in storage.rabbitmq.url",
+        ),
+        ErrorRule(
+            (pex.ProbableAccessDeniedError,),
+            PermanentError,
+            "check the vhost in storage.rabbitmq.url and its permissions",
+        ),
+        ErrorRule(_not_found, NotFoundError, "run declare_topology() first"),
+        ErrorRule(_refused_for_good, PermanentError),
+        # refused, lost, heartbeat timeout, blocked, closed (any other reply code of the broker's)
+        ErrorRule(
+            (pex.AMQPConnectionError, pex.ChannelClosed, pex.ChannelWrongStateError), StoreUnavailableError
+        ),
+        ErrorRule((OSError, TimeoutError, EOFError), StoreUnavailableError),
+    ],
+    default=PermanentError,
 )
 
 T = TypeVar("T")
@@ -180,18 +233,6 @@ class Received:
         return self.delivery.message_id or (self.error.message_id if self.error else None)
 
 
-class RefusedMessages(PermanentError):
-    """Raised by a drain's ``on_batch`` that committed every message of the batch except these
-    (values the store cannot hold): the drain dead-letters them with the reasons and acks the rest,
-    so one such message cannot send the whole batch back to the queue on every tick."""
-
-    def __init__(self, reasons: Mapping[int, str]) -> None:
-        self.reasons = dict(reasons)  # delivery tag -> why it could not be stored
-        super().__init__(
-            f"{len(self.reasons)} message(s) could not be stored: {'; '.join(self.reasons.values())}"
-        )
-
-
 @dataclass
 class DrainResult:
     """What one :meth:`RabbitMQ.drain` did."""
@@ -252,9 +293,9 @@ class Tick:
                 deliveries.append(Delivery(queue, method.delivery_tag, method.redelivered, properties, body))
             return deliveries
 
-        deliveries = self._rabbit._call(run)
+        deliveries = self._rabbit._call(run, operation="get")
         if deliveries:
-            RECEIVED.labels(self._rabbit._label(queue)).inc(len(deliveries))
+            MESSAGES_RECEIVED.labels(self._rabbit._label(queue)).inc(len(deliveries))
         return deliveries
 
     def ack(self, deliveries: Delivery | Iterable[Delivery]) -> None:
@@ -271,20 +312,9 @@ class Tick:
             for delivery in batch:
                 self._channel.basic_ack(delivery.delivery_tag)
 
-        self._rabbit._call(run)
+        self._rabbit._call(run, operation="ack")
         for delivery in batch:
-            ACKED.labels(self._rabbit._label(delivery.queue)).inc()
-
-    def requeue(self, deliveries: Delivery | Iterable[Delivery]) -> None:
-        """Give messages back now (basic_nack with requeue) instead of at the end of the tick."""
-        batch = [deliveries] if isinstance(deliveries, Delivery) else list(deliveries)
-
-        def run() -> None:
-            for delivery in batch:
-                self._channel.basic_nack(delivery.delivery_tag, requeue=True)
-
-        if batch:
-            self._rabbit._call(run)
+            MESSAGES_ACKED.labels(self._rabbit._label(delivery.queue)).inc()
 
     def dead_letter(self, delivery: Delivery, reason: str, message_id: str | None = None) -> None:
         """Copy the message to the dead-letter queue with ``reason`` in a header, then ack it.
@@ -335,10 +365,10 @@ class Tick:
                 delivery.queue,
                 reason,
             )
-            DEAD_LETTERED.labels(self._rabbit._label(delivery.queue)).inc()
+            MESSAGES_DEAD_LETTERED.labels(self._rabbit._label(delivery.queue)).inc()
             return
-        self._rabbit._call(lambda: self._channel.basic_ack(delivery.delivery_tag))
-        DEAD_LETTERED.labels(self._rabbit._label(delivery.queue)).inc()
+        self._rabbit._call(lambda: self._channel.basic_ack(delivery.delivery_tag), operation="ack")
+        MESSAGES_DEAD_LETTERED.labels(self._rabbit._label(delivery.queue)).inc()
         log.warning(
             "%s: dead-lettered message %s from %s: %s",
             SERVICE,
@@ -359,11 +389,13 @@ class Tick:
                 mandatory=True,
             )
 
-        self._rabbit._call(run)
+        self._rabbit._call(run, operation="dead_letter")
 
     def _reject(self, delivery: Delivery) -> None:
         """basic.reject without requeue: the queue's x-dead-letter-exchange takes the message."""
-        self._rabbit._call(lambda: self._channel.basic_reject(delivery.delivery_tag, requeue=False))
+        self._rabbit._call(
+            lambda: self._channel.basic_reject(delivery.delivery_tag, requeue=False), operation="reject"
+        )
 
     def close(self) -> None:
         """Close the connection; unacked messages go back to their queues."""
@@ -456,30 +488,14 @@ class RabbitMQ:
         return params
 
     def _translate(self, exc: BaseException) -> RofError:
-        """pika exception -> the project's error; lost/refused connections are the transient ones."""
+        """pika exception -> the project's error, its class and hint from :data:`AMQP_ERRORS`. The
+        message quotes pika's repr, not its str (often empty, e.g. for a refused connection)."""
+        rule = AMQP_ERRORS.classify(exc)
         message = self._scrub(f"{SERVICE} ({self.describe()}): {_describe_exc(exc)}")
-        if isinstance(exc, pex.UnroutableError):
-            return PermanentError(f"{message} (no queue bound: run declare_topology() first)")
-        if isinstance(exc, pex.NackError):
-            return StoreUnavailableError(f"{message} (the broker refused the message; retry later)")
-        if isinstance(exc, pex.ProbableAuthenticationError | pex.AuthenticationError):
-            return PermanentError(f"{message} (check the user and password in storage.rabbitmq.url)")
-        if isinstance(exc, pex.ProbableAccessDeniedError):
-            return PermanentError(f"{message} (check the vhost in storage.rabbitmq.url and its permissions)")
-        if isinstance(exc, pex.ChannelClosedByBroker | pex.ConnectionClosedByBroker):
-            if exc.reply_code == 404:
-                return NotFoundError(f"{message} (run declare_topology() first)")
-            if exc.reply_code in _PERMANENT_REPLY_CODES:
-                return PermanentError(message)
-            return StoreUnavailableError(message)
-        if isinstance(exc, pex.AMQPConnectionError | pex.ChannelClosed | pex.ChannelWrongStateError):
-            return StoreUnavailableError(message)  # refused, lost, heartbeat timeout, blocked, closed
-        if isinstance(exc, OSError | TimeoutError | EOFError):
-            return StoreUnavailableError(message)
-        return PermanentError(message)
+        return rule.error(f"{message} ({rule.hint})" if rule.hint else message).with_context(SERVICE)
 
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return guarded_call(SERVICE, self._breaker, self._translate, fn, *args)
+    def _call(self, fn: Callable[..., T], *args: Any, operation: str) -> T:
+        return guarded_call(SERVICE, self._breaker, self._translate, fn, *args, operation=operation)
 
     def _connect(self) -> tuple[pika.BlockingConnection, BlockingChannel]:
         connection = pika.BlockingConnection(self._parameters())
@@ -516,7 +532,7 @@ class RabbitMQ:
             version = props.get("version", b"?")
             return version.decode() if isinstance(version, bytes) else str(version)
 
-        return self._call(self._on_channel, run)
+        return self._call(self._on_channel, run, operation="ping")
 
     def declare_topology(self) -> Topology:
         """Declare the exchanges, the work queues and the dead-letter queue; safe to repeat.
@@ -537,7 +553,7 @@ class RabbitMQ:
                 )
                 channel.queue_bind(queue, top.exchange, routing_key=QUEUE_SUFFIX[kind])
 
-        self._call(self._on_channel, run)
+        self._call(self._on_channel, run, operation="declare_topology")
         return top
 
     def _properties(self, message: Message) -> pika.BasicProperties:
@@ -574,10 +590,10 @@ class RabbitMQ:
                     properties=self._properties(message),
                     mandatory=True,
                 )
-                PUBLISHED.labels(message.queue_suffix).inc()
+                MESSAGES_PUBLISHED.labels(message.queue_suffix).inc()
             return [message.message_id for message in batch]
 
-        return self._call(self._on_channel, run) if batch else []
+        return self._call(self._on_channel, run, operation="publish") if batch else []
 
     @contextmanager
     def tick(self) -> Iterator[Tick]:
@@ -585,7 +601,7 @@ class RabbitMQ:
 
         Raises StoreUnavailableError / CircuitOpenError when the broker is down: skip the tick.
         """
-        connection, channel = self._call(self._connect)
+        connection, channel = self._call(self._connect, operation="connect")
         current = Tick(self, connection, channel)
         try:
             yield current
@@ -650,4 +666,4 @@ class RabbitMQ:
         def run(channel: BlockingChannel) -> dict[str, int]:
             return {q: channel.queue_declare(q, passive=True).method.message_count for q in queues}
 
-        return self._call(self._on_channel, run)
+        return self._call(self._on_channel, run, operation="queue_depths")

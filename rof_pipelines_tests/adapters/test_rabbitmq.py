@@ -15,18 +15,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pika
+import pika.exceptions as pex
 import pytest
 from typer.testing import CliRunner
 
 from rof_pipelines.adapters.messages import (
     BackupMessage,
-    MalformedMessage,
     QuotesUpdatedMessage,
     TaskMessage,
     build_message,
     parse_message,
 )
 from rof_pipelines.adapters.rabbitmq import (
+    AMQP_ERRORS,
     ORIGINAL_QUEUE_HEADER,
     REASON_HEADER,
     DrainResult,
@@ -37,6 +38,7 @@ from rof_pipelines.cli import app
 from rof_pipelines.errors import (
     CircuitOpenError,
     ConfigError,
+    MalformedMessage,
     NotFoundError,
     PermanentError,
     StoreUnavailableError,
@@ -450,6 +452,33 @@ def test_circuit_half_opens_and_the_sensor_resumes(rabbitmq_url, prefix):
     time.sleep(1.2)
     up.declare_topology()  # the trial call succeeds and closes the circuit
     assert _drain_all(up, "tasks").received == 0
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "hint"),
+    [
+        (pex.UnroutableError([]), PermanentError, "no queue bound: run declare_topology() first"),
+        (pex.NackError([]), StoreUnavailableError, "the broker refused the message; retry later"),
+        (pex.ChannelClosedByBroker(404, "NOT_FOUND - no queue"), NotFoundError, "run declare_topology()"),
+        (pex.ChannelClosedByBroker(406, "PRECONDITION_FAILED"), PermanentError, "PRECONDITION_FAILED"),
+        (pex.ConnectionClosedByBroker(320, "CONNECTION_FORCED"), StoreUnavailableError, "CONNECTION_FORCED"),
+        (pex.AMQPConnectionError(ConnectionRefusedError(111, "refused")), StoreUnavailableError, "refused"),
+        (EOFError("gone"), StoreUnavailableError, "gone"),
+        (ValueError("odd"), PermanentError, "odd"),
+    ],
+)
+def test_pika_errors_follow_the_amqp_table_and_name_the_operation(raised, expected, hint):
+    rabbit = RabbitMQ(RabbitMQConfig(url=f"amqp://rof:{PASSWORD}@127.0.0.1:1/%2F"), None, "rof_table")
+
+    def fail() -> None:
+        raise raised
+
+    with pytest.raises(expected) as info:
+        rabbit._call(fail, operation="publish")
+    assert type(info.value) is expected and hint in str(info.value)
+    assert (info.value.service, info.value.operation) == ("rabbitmq", "publish")
+    assert PASSWORD not in str(info.value)
+    assert AMQP_ERRORS.table()[-1] == ("anything else", "PermanentError", "")
 
 
 def test_refused_credentials_are_permanent_and_hidden(rabbitmq_url):
