@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from rof_pipelines.core.market import duration_text
-from rof_pipelines.errors import RofError
+from rof_pipelines.errors import RofError, UnrunnableMessage
 from rof_pipelines.settings import PROJECT_ROOT, Settings, load_settings
 
 app = typer.Typer(
@@ -400,12 +400,7 @@ def publish(
     The queues are the ones the sensors read (``storage.rabbitmq.queue_prefix``), and a message they
     would dead-letter (a day outside the partitions, too many runs) is refused here with the reason.
     """
-    from rof_pipelines.adapters.messages import (
-        MessageLimits,
-        UnrunnableMessage,
-        build_message,
-        check_runnable,
-    )
+    from rof_pipelines.adapters.messages import MessageLimits, build_message, check_runnable
     from rof_pipelines.adapters.rabbitmq import RabbitMQ
     from rof_pipelines.partitions import HISTORY_START, daily_partitions
 
@@ -497,7 +492,7 @@ def experiments_list(
     """Recorded experiments, newest first: partition date, what changed, and the decision's reason."""
     store = _state_store()
     try:
-        records = store.list_experiments(market, limit)
+        records = store.experiments.recent(market, limit)
     finally:
         store.dispose()
     for record in records:
@@ -548,10 +543,10 @@ def _experiment_lineage(store: Any, record: Any) -> dict[str, Any]:
     partitions and Dagster runs the experiment came from."""
     details = record.details
     day = record.partition_date
-    current = store.get_active_config(record.market)
+    current = store.configs.get_active(record.market)
     task_id = details.get("ga_task_id")
-    progress = store.get_progress(task_id) if task_id else None
-    checkpoints = store.checkpoint_generations(task_id) if task_id else []
+    progress = store.progress.get(task_id) if task_id else None
+    checkpoints = store.checkpoints.generations(task_id) if task_id else []
     verdicts = {name: arm.get("reason") for name, arm in (record.decision.get("arms") or {}).items()}
     first_day = record.window_start.astimezone(UTC).date()
     days = [first_day + timedelta(days=i) for i in range((day - first_day).days + 1)]
@@ -732,7 +727,7 @@ def experiments_show(
     store = _state_store()
     try:
         if active is not None:
-            config, record = store.promoting_experiment(active)
+            config, record = store.experiments.promoting(active)
             if config is None:
                 _fail(f"{active}: no active config recorded")
             if record is None:
@@ -752,7 +747,7 @@ def experiments_show(
                 )
                 return
         else:
-            record = store.get_experiment(experiment_id)
+            record = store.experiments.get(experiment_id)
             if record is None:
                 _fail(f"no experiment {experiment_id!r} recorded (see `rof experiments list`)")
         lineage = _experiment_lineage(store, record)

@@ -1,44 +1,58 @@
-"""The one composition root: every asset, check, job, schedule, sensor and resource."""
+"""The one composition root: each domain's definitions (defs/<domain>/definitions.py: its assets and
+checks, jobs, schedules and sensors) merged, plus the resources they share.
 
-from dagster import Definitions
+``defs`` is Dagster's lazy ``@definitions``: workspace.yaml, ``dagster dev -m rof_pipelines.definitions``
+and the run workers call it when the code location loads, which is when the few load-time settings
+(sensor intervals, cron strings, pool tags; see defs/load_time.py) are read. Importing this module
+reads no configuration. In code and tests, ``defs()`` returns the ``Definitions``;
+``build_definitions(settings)`` builds them afresh from given settings.
+"""
+
+from functools import cache
+from typing import Any
+
+from dagster import Definitions, definitions
 
 from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
 from rof_pipelines.adapters.resources import (
+    PostgresStateStoreResource,
     QuoteStoreResource,
     RabbitMQResource,
     RofSettings,
-    StateStoreResource,
 )
-from rof_pipelines.defs.experiments.assets import ab_report, strategy_knowledge
-from rof_pipelines.defs.indicators.assets import indicator_frame
-from rof_pipelines.defs.jobs import all_market_day_assets_job, market_data_job, nightly_optimisation_job
-from rof_pipelines.defs.ops.backups import state_backup_job, state_backup_schedule
-from rof_pipelines.defs.ops.config_reload import config_reload_sensor
-from rof_pipelines.defs.ops.messaging import backup_sensor, quotes_updated_sensor, tasks_sensor
-from rof_pipelines.defs.ops.schedules import nightly_optimisation_schedule
-from rof_pipelines.defs.ops.sensors import market_discovery_sensor
-from rof_pipelines.defs.optimisation.assets import ga_population
-from rof_pipelines.defs.quotes.assets import quote_snapshots
-from rof_pipelines.defs.rl.assets import q_table
+from rof_pipelines.defs.experiments import definitions as experiments
+from rof_pipelines.defs.indicators import definitions as indicators
+from rof_pipelines.defs.load_time import settings_at_load
+from rof_pipelines.defs.ops import definitions as ops
+from rof_pipelines.defs.optimisation import definitions as optimisation
+from rof_pipelines.defs.quotes import definitions as quotes
+from rof_pipelines.defs.rl import definitions as rl
+from rof_pipelines.settings import Settings
 
-settings_resource = RofSettings()
+DOMAINS = (quotes, indicators, rl, optimisation, experiments, ops)
 
-defs = Definitions(
-    assets=[quote_snapshots, indicator_frame, q_table, ga_population, ab_report, strategy_knowledge],
-    jobs=[market_data_job, all_market_day_assets_job, nightly_optimisation_job, state_backup_job],
-    schedules=[nightly_optimisation_schedule, state_backup_schedule],
-    sensors=[
-        market_discovery_sensor,
-        tasks_sensor,
-        quotes_updated_sensor,
-        backup_sensor,
-        config_reload_sensor,
-    ],
-    resources={
-        "settings": settings_resource,
-        "quote_store": QuoteStoreResource(settings=settings_resource),
-        "state_store": StateStoreResource(settings=settings_resource),
-        "rabbitmq": RabbitMQResource(settings=settings_resource),
-        "frame_io_manager": ParquetFrameIOManager(settings=settings_resource),
-    },
-)
+
+def shared_resources() -> dict[str, Any]:
+    """The resources every domain uses; each reads config.yaml when a run or tick asks, not here."""
+    settings = RofSettings()
+    return {
+        "settings": settings,
+        "quote_store": QuoteStoreResource(settings=settings),
+        "state_store": PostgresStateStoreResource(settings=settings),
+        "rabbitmq": RabbitMQResource(settings=settings),
+        "frame_io_manager": ParquetFrameIOManager(settings=settings),
+    }
+
+
+def build_definitions(at_load: Settings) -> Definitions:
+    """Every domain's definitions built from ``at_load`` and merged, with the shared resources."""
+    domains = [domain.domain_definitions(at_load) for domain in DOMAINS]
+    return Definitions.merge(*domains, Definitions(resources=shared_resources()))
+
+
+@definitions
+@cache
+def defs() -> Definitions:
+    """Built once per process, when first asked (Dagster asks once per code-location load); so the
+    CLI and the tests resolve jobs against one repository, as they would in the code location."""
+    return build_definitions(settings_at_load())

@@ -212,11 +212,11 @@ def generation_range(settings: Settings, market: Market, days: Sequence[date]) -
 
 def state_store_note(config_path: Path) -> str | None:
     """None when the state store answers; else why not, in a sentence for the summary."""
-    from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+    from rof_pipelines.adapters.resources import PostgresStateStoreResource, RofSettings
     from rof_pipelines.errors import RofError
 
     try:
-        store = StateStoreResource(settings=RofSettings(config_path=str(config_path))).open()
+        store = PostgresStateStoreResource(settings=RofSettings(config_path=str(config_path))).open()
         try:
             store.ping()
         finally:
@@ -319,7 +319,7 @@ def run_market_days(
     from rof_pipelines.definitions import defs
 
     register_markets(instance, markets)
-    job = defs.resolve_job_def(job_name)
+    job = defs().resolve_job_def(job_name)
     config = {"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})}
     outcomes = []
     for day in days:

@@ -103,7 +103,7 @@ def _experiment(
 def _record_ga_task(store: StateStore) -> None:
     """The GA task's last progress report and its two newest checkpoints, as the optimiser writes them."""
     window = {"window_start": DAY_END - timedelta(days=7), "window_end": DAY_END}
-    store.record_progress(
+    store.progress.record(
         TASK_ID,
         MARKET,
         12,
@@ -118,7 +118,7 @@ def _record_ga_task(store: StateStore) -> None:
     key = {"task_id": TASK_ID, "market": MARKET, "experiment_id": "nightly", **window}
     key |= {"data_fingerprint": "abc", "config_fingerprint": "def"}
     for generation in (10, 11, 12):
-        store.save_checkpoint(key, generation, b"{}", final=generation == 12)
+        store.checkpoints.save(key, generation, b"{}", final=generation == 12)
 
 
 def test_experiments_list_on_an_empty_and_a_migrated_store(cli_env, store):
@@ -151,7 +151,7 @@ def test_experiments_list_shows_the_partition_date_and_a_buy_and_hold_win_as_a_w
 
 
 def test_experiments_show_prints_the_lineage_of_a_promotion(cli_env, store):
-    store.set_active_config(MARKET, {"rl": {"alpha": 0.2}}, "default")
+    store.configs.set_active(MARKET, {"rl": {"alpha": 0.2}}, "default")
     _record_ga_task(store)
     details = {
         "ga_task_id": TASK_ID,
@@ -199,7 +199,7 @@ def test_experiments_show_prints_the_lineage_of_a_promotion(cli_env, store):
 
     # A manual replacement: the experiment's promotion is no longer in force, and the active config
     # was not set by an experiment.
-    store.set_active_config(MARKET, {"rl": {"alpha": 0.25}}, "manual", expected_version=2)
+    store.configs.set_active(MARKET, {"rl": {"alpha": 0.25}}, "manual", expected_version=2)
     later = _invoke(cli_env, "experiments", "show", TEST_ID).output
     assert "wrote v2: since replaced: now v3 (manual, experiment -)" in later
     manual = _invoke(cli_env, "experiments", "show", "--active", MARKET).output

@@ -1,9 +1,15 @@
-"""Dagster resources: the configuration, the quote store and the state store, read fresh on every run
-(hot reload)."""
+"""Dagster resources: the configuration, the quote store, the state store and the broker, read fresh on
+every run (hot reload).
+
+The state store is an abstract resource with a real and an in-memory implementation (the quote store
+needs none: ``storage.quote_store: memory`` is the in-memory one, chosen by name like the others).
+Assets and sensors annotate ``state_store: StateStoreResource`` and get whichever the definitions or
+the test bind."""
 
 import threading
+from abc import abstractmethod
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from dagster import ConfigurableResource
 
@@ -11,8 +17,11 @@ from rof_pipelines.adapters.config_versions import load_in_force
 from rof_pipelines.adapters.embedded_pg import ensure_state_store
 from rof_pipelines.adapters.quote_stores import QuoteStore, open_quote_store
 from rof_pipelines.adapters.rabbitmq import RabbitMQ
-from rof_pipelines.adapters.state_store import StateStore, ensure_migrated
+from rof_pipelines.adapters.state_store import InMemoryStateStore, StateStore, ensure_migrated
 from rof_pipelines.settings import Settings, config_path_from_env
+
+if TYPE_CHECKING:
+    from rof_pipelines.adapters.state_store import StateRepositories
 
 
 class RofSettings(ConfigurableResource):
@@ -43,10 +52,22 @@ _migrate_lock = threading.Lock()
 
 
 class StateStoreResource(ConfigurableResource):
-    """Opens the state store for one step. The first open in a process applies the migrations when
-    ``state_storage.auto_migrate`` is true ("migrate at start"); later opens skip that. With
-    ``db_host: embedded`` it first makes sure the project's embedded server runs (a cheap check when
-    it does; otherwise it starts the detached holder, as ``rof db serve --detach`` would)."""
+    """What an asset or sensor asks for to read and write the state store: ``open()`` gives a store
+    with the repositories of :class:`~rof_pipelines.adapters.state_store.StateRepositories`, for one
+    step or tick (``with resource.open() as store: ...``). Implemented by
+    :class:`PostgresStateStoreResource` (production, the default) and
+    :class:`InMemoryStateStoreResource` (tests about Dagster wiring)."""
+
+    @abstractmethod
+    def open(self) -> "StateRepositories":
+        """A store for one step or tick; the caller closes it (``with``)."""
+
+
+class PostgresStateStoreResource(StateStoreResource):
+    """The configured PostgreSQL state store (``state_storage``). The first open in a process applies
+    the migrations when ``state_storage.auto_migrate`` is true ("migrate at start"); later opens skip
+    that. With ``db_host: embedded`` it first makes sure the project's embedded server runs (a cheap
+    check when it does; otherwise it starts the detached holder, as ``rof db serve --detach`` would)."""
 
     settings: RofSettings
 
@@ -60,6 +81,31 @@ class StateStoreResource(ConfigurableResource):
                 ensure_migrated(store, settings)
                 _migrated.add(key)
         return store
+
+
+_memory_stores: dict[str, InMemoryStateStore] = {}
+_memory_lock = threading.Lock()
+
+
+class InMemoryStateStoreResource(StateStoreResource):
+    """The state store in this process's memory, shared by every open with the same ``space`` (like
+    connections to one database). For runs executed in process (``materialize``); nothing survives
+    the process. ``unavailable`` makes every call fail as if the database were down."""
+
+    space: str = "default"
+    unavailable: Optional[str] = None  # noqa: UP045 - Dagster's config schema needs Optional
+
+    def open(self) -> InMemoryStateStore:
+        with _memory_lock:
+            store = _memory_stores.setdefault(self.space, InMemoryStateStore())
+        store.unavailable = self.unavailable
+        return store
+
+    @staticmethod
+    def drop(space: str) -> None:
+        """Forget everything stored under ``space`` (a test's teardown)."""
+        with _memory_lock:
+            _memory_stores.pop(space, None)
 
 
 class RabbitMQResource(ConfigurableResource):

@@ -1,7 +1,10 @@
-"""Settings that Dagster needs when the code location loads (cron strings, run tags), not per run.
+"""Settings that Dagster needs when the code location loads (cron strings, run tags, sensor
+intervals), not per run.
 
-Everything else reads config through the `settings` resource at run time (hot reload); these few
-values are fixed until the code location reloads.
+They are read once, by ``rof_pipelines.definitions.defs`` (Dagster's lazy ``@definitions``), and passed
+to each domain's ``domain_definitions(at_load)``; no module reads them at import. Everything else
+reads config through the ``settings`` resource at run time (hot reload); these few values are fixed
+until the code location reloads.
 """
 
 import logging
@@ -22,12 +25,12 @@ def settings_at_load() -> Settings:
         return Settings()
 
 
-def pool_tags(pool: str) -> dict[str, str]:
+def pool_tags(at_load: Settings, pool: str) -> dict[str, str]:
     """Run tags that put a job into one of the worker pools (system_setup.worker_pool): the queued
-    run coordinator limits concurrent runs per ``rof/pool`` value (see deploy/dagster.yaml), and run monitoring stops a run after
-    the pool's task_timeout. Partitioned runs also get Dagster's own dagster/partition/* tags."""
-    pools = settings_at_load().system_setup.worker_pool
-    timeout = getattr(pools, pool).task_timeout
+    run coordinator limits concurrent runs per ``rof/pool`` value (see deploy/dagster.yaml), and run
+    monitoring stops a run after the pool's task_timeout. Partitioned runs also get Dagster's own
+    dagster/partition/* tags."""
+    timeout = getattr(at_load.system_setup.worker_pool, pool).task_timeout
     # "manual" unless a schedule or sensor says otherwise (their run requests' tags take precedence).
     return {
         "rof/pool": pool,

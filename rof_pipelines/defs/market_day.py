@@ -1,22 +1,53 @@
-"""What every market-day asset opens with: the partition's market and day, the market's profile
-(calendar, bar interval, window, costs), closed days, and the window read in one store query."""
+"""What every market-day asset shares: how it is declared (:func:`market_day_asset`), and what it
+opens with: the partition's market and day, the market's profile (calendar, bar interval, window,
+costs), closed days, and the window read in one store query.
 
+:func:`open_market_window` is the one opening of the window assets (q_table, ga_population, ab_report,
+strategy_knowledge): ``None`` on a closed day (logged), else the window and its train/held-out split.
+"""
+
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
-from dagster import AssetExecutionContext, Backoff, Failure, RetryPolicy
+import pandas as pd
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Failure, asset
 
+from rof_pipelines.adapters.experiments import seed_plan_for
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings
 from rof_pipelines.adapters.windows import read_frame, read_window
+from rof_pipelines.core.experiment import knowledge_task_id
+from rof_pipelines.core.ga.space import SearchSpace
+from rof_pipelines.core.knowledge import SeedPlan
 from rof_pipelines.core.market import Market, MarketProfile
 from rof_pipelines.core.window_frame import WindowFrame
 from rof_pipelines.core.windows import WindowSplit, split_train_test
-from rof_pipelines.errors import ConfigError, PermanentError
-from rof_pipelines.partitions import day_bounds, market_and_day
+from rof_pipelines.defs.resilience import TRANSIENT_RETRY, step_errors
+from rof_pipelines.errors import ConfigError
+from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions
 from rof_pipelines.settings import Settings
 
-# A result that could not be stored fails the step, which retries (then the run retry policy applies).
-STATE_STORE_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL)
+
+def market_day_asset(*, checks: tuple[str, ...] = (), **kwargs: Any):  # type: ignore[no-untyped-def]
+    """``@asset`` with what every market-day asset has: the date x market partitions, the frame IO
+    manager, nothing materialised on a day the market is closed (``output_required=False``), the one
+    retry policy, and its ``checks`` on the same partitions. ``kwargs`` go to ``@asset``."""
+
+    def decorate(fn):  # type: ignore[no-untyped-def]
+        specs = [
+            AssetCheckSpec(name, asset=fn.__name__, partitions_def=market_day_partitions) for name in checks
+        ]
+        return asset(
+            partitions_def=market_day_partitions,
+            io_manager_key="frame_io_manager",
+            output_required=False,
+            retry_policy=TRANSIENT_RETRY,
+            check_specs=specs or None,
+            **kwargs,
+        )(fn)
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -32,6 +63,11 @@ class MarketDay:
     def closed_reason(self) -> str | None:
         return self.profile.calendar.closed_reason(self.day)
 
+    @property
+    def where(self) -> str:
+        """How failures and logs name the partition."""
+        return f"{self.market} {self.day}"
+
     def profile_metadata(self) -> dict[str, object]:
         return {
             "market": self.market.key,
@@ -41,6 +77,51 @@ class MarketDay:
             "bars_per_year": round(self.profile.bars_per_year, 2),
             "costs": self.profile.costs_text(),
         }
+
+
+@dataclass(frozen=True)
+class MarketWindow:
+    """An open day's window ending with the day, and its train/held-out split."""
+
+    day: MarketDay
+    window: WindowFrame
+    split: WindowSplit
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.window.frame
+
+    @property
+    def start(self) -> datetime:
+        """The window's first bar."""
+        return self.frame.index[0].to_pydatetime()
+
+    @property
+    def end(self) -> datetime:
+        """Where the window ends: the end of the partition's day."""
+        return pd.Timestamp(self.day.end).to_pydatetime()
+
+    def bounds_metadata(self) -> dict[str, str]:
+        return {"window_start": str(self.frame.index[0]), "window_end": str(self.frame.index[-1])}
+
+    def seed_plan(
+        self, store: Any, *, population_size: int | None = None, exclude_own_task: bool = True
+    ) -> SeedPlan:
+        """The knowledge base's meta/transfer seeds for this market-day's training part (the GA's
+        initial population, the A/B test's transfer arm, the agent's warm start); with
+        ``exclude_own_task`` this day's own finished task is not its own source."""
+        md, ab = self.day, self.day.settings.ab_tests
+        own = knowledge_task_id(md.market.key, md.day.isoformat(), ab.experiment.id)
+        return seed_plan_for(
+            store,
+            ab,
+            md.market.key,
+            self.split.train,
+            self.end,
+            population_size=population_size or ab.experiment.ga.population_size,
+            gene_names=SearchSpace.from_mapping(ab.experiment.ga.search_space).names,
+            exclude_ids=[own] if exclude_own_task else [],
+        )
 
 
 def market_day(context: AssetExecutionContext, settings: RofSettings) -> MarketDay:
@@ -63,16 +144,20 @@ def skipped_closed_day(context: AssetExecutionContext, md: MarketDay) -> bool:
     return True
 
 
-def _permanent(exc: PermanentError) -> Failure:
-    return Failure(description=str(exc), allow_retries=False)
+def closed_day_checks(reason: str, names: tuple[str, ...]) -> Iterator[AssetCheckResult]:
+    """The asset's checks on a closed day: passed, saying why nothing was materialised."""
+    for name in names:
+        yield AssetCheckResult(
+            check_name=name,
+            passed=True,
+            metadata={"market_closed": reason},
+            description=f"market closed: {reason}",
+        )
 
 
 def day_frame(context: AssetExecutionContext, md: MarketDay, quote_store: QuoteStoreResource) -> WindowFrame:
-    try:
-        with quote_store.open() as store:
-            return read_frame(store, md.profile, md.start, md.end)
-    except PermanentError as exc:
-        raise _permanent(exc) from exc
+    with step_errors(), quote_store.open() as store:
+        return read_frame(store, md.profile, md.start, md.end)
 
 
 def window_frame(
@@ -80,11 +165,8 @@ def window_frame(
 ) -> tuple[WindowFrame, WindowSplit]:
     """The market's window ending with the day, and its train/held-out split; too few bars for the
     agent, the GA and the A/B test fail the step with the numbers."""
-    try:
-        with quote_store.open() as store:
-            window = read_window(store, md.profile, md.end)
-    except PermanentError as exc:
-        raise _permanent(exc) from exc
+    with step_errors(), quote_store.open() as store:
+        window = read_window(store, md.profile, md.end)
     budget = md.settings.window_budget(len(window.frame))
     problems = budget.problems()
     if problems:
@@ -100,15 +182,12 @@ def window_frame(
     return window, split_train_test(window.frame, md.settings.ab_tests.train_fraction)
 
 
-def state_store_failure(md: MarketDay, what: str, exc: Exception) -> Failure:
-    """The state store holds what makes a result auditable (checkpoints, trial counts, experiments,
-    the active config): without it the step fails visibly and is retried, never a green run that
-    lost its record."""
-    return Failure(
-        description=(
-            f"{md.market} {md.day}: the state store is unavailable ({type(exc).__name__}: {exc}); "
-            f"{what} cannot be stored or read, so this step fails instead of reporting a result that "
-            f"was not recorded. It is retried; start the state store's PostgreSQL (state_storage.*)"
-        ),
-        allow_retries=True,
-    )
+def open_market_window(
+    context: AssetExecutionContext, settings: RofSettings, quote_store: QuoteStoreResource
+) -> MarketWindow | None:
+    """The partition's window, or ``None`` on a day the market is closed (after logging why)."""
+    md = market_day(context, settings)
+    if skipped_closed_day(context, md):
+        return None
+    window, split = window_frame(context, md, quote_store)
+    return MarketWindow(md, window, split)

@@ -33,7 +33,8 @@ def line_plot_markdown(
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(series) > 1:
         axes.legend()
-    figure.autofmt_xdate() if x is not None else None
+    if x is not None:  # dates: slanted labels that do not overlap
+        figure.autofmt_xdate()
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

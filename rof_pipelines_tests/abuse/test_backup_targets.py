@@ -19,15 +19,18 @@ from dagster import SensorResult, build_sensor_context, instance_for_test
 from typer.testing import CliRunner
 
 from rof_pipelines.adapters.backup import MANIFEST_SUFFIX, prune_backups, restore_backup, write_backup
-from rof_pipelines.adapters.messages import MalformedMessage, build_message, parse_message
+from rof_pipelines.adapters.messages import build_message, parse_message
 from rof_pipelines.adapters.rabbitmq import REASON_HEADER, RabbitMQ
-from rof_pipelines.adapters.resources import RabbitMQResource, RofSettings, StateStoreResource
+from rof_pipelines.adapters.resources import PostgresStateStoreResource, RabbitMQResource, RofSettings
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.cli import app
-from rof_pipelines.defs.ops.backups import state_backup_job
-from rof_pipelines.defs.ops.messaging import backup_sensor
-from rof_pipelines.errors import ConfigError, PermanentError
+from rof_pipelines.definitions import defs
+from rof_pipelines.errors import ConfigError, MalformedMessage, PermanentError
 from rof_pipelines.settings import load_settings
+
+LOADED = defs()  # the backup job and sensor as the code location builds them
+state_backup_job = LOADED.resolve_job_def("state_backup")
+backup_sensor = LOADED.resolve_sensor_def("backup_messages_sensor")
 
 REFUSED_BODIES = {
     "url": ({"destination": "s3://attacker-bucket/loot"}, "not a URL or a path"),
@@ -157,7 +160,7 @@ def live_store(make_settings, pg_database) -> Iterator[StateStore]:
     settings = make_settings({"state_storage": _state(pg_database, "rof_live")})
     store = StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
     store.upgrade()
-    store.set_active_config("binance:TONUSDT", {"alpha": 0.1}, source="manual")
+    store.configs.set_active("binance:TONUSDT", {"alpha": 0.1}, source="manual")
     yield store
     store.dispose()
 
@@ -236,7 +239,7 @@ def broker_env(tmp_path: Path, pg_database, rabbitmq_url, monkeypatch) -> Iterat
     resource = RofSettings(config_path=str(config))
     with StateStore(settings.state_storage) as store:
         store.upgrade()
-        store.set_active_config("binance:TONUSDT", {"alpha": 0.1, "bins": {"rsi": [30, 70]}}, source="ga")
+        store.configs.set_active("binance:TONUSDT", {"alpha": 0.1, "bins": {"rsi": [30, 70]}}, source="ga")
     try:
         yield {
             "rabbit": rabbit,
@@ -245,7 +248,7 @@ def broker_env(tmp_path: Path, pg_database, rabbitmq_url, monkeypatch) -> Iterat
             "tmp": tmp_path,
             "resources": {
                 "settings": resource,
-                "state_store": StateStoreResource(settings=resource),
+                "state_store": PostgresStateStoreResource(settings=resource),
                 "rabbitmq": RabbitMQResource(settings=resource),
             },
         }
@@ -330,7 +333,7 @@ def test_broker_messages_cannot_redirect_backups_and_a_named_destination_works(b
         rows = restore_backup(target, str(archive))
         assert rows["active_strategy_configs"] == 1
         assert _contents(target) == _contents(live)
-        assert target.get_active_config("binance:TONUSDT").params["bins"] == {"rsi": [30, 70]}
+        assert target.configs.get_active("binance:TONUSDT").params["bins"] == {"rsi": [30, 70]}
     finally:
         target.dispose()
         live.dispose()

@@ -27,13 +27,13 @@ from typer.testing import CliRunner
 
 from rof_pipelines.adapters.config_versions import config_versions, last_valid_path
 from rof_pipelines.adapters.quote_stores.parquet import ParquetQuoteStore
-from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.adapters.resources import PostgresStateStoreResource, RofSettings
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.cli import app
 from rof_pipelines.core.market import Market
 from rof_pipelines.core.quotes import generate_quotes
 from rof_pipelines.core.redaction import all_spellings, mask_url, scrub
-from rof_pipelines.defs.ops.config_reload import config_reload_sensor
+from rof_pipelines.defs.ops.sensors import config_reload_sensor
 from rof_pipelines.defs.quotes.assets import quote_snapshots
 from rof_pipelines.errors import ConfigError, DataValidationError, RofError
 from rof_pipelines.settings import (
@@ -308,7 +308,7 @@ def test_reload_sensor_skips_when_no_last_valid_version_exists(tmp_path, caplog)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"state_storage": {"db_pasword": TYPO_PW}}))
     settings = RofSettings(config_path=str(config))
-    resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
+    resources = {"settings": settings, "state_store": PostgresStateStoreResource(settings=settings)}
     assert not last_valid_path(config).exists()
     with caplog.at_level(logging.DEBUG), instance_for_test() as instance:
         result, cursor = tick(instance, resources, None)
@@ -574,7 +574,7 @@ def test_no_password_reaches_any_output_log_event_or_table(pg_database, rabbitmq
 
         # The hot-reload sensor: a valid version, then an invalid edit with a misspelt secret key.
         settings = RofSettings(config_path=str(config))
-        resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
+        resources = {"settings": settings, "state_store": PostgresStateStoreResource(settings=settings)}
         applied, cursor = tick(instance, resources, None)
         assert "applied" in applied.skip_message
         edited = secret_config(pg_database, tmp_path, url("colon", port=5672))

@@ -24,24 +24,27 @@ from typer.testing import CliRunner
 from rof_pipelines.adapters.inbox import Inbox
 from rof_pipelines.adapters.messages import (
     MAX_BODY_BYTES,
-    MalformedMessage,
     Message,
     MessageLimits,
-    UnrunnableMessage,
     build_message,
     check_runnable,
     is_message_id,
     parse_message,
 )
-from rof_pipelines.adapters.rabbitmq import REASON_HEADER, Delivery, RabbitMQ, Received, RefusedMessages
-from rof_pipelines.adapters.resources import RabbitMQResource, RofSettings, StateStoreResource
+from rof_pipelines.adapters.rabbitmq import REASON_HEADER, Delivery, RabbitMQ, Received
+from rof_pipelines.adapters.resources import PostgresStateStoreResource, RabbitMQResource, RofSettings
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.cli import app
-from rof_pipelines.defs.ops.messaging import quotes_updated_sensor, tasks_sensor
-from rof_pipelines.errors import PartitionOutOfRange
+from rof_pipelines.errors import MalformedMessage, PartitionOutOfRange, RefusedMessages, UnrunnableMessage
 from rof_pipelines.partitions import HISTORY_START, last_partition_day, market_day_key
 from rof_pipelines.settings import load_settings
-from rof_pipelines_tests.defs.test_message_sensors import Daemon, dead_letters, publish_raw
+from rof_pipelines_tests.defs.test_message_sensors import (
+    Daemon,
+    dead_letters,
+    publish_raw,
+    quotes_updated_sensor,
+    tasks_sensor,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -74,7 +77,7 @@ def env(tmp_path: Path, pg_database, rabbitmq_url) -> Iterator[dict[str, Any]]:
     resource = RofSettings(config_path=str(config_path))
     resources = {
         "settings": resource,
-        "state_store": StateStoreResource(settings=resource),
+        "state_store": PostgresStateStoreResource(settings=resource),
         "rabbitmq": RabbitMQResource(settings=resource),
     }
     with StateStore(settings.state_storage) as store:

@@ -9,19 +9,26 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
 from rof_pipelines.adapters.quote_stores import open_quote_store
-from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
+from rof_pipelines.adapters.resources import (
+    PostgresStateStoreResource,
+    QuoteStoreResource,
+    RofSettings,
+    StateStoreResource,
+)
 from rof_pipelines.core.market import Market
 from rof_pipelines.core.quotes import generate_quotes
 from rof_pipelines.partitions import market_day_key, markets_partitions
 from rof_pipelines.settings import load_settings
 
 
-def resources_for(config_path: Path) -> dict[str, Any]:
+def resources_for(config_path: Path, state_store: StateStoreResource | None = None) -> dict[str, Any]:
+    """The production resources on one config file; ``state_store`` replaces the PostgreSQL state
+    store (an :class:`InMemoryStateStoreResource` in tests about wiring)."""
     settings = RofSettings(config_path=str(config_path))
     return {
         "settings": settings,
         "quote_store": QuoteStoreResource(settings=settings),
-        "state_store": StateStoreResource(settings=settings),
+        "state_store": state_store or PostgresStateStoreResource(settings=settings),
         "frame_io_manager": ParquetFrameIOManager(settings=settings),
     }
 
@@ -48,6 +55,7 @@ def materialize_market_day(
     day: date,
     run_config: dict[str, Any] | None = None,
     raise_on_error: bool = True,
+    state_store: StateStoreResource | None = None,
 ):
     fill_quotes(config_path, market, day)
     instance.add_dynamic_partitions(markets_partitions.name, [market.key])
@@ -56,7 +64,7 @@ def materialize_market_day(
         partition_key=market_day_key(market, day),
         instance=instance,
         run_config=run_config,
-        resources=resources_for(config_path),
+        resources=resources_for(config_path, state_store),
         raise_on_error=raise_on_error,
     )
 

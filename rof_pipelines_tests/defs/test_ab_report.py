@@ -11,7 +11,7 @@ from dagster import AssetKey, instance_for_test, materialize
 
 from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
 from rof_pipelines.adapters.quote_stores import open_quote_store
-from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
+from rof_pipelines.adapters.resources import PostgresStateStoreResource, QuoteStoreResource, RofSettings
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.core.market import Market
 from rof_pipelines.core.quotes import generate_quotes
@@ -60,7 +60,7 @@ def materialize_day(config_path: Path, instance, day: date):
         resources={
             "settings": resource,
             "quote_store": QuoteStoreResource(settings=resource),
-            "state_store": StateStoreResource(settings=resource),
+            "state_store": PostgresStateStoreResource(settings=resource),
             "frame_io_manager": ParquetFrameIOManager(settings=resource),
         },
     )
@@ -95,9 +95,9 @@ def test_ab_report_shows_the_evidence_and_records_the_experiment(tmp_path, state
 
         settings = load_settings(config_path, environ={})
         with StateStore(settings.state_storage) as store:
-            experiments = store.list_experiments(TON.key)
-            active = store.get_active_config(TON.key)
-            tasks = store.knowledge_tasks()
+            experiments = store.experiments.recent(TON.key)
+            active = store.configs.get_active(TON.key)
+            tasks = store.knowledge.tasks()
         assert [e.experiment_id for e in experiments] == [meta["experiment_id"]]
         assert {a.arm for a in experiments[0].arms} == {"active", "ga_champion", "buy_and_hold"}
         assert experiments[0].promoted == meta["promoted"]

@@ -8,9 +8,9 @@ import yaml
 from dagster import build_sensor_context, instance_for_test
 
 from rof_pipelines.adapters.config_versions import config_versions
-from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.adapters.resources import PostgresStateStoreResource, RofSettings
 from rof_pipelines.adapters.state_store import StateStore
-from rof_pipelines.defs.ops.config_reload import config_reload_sensor
+from rof_pipelines.defs.ops.sensors import config_reload_sensor
 
 SECRET = "n3w-s3cr3t-value"
 
@@ -38,7 +38,7 @@ def test_edits_apply_without_restart_and_bad_edits_are_refused(tmp_path, pg_data
     config = tmp_path / "config.yaml"
     write(config, state, bar_interval="1m")
     settings = RofSettings(config_path=str(config))
-    resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
+    resources = {"settings": settings, "state_store": PostgresStateStoreResource(settings=settings)}
     with instance_for_test() as instance:
         result, cursor = tick(instance, resources, None)
         assert "applied" in result.skip_message
@@ -73,7 +73,7 @@ def test_state_store_down_defers_recording_but_still_protects_runs(tmp_path):
     state = {"db_host": "127.0.0.1:1", "db_user": "x", "db_password": "pw"}
     write(config, state, bar_interval="2m")
     settings = RofSettings(config_path=str(config))
-    resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
+    resources = {"settings": settings, "state_store": PostgresStateStoreResource(settings=settings)}
     with instance_for_test() as instance:
         result, cursor = tick(instance, resources, None)
     assert "not yet recorded" in result.skip_message and cursor is None
@@ -94,7 +94,7 @@ def test_a_broken_first_version_skips_until_a_valid_one_is_recorded(tmp_path, pg
     config = tmp_path / "config.yaml"
     write(config, {**state, "db_pasword": SECRET}, bar_interval="1m")
     settings = RofSettings(config_path=str(config))
-    resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
+    resources = {"settings": settings, "state_store": PostgresStateStoreResource(settings=settings)}
     with instance_for_test() as instance:
         result, cursor = tick(instance, resources, None)
         assert "no last valid version exists yet" in result.skip_message

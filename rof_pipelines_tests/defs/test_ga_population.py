@@ -1,5 +1,9 @@
 """ga_population through Dagster: a small GA on one day, its population frame and UI metadata, a
-rerun answered from the final checkpoint, and a run without a reachable state store."""
+rerun answered from the final checkpoint, and a run without a reachable state store.
+
+The checkpoints and trials go to the in-memory state store (held to PostgreSQL's behaviour by
+test_state_store_contract.py; test_ga_checkpoints.py resumes from PostgreSQL itself); the unreachable
+case goes through the real PostgreSQL resource."""
 
 from datetime import date
 from pathlib import Path
@@ -8,12 +12,10 @@ import pandas as pd
 import yaml
 from dagster import instance_for_test
 
-from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.core.market import Market
 from rof_pipelines.defs.indicators.assets import indicator_frame
 from rof_pipelines.defs.optimisation.assets import ga_population
 from rof_pipelines.defs.quotes.assets import quote_snapshots
-from rof_pipelines.settings import load_settings
 from rof_pipelines_tests.defs.support import asset_metadata, materialize_market_day
 
 TON = Market.parse("binance:TONUSDT")
@@ -36,7 +38,10 @@ def write_config(tmp_path: Path, state_storage: dict) -> Path:
     return path
 
 
-def materialize_day(config_path: Path, instance, assets=None):
+NO_SERVER = {"db_host": "127.0.0.1:9", "db_name": "nowhere", "auto_migrate": False}
+
+
+def materialize_day(config_path: Path, instance, state_store, assets=None):
     return materialize_market_day(
         config_path,
         instance,
@@ -44,6 +49,7 @@ def materialize_day(config_path: Path, instance, assets=None):
         TON,
         DAY,
         RUN_CONFIG,
+        state_store=state_store,
     )
 
 
@@ -51,10 +57,10 @@ def metadata(result) -> dict:
     return asset_metadata(result, "ga_population")
 
 
-def test_ga_population_stores_the_final_population_and_shows_the_run(tmp_path, state_storage):
-    config_path = write_config(tmp_path, state_storage)
+def test_ga_population_stores_the_final_population_and_shows_the_run(tmp_path, memory_state_store):
+    config_path = write_config(tmp_path, NO_SERVER)
     with instance_for_test() as instance:
-        result = materialize_day(config_path, instance)
+        result = materialize_day(config_path, instance, memory_state_store)
         assert result.success
         logs = " ".join(str(record) for record in instance.all_logs(result.run_id))
         meta = metadata(result)
@@ -76,13 +82,12 @@ def test_ga_population_stores_the_final_population_and_shows_the_run(tmp_path, s
             frame.columns
         )
 
-        settings = load_settings(config_path, environ={})
-        with StateStore(settings.state_storage) as store:
-            progress = store.get_progress(meta["task_id"])
+        with memory_state_store.open() as store:
+            progress = store.progress.get(meta["task_id"])
         assert progress is not None and progress.status == "completed" and progress.generation == 3
 
         # The same task again: answered from its final checkpoint, same population.
-        again = materialize_day(config_path, instance)
+        again = materialize_day(config_path, instance, memory_state_store)
         meta2 = metadata(again)
         assert meta2["resumed_from_generation"] == 3 and meta2["evaluations"] == 0
         assert pd.read_parquet(meta2["path"]).equals(frame)
@@ -109,18 +114,21 @@ def test_unreachable_state_store_fails_visibly_after_retries(tmp_path):
     assert "STEP_UP_FOR_RETRY" in logs
 
 
-def test_a_flat_landscape_names_no_champion_and_the_ab_test_no_challenger(tmp_path, state_storage):
+def test_a_flat_landscape_names_no_champion_and_the_ab_test_no_challenger(tmp_path, memory_state_store):
     """Costs of 5 % a side: no genome trades, every one scores (0, 0, 0); the GA says so and the A/B
     test has no arbitrary champion to test."""
     from rof_pipelines.defs.experiments.assets import ab_report
 
-    config_path = write_config(tmp_path, state_storage)
+    config_path = write_config(tmp_path, NO_SERVER)
     config = yaml.safe_load(config_path.read_text())
     config["ai_config"]["rl"].update(fee=0.05, slippage=0.0)
     config_path.write_text(yaml.safe_dump(config))
     with instance_for_test() as instance:
         result = materialize_day(
-            config_path, instance, [quote_snapshots, indicator_frame, ga_population, ab_report]
+            config_path,
+            instance,
+            memory_state_store,
+            [quote_snapshots, indicator_frame, ga_population, ab_report],
         )
         assert result.success
         meta = metadata(result)

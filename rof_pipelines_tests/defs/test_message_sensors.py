@@ -30,11 +30,15 @@ from dagster import (
 from rof_pipelines.adapters.inbox import Inbox
 from rof_pipelines.adapters.messages import build_message
 from rof_pipelines.adapters.rabbitmq import REASON_HEADER, RabbitMQ
-from rof_pipelines.adapters.resources import RabbitMQResource, RofSettings, StateStoreResource
+from rof_pipelines.adapters.resources import PostgresStateStoreResource, RabbitMQResource, RofSettings
 from rof_pipelines.adapters.state_store import StateStore
-from rof_pipelines.defs.ops.messaging import quotes_updated_sensor, tasks_sensor
+from rof_pipelines.definitions import defs
 from rof_pipelines.partitions import market_and_day, market_day_partitions, markets_partitions
 from rof_pipelines.settings import load_settings
+
+LOADED = defs()  # the sensors as the code location builds them
+tasks_sensor = LOADED.resolve_sensor_def("task_messages_sensor")
+quotes_updated_sensor = LOADED.resolve_sensor_def("quotes_updated_messages_sensor")
 
 MARKETS = ["binance:TONUSDT", "binance:BTCUSDT", "okx:BTCUSDT", "bybit:ETHUSDT", "okx:TONUSDT"]
 
@@ -71,7 +75,7 @@ def env(tmp_path: Path, pg_database, rabbitmq_url) -> Iterator[dict[str, Any]]:
     resource = RofSettings(config_path=str(config_path))
     resources = {
         "settings": resource,
-        "state_store": StateStoreResource(settings=resource),
+        "state_store": PostgresStateStoreResource(settings=resource),
         "rabbitmq": RabbitMQResource(settings=resource),
     }
     with StateStore(settings.state_storage) as store:
@@ -256,7 +260,7 @@ def test_rabbitmq_down_is_a_clear_skip_and_committed_rows_still_run(env, tmp_pat
     daemon.resources = {
         **env["resources"],
         "settings": resource,
-        "state_store": StateStoreResource(settings=resource),
+        "state_store": PostgresStateStoreResource(settings=resource),
         "rabbitmq": RabbitMQResource(settings=resource),
     }
     data = daemon.tick(tasks_sensor)

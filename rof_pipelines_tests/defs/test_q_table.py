@@ -1,6 +1,10 @@
 """q_table through Dagster: trains with the market's active config exactly as the A/B test
 evaluated it, stores a reloadable agent, shows its plots; an unreachable state store fails the step
-visibly (a production agent must never silently run something other than what was promoted)."""
+visibly (a production agent must never silently run something other than what was promoted).
+
+What q_table reads from the state store is wiring, so these run on the in-memory state store
+(``memory_state_store``, held to the PostgreSQL one by test_state_store_contract.py); the
+unreachable-store case goes through the real PostgreSQL resource."""
 
 from datetime import date
 from pathlib import Path
@@ -9,7 +13,6 @@ import pandas as pd
 import yaml
 from dagster import instance_for_test
 
-from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.core.market import Market
 from rof_pipelines.core.rl import TrainedAgent
 from rof_pipelines.defs.indicators.assets import indicator_frame
@@ -33,9 +36,12 @@ def write_config(tmp_path: Path, state_storage: dict) -> Path:
     return path
 
 
-def materialize_day(tmp_path: Path, config_path: Path, instance):
+NO_SERVER = {"db_host": "127.0.0.1:9", "db_name": "nowhere", "auto_migrate": False}
+
+
+def materialize_day(tmp_path: Path, config_path: Path, instance, state_store):
     return materialize_market_day(
-        config_path, instance, [quote_snapshots, indicator_frame, q_table], TON, DAY
+        config_path, instance, [quote_snapshots, indicator_frame, q_table], TON, DAY, state_store=state_store
     )
 
 
@@ -43,10 +49,10 @@ def q_table_metadata(result) -> dict:
     return asset_metadata(result, "q_table")
 
 
-def test_q_table_trains_with_defaults_and_stores_a_reloadable_agent(tmp_path, state_storage):
-    config_path = write_config(tmp_path, state_storage)
+def test_q_table_trains_with_defaults_and_stores_a_reloadable_agent(tmp_path, memory_state_store):
+    config_path = write_config(tmp_path, NO_SERVER)
     with instance_for_test() as instance:
-        result = materialize_day(tmp_path, config_path, instance)
+        result = materialize_day(tmp_path, config_path, instance, memory_state_store)
         assert result.success
     meta = q_table_metadata(result)
     assert meta["params_source"] == "config defaults (no active config yet)"
@@ -71,25 +77,23 @@ def test_q_table_trains_with_defaults_and_stores_a_reloadable_agent(tmp_path, st
     ]
 
 
-def test_q_table_uses_the_promoted_config(tmp_path, state_storage):
-    config_path = write_config(tmp_path, state_storage)
-    settings = load_settings(config_path, environ={})
-    with StateStore(settings.state_storage) as store:
-        store.upgrade()
-        store.set_active_config(TON.key, {"episodes": 3, "alpha": 0.05}, source="ga", experiment_id="exp-1")
+def test_q_table_uses_the_promoted_config(tmp_path, memory_state_store):
+    config_path = write_config(tmp_path, NO_SERVER)
+    with memory_state_store.open() as store:
+        store.configs.set_active(TON.key, {"episodes": 3, "alpha": 0.05}, source="ga", experiment_id="exp-1")
     with instance_for_test() as instance:
-        result = materialize_day(tmp_path, config_path, instance)
+        result = materialize_day(tmp_path, config_path, instance, memory_state_store)
     meta = q_table_metadata(result)
     assert meta["params_source"] == "active config v1 from ga" and meta["active_version"] == 1
     assert meta["episodes"] == 3 and meta["params"]["rl"]["alpha"] == 0.05
 
 
-def test_a_promoted_champion_is_applied_in_full(tmp_path, state_storage):
+def test_a_promoted_champion_is_applied_in_full(tmp_path, memory_state_store):
     """Every part the A/B test evaluated (agent, bins, indicator windows, exits, Kelly, costs) is what
     q_table runs: its metadata shows the stored config back, nothing left unapplied."""
-    config_path = write_config(tmp_path, state_storage)
+    config_path = write_config(tmp_path, NO_SERVER)
     settings = load_settings(config_path, environ={})
-    from rof_pipelines.adapters.experiments import candidate_from_params
+    from rof_pipelines.core.experiment import candidate_from_params
     from rof_pipelines.core.ga.space import SearchSpace
     from rof_pipelines.core.rl import RLParams
 
@@ -97,11 +101,10 @@ def test_a_promoted_champion_is_applied_in_full(tmp_path, state_storage):
     base = RLParams.from_settings(settings.ai_config)
     genes = [gene.from_unit(0.37) for gene in space.genes]
     champion = space.decode(space.canonical(genes), base).to_dict()
-    with StateStore(settings.state_storage) as store:
-        store.upgrade()
-        store.set_active_config(TON.key, champion, source="ab_test", experiment_id="exp-2")
+    with memory_state_store.open() as store:
+        store.configs.set_active(TON.key, champion, source="ab_test", experiment_id="exp-2")
     with instance_for_test() as instance:
-        result = materialize_day(tmp_path, config_path, instance)
+        result = materialize_day(tmp_path, config_path, instance, memory_state_store)
         assert result.success
     meta = q_table_metadata(result)
     assert meta["params_source"] == "active config v1 from ab_test"
@@ -128,7 +131,7 @@ def test_unreachable_state_store_fails_visibly(tmp_path):
     assert "s3cr3t-x" not in logs
 
 
-def test_seed_q_table_warm_starts_from_a_transfer_source_and_off_it_does_not(tmp_path, state_storage):
+def test_seed_q_table_warm_starts_from_a_transfer_source_and_off_it_does_not(tmp_path, memory_state_store):
     """okx:TONUSDT has a transfer source (the same pair on binance) whose agent is stored: with
     transfer_learning.seed_q_table on, q_table starts from that agent's Q-table (and so ends
     elsewhere than a cold start with the same seed); switched off, it starts from zeros."""
@@ -136,13 +139,12 @@ def test_seed_q_table_warm_starts_from_a_transfer_source_and_off_it_does_not(tmp
 
     from rof_pipelines.core.knowledge import TaskRecord
 
-    config_path = write_config(tmp_path, state_storage)
+    config_path = write_config(tmp_path, NO_SERVER)
     with instance_for_test() as instance:
-        source = materialize_day(tmp_path, config_path, instance)
+        source = materialize_day(tmp_path, config_path, instance, memory_state_store)
         source_path = q_table_metadata(source)["path"]
-    settings = load_settings(config_path, environ={})
-    with StateStore(settings.state_storage) as store:
-        store.add_knowledge_task(
+    with memory_state_store.open() as store:
+        store.knowledge.add(
             TaskRecord(
                 task_id="binance:TONUSDT|2026-11-19|test_experiment",
                 market=TON.key,
@@ -161,7 +163,12 @@ def test_seed_q_table_warm_starts_from_a_transfer_source_and_off_it_does_not(tmp
         config_path.write_text(yaml.safe_dump(config))
         with instance_for_test() as instance:
             result = materialize_market_day(
-                config_path, instance, [quote_snapshots, indicator_frame, q_table], okx, DAY
+                config_path,
+                instance,
+                [quote_snapshots, indicator_frame, q_table],
+                okx,
+                DAY,
+                state_store=memory_state_store,
             )
             assert result.success
         meta = q_table_metadata(result)

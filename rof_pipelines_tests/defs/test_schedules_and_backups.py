@@ -6,12 +6,13 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance, build_schedule_context, instance_for_test
 
-from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
-from rof_pipelines.definitions import defs
-from rof_pipelines.defs.ops.backups import state_backup_job
-from rof_pipelines.defs.ops.schedules import nightly_optimisation_schedule
+from rof_pipelines.adapters.resources import PostgresStateStoreResource, RofSettings
+from rof_pipelines.definitions import defs as load_definitions
 from rof_pipelines.partitions import market_and_day, markets_partitions
 
+defs = load_definitions()  # the jobs and schedules as the code location builds them
+state_backup_job = defs.resolve_job_def("state_backup")
+nightly_optimisation_schedule = defs.resolve_schedule_def("nightly_optimisation_schedule")
 MARKETS = ["binance:TONUSDT", "okx:BTCUSDT", "binance:BTCUSDT"]
 SETTINGS = {"settings": RofSettings()}
 
@@ -97,7 +98,7 @@ def test_backup_job_writes_an_archive(tmp_path: Path, pg_database):
     )
     settings = RofSettings(config_path=str(config))
     result = state_backup_job.execute_in_process(
-        resources={"settings": settings, "state_store": StateStoreResource(settings=settings)}
+        resources={"settings": settings, "state_store": PostgresStateStoreResource(settings=settings)}
     )
     assert result.success
     url = result.output_for_node("backup_state_store")
@@ -116,7 +117,7 @@ def test_backup_job_writes_to_a_named_destination_and_refuses_an_unknown_one(tmp
     backup = {"directory": str(tmp_path / "b"), "destinations": {"offsite": str(tmp_path / "off")}}
     config.write_text(yaml.safe_dump({"state_storage": state, "system_setup": {"backup": backup}}))
     settings = RofSettings(config_path=str(config))
-    resources = {"settings": settings, "state_store": StateStoreResource(settings=settings)}
+    resources = {"settings": settings, "state_store": PostgresStateStoreResource(settings=settings)}
 
     def run(destination: str):
         return state_backup_job.execute_in_process(

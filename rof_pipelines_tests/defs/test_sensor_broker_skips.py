@@ -12,16 +12,20 @@ import yaml
 from dagster import SkipReason, build_sensor_context, instance_for_test
 
 from rof_pipelines.adapters.resources import (
+    PostgresStateStoreResource,
     QuoteStoreResource,
     RabbitMQResource,
     RofSettings,
-    StateStoreResource,
 )
-from rof_pipelines.defs.ops import messaging
-from rof_pipelines.defs.ops.config_reload import config_reload_sensor
-from rof_pipelines.defs.ops.messaging import backup_sensor, tasks_sensor
-from rof_pipelines.defs.ops.sensors import market_discovery_sensor
+from rof_pipelines.definitions import defs
+from rof_pipelines.defs import messaging
+from rof_pipelines.defs.ops.sensors import config_reload_sensor
+from rof_pipelines.defs.quotes.sensors import market_discovery_sensor
 from rof_pipelines.settings import DEFAULT_CONFIG_PATH, RabbitMQConfig
+
+LOADED = defs()  # the queue sensors as the code location builds them
+tasks_sensor = LOADED.resolve_sensor_def("task_messages_sensor")
+backup_sensor = LOADED.resolve_sensor_def("backup_messages_sensor")
 
 STOCK_URL = "amqp://guest:guest@localhost:5672/"
 
@@ -45,7 +49,7 @@ def sensor_resources(tmp_path: Path, state_storage: dict, url: str) -> dict:
     settings = RofSettings(config_path=str(path))
     return {
         "settings": settings,
-        "state_store": StateStoreResource(settings=settings),
+        "state_store": PostgresStateStoreResource(settings=settings),
         "rabbitmq": RabbitMQResource(settings=settings),
     }
 
@@ -133,7 +137,9 @@ def test_config_reload_and_market_discovery_skip_with_the_reason(tmp_path, pg_ad
     )
     settings = RofSettings(config_path=str(path))
     reload_ticks = ticks(
-        config_reload_sensor, {"settings": settings, "state_store": StateStoreResource(settings=settings)}, 2
+        config_reload_sensor,
+        {"settings": settings, "state_store": PostgresStateStoreResource(settings=settings)},
+        2,
     )
     discovery_ticks = ticks(
         market_discovery_sensor,
@@ -161,7 +167,7 @@ def test_a_fresh_broker_gets_its_queues_declared_on_the_first_tick(tmp_path, sta
     settings = RofSettings(config_path=str(path))
     resources = {
         "settings": settings,
-        "state_store": StateStoreResource(settings=settings),
+        "state_store": PostgresStateStoreResource(settings=settings),
         "rabbitmq": RabbitMQResource(settings=settings),
     }
     try:

@@ -25,12 +25,12 @@ from dagster import build_sensor_context, instance_for_test
 from psycopg import sql
 from typer.testing import CliRunner
 
-from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
+from rof_pipelines.adapters.resources import PostgresStateStoreResource, RofSettings
 from rof_pipelines.cli import app
 from rof_pipelines.core.market import Market
 from rof_pipelines.defs.experiments.assets import ab_report, strategy_knowledge
 from rof_pipelines.defs.indicators.assets import indicator_frame
-from rof_pipelines.defs.ops.config_reload import config_reload_sensor
+from rof_pipelines.defs.ops.sensors import config_reload_sensor
 from rof_pipelines.defs.optimisation.assets import ga_population
 from rof_pipelines.defs.quotes.assets import quote_snapshots
 from rof_pipelines.settings import StateStorageConfig, load_settings
@@ -117,7 +117,7 @@ def test_the_suites_writes_stay_out_of_the_configured_state_store(tmp_path, stat
         assert result.success
 
         resource = RofSettings(config_path=str(config_path))
-        resources = {"settings": resource, "state_store": StateStoreResource(settings=resource)}
+        resources = {"settings": resource, "state_store": PostgresStateStoreResource(settings=resource)}
         with build_sensor_context(instance=instance, resources=resources) as context:
             config_reload_sensor(context)
 

@@ -1,0 +1,1 @@
+"""Experiments: the A/B report and the strategy knowledge it feeds (assets, definitions)."""

@@ -1,7 +1,10 @@
 """``ab_report``: the A/B test of one market and day (arms on the held-out folds, statistics, decision,
-promotion); ``strategy_knowledge``: the finished task it adds to the meta/transfer knowledge base."""
+promotion); ``strategy_knowledge``: the finished task it adds to the meta/transfer knowledge base.
+
+Both are load, call core (``core.experiment``), write (``adapters.experiments``), report."""
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,43 +18,40 @@ from dagster import (
     AssetRecordsFilter,
     MetadataValue,
     Output,
-    asset,
 )
 
 from rof_pipelines.adapters.experiments import (
-    ACTIVE,
-    BASELINE,
-    arm_records,
-    candidate_from_params,
-    decide_arms,
-    evaluate_arms,
+    Promotion,
+    experiment_record,
     finish_experiment,
-    gene_tuple,
+)
+from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
+from rof_pipelines.adapters.state_store import ActiveConfig
+from rof_pipelines.core.abtest import DecisionRule, decision_summary
+from rof_pipelines.core.experiment import (
+    CHAMPION,
+    ExperimentOutcome,
+    arm_table,
+    build_arms,
+    decide_experiment,
+    evaluate_arms,
     genes_of,
     knowledge_task_id,
-    seed_plan_for,
-    top_pareto,
+    market_base_params,
+    trials_key,
 )
-from rof_pipelines.adapters.optimisation import market_base_params, trials_key
-from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
-from rof_pipelines.adapters.state_store import ExperimentRecord
-from rof_pipelines.core.abtest import DecisionRule, decision_summary
 from rof_pipelines.core.ga.space import SearchSpace
 from rof_pipelines.core.knowledge import TaskRecord, market_features
-from rof_pipelines.defs.market_day import (
-    STATE_STORE_RETRY,
-    market_day,
-    skipped_closed_day,
-    state_store_failure,
-    window_frame,
-)
+from rof_pipelines.defs.market_day import MarketWindow, market_day_asset, open_market_window
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown
-from rof_pipelines.errors import TransientError
-from rof_pipelines.partitions import market_day_partitions
+from rof_pipelines.defs.resilience import state_store_required
 
-CHAMPION = "ga_champion"
-TRANSFER = "transfer_source"
-METRIC_COLUMNS = ("total_return", "sharpe", "sortino", "max_drawdown", "n_trades")
+UPSTREAM = ("quote_snapshots", "indicator_frame", "ga_population")
+TRIALS_RULE = (
+    "the deflated Sharpe ratio and Holm count every configuration ever scored for this market, "
+    "experiment and window (the state store's trial ledger), so re-running any partition gives the "
+    "same decision"
+)
 
 
 def upstream_links(context: AssetExecutionContext, names: tuple[str, ...]) -> dict[str, Any]:
@@ -101,15 +101,105 @@ def arms_markdown(frame: pd.DataFrame) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-@asset(
-    partitions_def=market_day_partitions,
+def decision_rule(ab: Any) -> DecisionRule:
+    """``ab_tests``' statistics settings as the core's rule."""
+    return DecisionRule(
+        alpha=ab.alpha,
+        min_effect=ab.min_effect,
+        tests=tuple(ab.tests),
+        use_dsr=ab.use_dsr,
+        min_periods=ab.min_periods,
+        n_boot=ab.n_boot,
+    )
+
+
+@dataclass(frozen=True)
+class ExperimentInputs:
+    """What the experiment reads from the state store before evaluating: the active config (its
+    version is what a promotion must still find), the trial ledger, and a transfer source's genes."""
+
+    active: ActiveConfig | None
+    trials: int
+    trials_variance: float | None
+    transfer_params: dict[str, Any] | None
+
+
+def read_experiment_inputs(state_store: StateStoreResource, mw: MarketWindow) -> ExperimentInputs:
+    md, ab = mw.day, mw.day.settings.ab_tests
+    ledger = trials_key(md.market.key, ab.experiment.id, mw.start, mw.end)
+    transfer_params = None
+    with (
+        state_store_required(md.where, "the active config, the trial count and the experiment"),
+        state_store.open() as store,
+    ):
+        active = store.configs.get_active(md.market.key)
+        searched, trials_variance = store.trials.stats(ledger)
+        if ab.transfer_learning.enabled:
+            plan = mw.seed_plan(store)
+            transfer_params = plan.transfer[0].task.best_params if plan.transfer else None
+    return ExperimentInputs(active, searched, trials_variance, transfer_params)
+
+
+def run_experiment(mw: MarketWindow, inputs: ExperimentInputs, population: pd.DataFrame) -> ExperimentOutcome:
+    """The arms (active, GA champion, Pareto challengers, transfer source) evaluated and decided."""
+    ab = mw.day.settings.ab_tests
+    space = SearchSpace.from_mapping(ab.experiment.ga.search_space)
+    base = market_base_params(mw.day.settings.ai_config, mw.day.profile)
+    arms = build_arms(
+        population,
+        space,
+        base,
+        active_params=inputs.active.params if inputs.active else None,
+        pareto_challengers=ab.pareto_challengers,
+        transfer_params=inputs.transfer_params,
+    )
+    evaluation = evaluate_arms(
+        mw.frame,
+        arms,
+        base,
+        space,
+        n_folds=ab.folds,
+        train_fraction=ab.train_fraction,
+        scheme=ab.fold_scheme,
+        embargo=ab.embargo_bars,
+    )
+    return decide_experiment(evaluation, decision_rule(ab), inputs.trials, inputs.trials_variance)
+
+
+def experiment_details(
+    context: AssetExecutionContext,
+    mw: MarketWindow,
+    outcome: ExperimentOutcome,
+    ga_meta: dict[str, Any],
+    links: dict[str, Any],
+) -> dict[str, Any]:
+    """Lineage: the partition and run behind this decision, the GA run and generations that produced
+    the champion, and the quote/indicator days the window read."""
+    frame = mw.frame
+    return {
+        "folds": outcome.evaluation.folds,
+        "ga_task_id": ga_meta.get("task_id"),
+        "seeding": ga_meta.get("seeding"),
+        "partition_date": mw.day.day.isoformat(),
+        "partition_key": str(context.partition_key),
+        "run_id": context.run.run_id,
+        "upstream_runs": {key.removeprefix("upstream/"): link.split()[1] for key, link in links.items()},
+        "ga_generations": {
+            "first": int(ga_meta.get("resumed_from_generation", -1)) + 1,
+            "last": ga_meta.get("generations_run"),
+            "resumed_from": ga_meta.get("resumed_from_generation"),
+        },
+        "trials": outcome.trials,
+        "window_days": [frame.index[0].date().isoformat(), frame.index[-1].date().isoformat()],
+        "market_profile": mw.day.profile.as_dict(),
+    }
+
+
+@market_day_asset(
     group_name="experiments",
-    io_manager_key="frame_io_manager",
     kinds={"pandas", "scipy"},
     ins={"ga_population": AssetIn()},
     deps=[AssetDep("quote_snapshots"), AssetDep("indicator_frame")],
-    output_required=False,  # nothing on a day the market is closed
-    retry_policy=STATE_STORE_RETRY,
 )
 def ab_report(
     context: AssetExecutionContext,
@@ -124,198 +214,111 @@ def ab_report(
     metadata; a winner becomes the active config with optimistic locking (a lost race is recorded, not
     retried). Stored: one row per arm with held-out metrics and p-values; every experiment is also kept
     in the state store (ab_experiments / ab_arms)."""
-    md = market_day(context, settings)
-    if skipped_closed_day(context, md):
+    mw = open_market_window(context, settings, quote_store)
+    if mw is None:
         return
-    config, market, day = md.settings, md.market, md.day
-    ab = config.ab_tests
-    window, split = window_frame(context, md, quote_store)
-    frame = window.frame
-    end_ts = pd.Timestamp(md.end)
-    space = SearchSpace.from_mapping(ab.experiment.ga.search_space)
-    base = market_base_params(config, md.profile)
-    experiment_id = f"{ab.experiment.id}:{market.key}:{day.isoformat()}:{context.run.run_id[:8]}"
+    md, ab = mw.day, mw.day.settings.ab_tests
+    experiment_id = f"{ab.experiment.id}:{md.market.key}:{md.day.isoformat()}:{context.run.run_id[:8]}"
     started = time.perf_counter()
-
-    # The active config, read once: its version is what a promotion must still find. The trial
-    # ledger: every configuration ever scored for this task, whatever ran how often.
-    ledger = trials_key(market.key, ab.experiment.id, frame.index[0].to_pydatetime(), end_ts.to_pydatetime())
-    tasks_plan = None
-    try:
-        with state_store.open() as store:
-            active = store.get_active_config(market.key)
-            searched, trials_variance = store.trial_stats(ledger)
-            if ab.transfer_learning.enabled:
-                tasks_plan = seed_plan_for(
-                    store,
-                    ab,
-                    market.key,
-                    split.train,
-                    end_ts.to_pydatetime(),
-                    population_size=ab.experiment.ga.population_size,
-                    gene_names=space.names,
-                    exclude_ids=[knowledge_task_id(market.key, day.isoformat(), ab.experiment.id)],
-                )
-    except TransientError as exc:
-        raise state_store_failure(md, "the active config, the trial count and the experiment", exc) from exc
-
-    arms = {ACTIVE: ("active", candidate_from_params(active.params if active else None, base, space))}
-    champions = ga_population[ga_population["champion"]]
-    if len(champions):  # none when the GA's landscape was flat
-        champion_genome = gene_tuple(champions.iloc[0], space.names)
-        arms[CHAMPION] = ("challenger", space.decode(space.canonical(champion_genome), base))
-    for rank, pos in enumerate(top_pareto(ga_population, ab.pareto_challengers), start=1):
-        genome = gene_tuple(ga_population.iloc[pos], space.names)
-        arms[f"pareto_{rank}"] = ("challenger", space.decode(space.canonical(genome), base))
-    if tasks_plan is not None and tasks_plan.transfer:
-        source = tasks_plan.transfer[0]
-        arms[TRANSFER] = ("challenger", candidate_from_params(source.task.best_params, base, space))
-
-    evaluation = evaluate_arms(
-        frame,
-        arms,
-        base,
-        space,
-        n_folds=ab.folds,
-        train_fraction=ab.train_fraction,
-        scheme=ab.fold_scheme,
-        embargo=ab.embargo_bars,
-    )
-    ga_meta = ga_metadata(context)
-    searched = max(searched, 1)
-    rule = DecisionRule(
-        alpha=ab.alpha,
-        min_effect=ab.min_effect,
-        tests=tuple(ab.tests),
-        use_dsr=ab.use_dsr,
-        min_periods=ab.min_periods,
-        n_boot=ab.n_boot,
-    )
-    searched_arms = [name for name in evaluation.arms if name == CHAMPION or name.startswith("pareto_")]
-    n_trials = dict.fromkeys(searched_arms, searched)
-    # The ledger holds annualised Sharpes; the deflated Sharpe ratio works per period.
-    per_period = None if trials_variance is None else trials_variance / evaluation.bars_per_year
-    variances = dict.fromkeys(searched_arms, per_period) if per_period else None
-    decision = decide_arms(evaluation, rule, n_trials=n_trials, trials_sr_variance=variances)
-    winner_params = evaluation.arms[decision.winner].params if decision.winner else None
-    if decision.winner == BASELINE:
-        winner_params = None  # buy-and-hold is a yardstick, not a config the agent can run
-    record = ExperimentRecord(
+    inputs = read_experiment_inputs(state_store, mw)
+    outcome = run_experiment(mw, inputs, ga_population)
+    ga_meta, links = ga_metadata(context), upstream_links(context, UPSTREAM)
+    record = experiment_record(
+        outcome,
         experiment_id=experiment_id,
-        market=market.key,
+        market=md.market.key,
         label=ab.experiment.id,
-        window_start=frame.index[0].to_pydatetime(),
-        window_end=end_ts.to_pydatetime(),
-        decision=decision.to_dict(),
-        winner=decision.winner,
-        promoted=False,
-        active_version=active.version if active else None,
-        promoted_version=None,
-        conflict=None,
-        details={
-            "folds": evaluation.folds,
-            "ga_task_id": ga_meta.get("task_id"),
-            "seeding": ga_meta.get("seeding"),
-            # Lineage: the partition and run behind this decision, the GA run and generations that
-            # produced the champion, and the quote/indicator days the window read.
-            "partition_date": day.isoformat(),
-            "partition_key": str(context.partition_key),
-            "run_id": context.run.run_id,
-            "upstream_runs": {
-                name: link.split()[1]
-                for name, link in (
-                    (key.removeprefix("upstream/"), value)
-                    for key, value in upstream_links(
-                        context, ("quote_snapshots", "indicator_frame", "ga_population")
-                    ).items()
-                )
-            },
-            "ga_generations": {
-                "first": int(ga_meta.get("resumed_from_generation", -1)) + 1,
-                "last": ga_meta.get("generations_run"),
-                "resumed_from": ga_meta.get("resumed_from_generation"),
-            },
-            "trials": searched,
-            "window_days": [frame.index[0].date().isoformat(), frame.index[-1].date().isoformat()],
-            "market_profile": md.profile.as_dict(),
-        },
-        arms=arm_records(evaluation, decision),
+        window_start=mw.start,
+        window_end=mw.end,
+        active_version=inputs.active.version if inputs.active else None,
+        details=experiment_details(context, mw, outcome, ga_meta, links),
     )
-    try:
-        with state_store.open() as store:
-            _, promotion = finish_experiment(store, record, winner_params, auto_promote=ab.promote)
-    except TransientError as exc:
-        raise state_store_failure(md, "the experiment record and any promotion", exc) from exc
-    promoted, conflict, promotion_text = promotion.promoted, promotion.conflict, promotion.reason
-    if conflict:
-        context.log.warning(f"{market}: {conflict}")
-
-    # One row per arm: held-out metrics, p-values against the active config, the verdict.
-    rows = []
-    for arm_record in record.arms:
-        report = decision.arms.get(arm_record.arm)
-        rows.append(
-            {
-                "arm": arm_record.arm,
-                "role": arm_record.role,
-                **{k: arm_record.metrics.get(k) for k in METRIC_COLUMNS},
-                "p_welch": report.p_welch if report else np.nan,
-                "p_bootstrap": report.p_bootstrap if report else np.nan,
-                "dsr": report.dsr if report else np.nan,
-                "p_adjusted": report.p_adjusted if report else np.nan,
-                "verdict": report.reason if report else "the config in force",
-            }
-        )
-    table = pd.DataFrame(rows).set_index("arm")
-    decision_text = decision_summary(
-        decision.winner, promoted, conflict, version=promotion.version, note=promotion.reason
-    )
-    equity = {name: arm.equity for name, arm in evaluation.arms.items()}
-    uplift = _uplift(ga_meta)
+    with (
+        state_store_required(md.where, "the experiment record and any promotion"),
+        state_store.open() as store,
+    ):
+        _, promotion = finish_experiment(store, record, outcome.winner_params, auto_promote=ab.promote)
+    if promotion.conflict:
+        context.log.warning(f"{md.market}: {promotion.conflict}")
+    table = arm_table(outcome.arms, outcome.decision)
+    report = ReportFacts(mw, experiment_id, inputs, outcome, promotion, ga_meta)
     yield Output(
         table.reset_index(),
         metadata={
-            **md.profile_metadata(),
-            "experiment_id": experiment_id,
-            "decision": decision_text,
-            "winner": decision.winner or "none",
-            "reason": decision.reason,
-            "decision_rule": rule.describe(),
-            "promotion": promotion_text,
-            "promoted": promoted,
-            "conflict": conflict or "none",
-            "active_version_read": active.version if active else 0,
-            "arms": arms_markdown(table),
-            "equity_curves": line_plot_markdown(
-                "Held-out equity of every arm (folds chained)", equity, "held-out step", "equity"
-            ),
-            "held_out_steps": int(decision.n_periods),
-            "folds": ab.folds,
-            "train_bars": len(split.train),
-            "test_bars": len(split.test),
-            "window_start": str(frame.index[0]),
-            "window_end": str(frame.index[-1]),
-            "ga_task_id": str(ga_meta.get("task_id", "unknown")),
-            "ga_generations_run": int(ga_meta.get("generations_run") or 0),
-            "lineage": MetadataValue.md(
-                f"active config v{promotion.version} <- experiment `{experiment_id}` <- GA task "
-                f"`{ga_meta.get('task_id', 'unknown')}` (generations 0..{ga_meta.get('generations_run', '?')}) "
-                f"<- quote_snapshots / indicator_frame of {market} {frame.index[0].date()} .. "
-                f"{frame.index[-1].date()}; `rof experiments show {experiment_id}`"
-                if promoted
-                else f"nothing promoted; experiment `{experiment_id}` <- GA task `{ga_meta.get('task_id', 'unknown')}` "
-                f"<- {market} {frame.index[0].date()} .. {frame.index[-1].date()}"
-            ),
-            "n_trials_for_dsr": searched,
-            "trials_sharpe_variance": trials_variance if trials_variance is not None else "n/a",
-            "trials_rule": "the deflated Sharpe ratio and Holm count every configuration ever scored for "
-            "this market, experiment and window (the state store's trial ledger), so re-running any "
-            "partition gives the same decision",
-            **finite_metadata(uplift),
-            **upstream_links(context, ("quote_snapshots", "indicator_frame", "ga_population")),
+            **report_metadata(report, table),
+            **links,
             "wall_seconds": round(time.perf_counter() - started, 3),
         },
     )
+
+
+@dataclass(frozen=True)
+class ReportFacts:
+    """Everything ab_report's metadata says, gathered once."""
+
+    mw: MarketWindow
+    experiment_id: str
+    inputs: ExperimentInputs
+    outcome: ExperimentOutcome
+    promotion: Promotion
+    ga_meta: dict[str, Any]
+
+
+def lineage_markdown(facts: ReportFacts) -> MetadataValue:
+    """What the promoted config came from, or that nothing was promoted."""
+    frame, market, ga_meta = facts.mw.frame, facts.mw.day.market, facts.ga_meta
+    days = f"{market} {frame.index[0].date()} .. {frame.index[-1].date()}"
+    ga_task = ga_meta.get("task_id", "unknown")
+    if facts.promotion.promoted:
+        return MetadataValue.md(
+            f"active config v{facts.promotion.version} <- experiment `{facts.experiment_id}` <- GA task "
+            f"`{ga_task}` (generations 0..{ga_meta.get('generations_run', '?')}) "
+            f"<- quote_snapshots / indicator_frame of {days}; `rof experiments show {facts.experiment_id}`"
+        )
+    return MetadataValue.md(
+        f"nothing promoted; experiment `{facts.experiment_id}` <- GA task `{ga_task}` <- {days}"
+    )
+
+
+def report_metadata(facts: ReportFacts, table: pd.DataFrame) -> dict[str, Any]:
+    """ab_report's metadata (the UI, the demo and the tests read these keys)."""
+    mw, outcome, promotion, ga_meta = facts.mw, facts.outcome, facts.promotion, facts.ga_meta
+    decision, active = outcome.decision, facts.inputs.active
+    ab = mw.day.settings.ab_tests
+    return {
+        **mw.day.profile_metadata(),
+        "experiment_id": facts.experiment_id,
+        "decision": decision_summary(
+            decision.winner,
+            promotion.promoted,
+            promotion.conflict,
+            version=promotion.version,
+            note=promotion.reason,
+        ),
+        "winner": decision.winner or "none",
+        "reason": decision.reason,
+        "decision_rule": outcome.rule.describe(),
+        "promotion": promotion.reason,
+        "promoted": promotion.promoted,
+        "conflict": promotion.conflict or "none",
+        "active_version_read": active.version if active else 0,
+        "arms": arms_markdown(table),
+        "equity_curves": line_plot_markdown(
+            "Held-out equity of every arm (folds chained)", outcome.equity, "held-out step", "equity"
+        ),
+        "held_out_steps": int(decision.n_periods),
+        "folds": ab.folds,
+        "train_bars": len(mw.split.train),
+        "test_bars": len(mw.split.test),
+        **mw.bounds_metadata(),
+        "ga_task_id": str(ga_meta.get("task_id", "unknown")),
+        "ga_generations_run": int(ga_meta.get("generations_run") or 0),
+        "lineage": lineage_markdown(facts),
+        "n_trials_for_dsr": outcome.trials,
+        "trials_sharpe_variance": outcome.trials_variance if outcome.trials_variance is not None else "n/a",
+        "trials_rule": TRIALS_RULE,
+        **finite_metadata(_uplift(ga_meta)),
+    }
 
 
 def _uplift(ga_meta: dict[str, Any]) -> dict[str, Any]:
@@ -332,13 +335,47 @@ def _uplift(ga_meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@asset(
-    partitions_def=market_day_partitions,
+def champion_task(
+    context: AssetExecutionContext, mw: MarketWindow, champion: pd.Series, held_out: pd.DataFrame
+) -> TaskRecord:
+    """The finished task as the knowledge base keeps it: the champion's genes and held-out score."""
+    md, ab = mw.day, mw.day.settings.ab_tests
+    tested = CHAMPION in held_out.index
+    return TaskRecord(
+        task_id=knowledge_task_id(md.market.key, md.day.isoformat(), ab.experiment.id),
+        market=md.market.key,
+        finished_at=min(md.end, datetime.now(UTC)),
+        features=market_features(mw.split.train),
+        best_params=genes_of(champion, SearchSpace.from_mapping(ab.experiment.ga.search_space)),
+        score=float(held_out.loc[CHAMPION, "sharpe"]) if tested else float("nan"),
+        outcome={k: float(held_out.loc[CHAMPION, k]) for k in ("total_return", "max_drawdown")}
+        if tested
+        else {},
+        generations=int(ga_metadata(context).get("generations_run") or 0) or None,
+        artifact=q_table_artifact(context),  # transfer_learning.seed_q_table warm-starts from it
+    )
+
+
+def knowledge_frame(tasks: list[TaskRecord]) -> pd.DataFrame:
+    """The knowledge base as retained, one row per task."""
+    return pd.DataFrame(
+        [
+            {
+                "task_id": t.task_id,
+                "market": t.market,
+                "finished_at": t.finished_at,
+                "score": t.score,
+                "generations": t.generations,
+                **{f"feature/{k}": v for k, v in t.features.items()},
+            }
+            for t in tasks
+        ]
+    )
+
+
+@market_day_asset(  # nothing materialised without a champion to learn from
     group_name="experiments",
-    io_manager_key="frame_io_manager",
     kinds={"pandas"},
-    output_required=False,  # nothing without a champion to learn from
-    retry_policy=STATE_STORE_RETRY,
     ins={"ga_population": AssetIn(), "ab_report": AssetIn()},
     deps=[AssetDep("indicator_frame")],
 )
@@ -354,59 +391,27 @@ def strategy_knowledge(
     genes, its held-out Sharpe from the A/B test, generations) to the knowledge base meta/transfer
     learning seed from, and prunes tasks older than `knowledge_retention_days`. Stored: the knowledge
     base as retained at this day (one row per task)."""
-    md = market_day(context, settings)
-    config, market, day, end = md.settings, md.market, md.day, md.end
-    ab = config.ab_tests
-    _, split = window_frame(context, md, quote_store)
-    space = SearchSpace.from_mapping(ab.experiment.ga.search_space)
+    mw = open_market_window(context, settings, quote_store)
+    if mw is None:
+        return
+    md, ab = mw.day, mw.day.settings.ab_tests
     champions = ga_population[ga_population["champion"]]
     if champions.empty:
-        context.log.info(f"{market} {day}: no GA champion (flat landscape), no knowledge to add")
+        context.log.info(f"{md.market} {md.day}: no GA champion (flat landscape), no knowledge to add")
         return
-    champion = champions.iloc[0]
-    held_out = ab_report.set_index("arm")
-    score = float(held_out.loc[CHAMPION, "sharpe"]) if CHAMPION in held_out.index else float("nan")
-    ga_meta = ga_metadata(context)
-    task = TaskRecord(
-        task_id=knowledge_task_id(market.key, day.isoformat(), ab.experiment.id),
-        market=market.key,
-        finished_at=min(end, datetime.now(UTC)),
-        features=market_features(split.train),
-        best_params=genes_of(champion, space),
-        score=score,
-        outcome={k: float(held_out.loc[CHAMPION, k]) for k in ("total_return", "max_drawdown")}
-        if CHAMPION in held_out.index
-        else {},
-        generations=int(ga_meta.get("generations_run") or 0) or None,
-        artifact=q_table_artifact(context),  # transfer_learning.seed_q_table warm-starts from it
-    )
+    task = champion_task(context, mw, champions.iloc[0], ab_report.set_index("arm"))
     retention = ab.meta_learning.knowledge_retention_days
-    try:
-        with state_store.open() as store:
-            store.add_knowledge_task(task)
-            pruned = store.prune_knowledge(retention, now=end)
-            tasks = store.knowledge_tasks(now=end, retention_days=retention)
-        stored = "state store"
-    except TransientError as exc:
-        raise state_store_failure(md, "the knowledge base", exc) from exc
-    rows = [
-        {
-            "task_id": t.task_id,
-            "market": t.market,
-            "finished_at": t.finished_at,
-            "score": t.score,
-            "generations": t.generations,
-            **{f"feature/{k}": v for k, v in t.features.items()},
-        }
-        for t in tasks
-    ]
+    with state_store_required(md.where, "the knowledge base"), state_store.open() as store:
+        store.knowledge.add(task)
+        pruned = store.knowledge.prune(retention, now=md.end)
+        tasks = store.knowledge.tasks(now=md.end, retention_days=retention)
     yield Output(
-        pd.DataFrame(rows),
+        knowledge_frame(tasks),
         metadata={
-            "market": market.key,
-            "date": day.isoformat(),
+            "market": md.market.key,
+            "date": md.day.isoformat(),
             "task_id": task.task_id,
-            "stored": stored,
+            "stored": "state store",
             "tasks_retained": len(tasks),
             "tasks_pruned": int(pruned),
             "retention_days": retention,
@@ -414,6 +419,6 @@ def strategy_knowledge(
             "transfer_learning": "on" if ab.transfer_learning.enabled else "off",
             "best_params": MetadataValue.json(task.best_params),
             "features": MetadataValue.json({k: v for k, v in task.to_dict()["features"].items()}),
-            **finite_metadata({"held_out_sharpe": score}),
+            **finite_metadata({"held_out_sharpe": task.score}),
         },
     )

@@ -1,1 +1,1 @@
-"""Dagster definitions (thin glue over core and adapters)."""
+"""Indicators: the indicator frame of one market and day, with its checks (assets, definitions)."""

@@ -8,27 +8,30 @@ import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     Config,
     Failure,
     MetadataValue,
     Output,
-    asset,
 )
 
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings
 from rof_pipelines.core.indicators import INDICATOR_COLUMNS
 from rof_pipelines.core.market import duration_text
-from rof_pipelines.defs.market_day import day_frame, market_day, skipped_closed_day
-from rof_pipelines.defs.quotes.assets import closed_day_checks
-from rof_pipelines.partitions import market_day_partitions
+from rof_pipelines.defs.market_day import (
+    closed_day_checks,
+    day_frame,
+    market_day,
+    market_day_asset,
+    skipped_closed_day,
+)
 from rof_pipelines.settings import parse_duration, validate_bar_interval
 
 ASSET = "indicator_frame"
 # A quiet bar without a tick happens; many of them mean a feed problem.
 MAX_EMPTY_BAR_SHARE = 0.01
+CHECKS = ("ohlc_consistent", "indicators_defined", "bars_complete")
 
 
 class IndicatorFrameConfig(Config):
@@ -37,18 +40,8 @@ class IndicatorFrameConfig(Config):
     bar_interval: Optional[str] = None  # noqa: UP045 - Dagster's config schema needs Optional
 
 
-@asset(
-    partitions_def=market_day_partitions,
-    group_name="indicators",
-    io_manager_key="frame_io_manager",
-    kinds={"pandas", "parquet"},
-    deps=[AssetDep("quote_snapshots")],
-    output_required=False,  # nothing on a day the market is closed
-    check_specs=[
-        AssetCheckSpec("ohlc_consistent", asset=ASSET, partitions_def=market_day_partitions),
-        AssetCheckSpec("indicators_defined", asset=ASSET, partitions_def=market_day_partitions),
-        AssetCheckSpec("bars_complete", asset=ASSET, partitions_def=market_day_partitions),
-    ],
+@market_day_asset(
+    group_name="indicators", kinds={"pandas", "parquet"}, deps=[AssetDep("quote_snapshots")], checks=CHECKS
 )
 def indicator_frame(
     context: AssetExecutionContext,
@@ -70,7 +63,7 @@ def indicator_frame(
             raise Failure(description=f"bar_interval: {exc}", allow_retries=False) from exc
         md = replace(md, profile=replace(md.profile, bar_interval=interval))
     if skipped_closed_day(context, md):
-        yield from closed_day_checks(md.closed_reason or "")
+        yield from closed_day_checks(md.closed_reason or "", CHECKS)
         return
     built = day_frame(context, md, quote_store)
     day = built.frame

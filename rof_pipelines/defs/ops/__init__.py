@@ -1,1 +1,2 @@
-"""Dagster definitions (thin glue over core and adapters)."""
+"""Operations: state-store backups (job, schedule, `backup` queue) and config hot reload (jobs,
+schedules, sensors, definitions)."""

@@ -1,59 +1,20 @@
-"""The nightly optimisation: every known market that traded yesterday, yesterday's partition, once."""
+"""The periodic state-store backup."""
 
-from datetime import datetime, timedelta
+from dagster import DefaultScheduleStatus, JobDefinition, ScheduleDefinition
 
-from dagster import (
-    DefaultScheduleStatus,
-    RunRequest,
-    ScheduleEvaluationContext,
-    SkipReason,
-    schedule,
-)
-
-from rof_pipelines.adapters.resources import RofSettings
-from rof_pipelines.defs.jobs import nightly_optimisation_job
-from rof_pipelines.defs.load_time import settings_at_load
-from rof_pipelines.partitions import market_day_key, markets_partitions
 from rof_pipelines.settings import Settings
 
-_nightly = settings_at_load().system_setup.schedules.nightly_optimisation
 
-
-def nightly_requests(
-    markets: list[str], scheduled: datetime, settings: Settings | None = None
-) -> list[RunRequest]:
-    """One run per market for the day before ``scheduled``, if the market's calendar had trading that
-    day (no FX run for a Saturday, no stock run for a holiday); run keys make a re-evaluation (a
-    restarted daemon, a second tick) a no-op instead of a second run."""
-    day = (scheduled - timedelta(days=1)).date()
-    if settings is not None:
-        markets = [m for m in markets if settings.market_profile(m).calendar.is_open_day(day)]
-    return [
-        RunRequest(
-            run_key=f"nightly:{day.isoformat()}:{market}",
-            partition_key=market_day_key(market, day),
-            tags={"rof/trigger": "schedule", "rof/market": market, "rof/date": day.isoformat()},
-        )
-        for market in sorted(markets)
-    ]
-
-
-@schedule(
-    job=nightly_optimisation_job,
-    cron_schedule=_nightly.cron,
-    execution_timezone=_nightly.timezone,
-    default_status=DefaultScheduleStatus.RUNNING,
-    description="Nightly: optimise every market in the `markets` partitions for yesterday "
-    "(system_setup.schedules.nightly_optimisation).",
-)
-def nightly_optimisation_schedule(context: ScheduleEvaluationContext, settings: RofSettings):
-    markets = context.instance.get_dynamic_partitions(markets_partitions.name)
-    if not markets:
-        return SkipReason(
-            "no markets yet: add them in config.yaml (storage.markets) or via a `tasks` message"
-        )
-    requests = nightly_requests(markets, context.scheduled_execution_time, settings.load())
-    if not requests:
-        day = (context.scheduled_execution_time - timedelta(days=1)).date()
-        return SkipReason(f"no market traded on {day} (all {len(markets)} markets' calendars closed)")
-    return requests
+def build_state_backup_schedule(at_load: Settings, state_backup_job: JobDefinition) -> ScheduleDefinition:
+    """``state_backup_schedule`` at system_setup.schedules.state_backup's cron and timezone, as they
+    were when the code location loaded."""
+    backup = at_load.system_setup.schedules.state_backup
+    return ScheduleDefinition(
+        name="state_backup_schedule",
+        job=state_backup_job,
+        cron_schedule=backup.cron,
+        execution_timezone=backup.timezone,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Periodic state-store backup (system_setup.schedules.state_backup).",
+        tags={"rof/trigger": "schedule"},
+    )

@@ -3,36 +3,27 @@
 import base64
 import io
 import time
-from datetime import datetime
-from typing import Optional
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
-from dagster import AssetDep, AssetExecutionContext, Config, MetadataValue, Output, asset
+from dagster import AssetDep, AssetExecutionContext, Config, MetadataValue, Output
 
-from rof_pipelines.adapters.experiments import knowledge_task_id, seed_plan_for
 from rof_pipelines.adapters.optimisation import (
     Optimisation,
-    generations_to_reach,
-    market_base_params,
     prepare_optimisation,
     record_trials,
     run_optimisation,
 )
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
+from rof_pipelines.core.experiment import market_base_params
 from rof_pipelines.core.ga.engine import OBJECTIVES, GAResult, objectives_dict
-from rof_pipelines.core.ga.space import SearchSpace
-from rof_pipelines.defs.market_day import (
-    STATE_STORE_RETRY,
-    market_day,
-    skipped_closed_day,
-    state_store_failure,
-    window_frame,
-)
+from rof_pipelines.core.ga.seeding import generations_to_reach
+from rof_pipelines.defs.market_day import MarketWindow, market_day_asset, open_market_window
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown, metrics_markdown
-from rof_pipelines.errors import TransientError
-from rof_pipelines.partitions import market_day_partitions
-from rof_pipelines.settings import Settings
+from rof_pipelines.defs.resilience import state_store_optional, state_store_required
 
 
 class GAPopulationConfig(Config):
@@ -85,15 +76,90 @@ def pareto_plot_markdown(frame: pd.DataFrame) -> MetadataValue:
     return MetadataValue.md(f"![Pareto front](data:image/png;base64,{encoded})")
 
 
-@asset(
-    partitions_def=market_day_partitions,
-    group_name="optimisation",
-    io_manager_key="frame_io_manager",
-    kinds={"pandas", "numba"},
-    deps=[AssetDep("indicator_frame")],
-    output_required=False,  # nothing on a day the market is closed
-    retry_policy=STATE_STORE_RETRY,
-)
+def ga_overrides(config: GAPopulationConfig) -> dict[str, int]:
+    """The run's overrides of ``ab_tests.experiment.ga``; a population size also bounds the adaptive
+    resizing: at least 20 (or the size, if smaller), at most twice the size."""
+    overrides = {
+        name: value
+        for name, value in (("generations", config.generations), ("population_size", config.population_size))
+        if value is not None
+    }
+    if "population_size" in overrides:
+        size = overrides["population_size"]
+        overrides.update(min_population=min(size, 20), max_population=2 * size)
+    return overrides
+
+
+def seeding_plan(
+    context: AssetExecutionContext, state_store: StateStoreResource, mw: MarketWindow, population_size: int
+) -> dict[str, Any]:
+    """Seeds from the knowledge base (meta/transfer learning) as ``{seeds, reason, ...}``. Seeding is
+    optional: without the state store the GA starts cold and the reason says why."""
+    md, ab = mw.day, mw.day.settings.ab_tests
+    if not (ab.meta_learning.enabled or ab.transfer_learning.enabled):
+        return {"seeds": [], "reason": "meta-learning off; transfer learning off; 0 seeds"}
+    plan = None
+    with (
+        state_store_optional(context.log, f"{md.market} GA seeding") as degraded,
+        state_store.open() as store,
+    ):
+        plan = mw.seed_plan(store, population_size=population_size)
+    seeding = (
+        plan.to_dict()
+        if plan is not None and not degraded
+        else {"seeds": [], "reason": f"no seeds: {degraded.reason}"}
+    )
+    context.log.info(f"{md.market} GA seeding: {seeding['reason']}")
+    return seeding
+
+
+def generation_logger(context: AssetExecutionContext, mw: MarketWindow, job: Optimisation) -> Callable:
+    def log_generation(stats: dict) -> None:
+        context.log.info(
+            f"{mw.day.market} generation {stats['generation']}/{job.ga.generations}: best Sharpe "
+            f"{stats['best_sharpe']:.3f}, best return {stats['best_return']:+.4f}, population "
+            f"{stats['population']}, mutation {stats['mutation_rate']:.3f}, ETA {stats['eta_seconds']:.1f}s"
+        )
+
+    return log_generation
+
+
+@dataclass(frozen=True)
+class GARun:
+    """The optimisation's result with what was recorded about it."""
+
+    job: Optimisation
+    result: GAResult
+    wall_seconds: float
+    uplift: dict[str, Any]
+    trials: int
+    trials_variance: float | None
+
+
+def optimise_and_record(
+    context: AssetExecutionContext,
+    state_store: StateStoreResource,
+    mw: MarketWindow,
+    job: Optimisation,
+    overrides: dict[str, int],
+) -> GARun:
+    """Run (or resume) the GA with checkpoints, measure the seeds' uplift, and add every scored
+    configuration to the trial ledger the A/B test deflates by."""
+    started = time.perf_counter()
+    with (
+        state_store_required(mw.day.where, "the GA's checkpoints and trial count"),
+        state_store.open() as store,
+    ):
+        result = run_optimisation(job, store, on_generation=generation_logger(context, mw, job))
+        wall = time.perf_counter() - started
+        uplift, cold = measure_uplift(context, mw, job, result, overrides)
+        n_trials, trials_variance = record_trials(store, job, result)
+        if cold is not None:
+            n_trials, trials_variance = record_trials(store, cold[0], cold[1])
+    return GARun(job, result, wall, uplift, n_trials, trials_variance)
+
+
+@market_day_asset(group_name="optimisation", kinds={"pandas", "numba"}, deps=[AssetDep("indicator_frame")])
 def ga_population(
     context: AssetExecutionContext,
     config: GAPopulationConfig,
@@ -108,175 +174,145 @@ def ga_population(
     `validation_fraction` of that training part. Checkpoints every `checkpoint_interval` generations
     into the state store and resumes from them after a restart. Stored: the final population with its
     objectives, Pareto-front flags and the champion (rule: core/ga/engine.py)."""
-    md = market_day(context, settings)
-    if skipped_closed_day(context, md):
+    mw = open_market_window(context, settings, quote_store)
+    if mw is None:
         return
-    settings_obj, market, day = md.settings, md.market, md.day
-    window, split = window_frame(context, md, quote_store)
-    frame = window.frame
-    end_ts = pd.Timestamp(md.end)
-    window_start = frame.index[0].to_pydatetime()
-    overrides = {
-        name: value
-        for name, value in (("generations", config.generations), ("population_size", config.population_size))
-        if value is not None
-    }
-    if "population_size" in overrides:
-        size = overrides["population_size"]
-        overrides.update(min_population=min(size, 20), max_population=max(size, 2 * size))
-    ab = settings_obj.ab_tests
-    seeding: dict = {"seeds": [], "reason": "meta-learning off; transfer learning off; 0 seeds"}
-    if ab.meta_learning.enabled or ab.transfer_learning.enabled:  # warm start from the knowledge base
-        try:
-            with state_store.open() as store:
-                plan = seed_plan_for(
-                    store,
-                    ab,
-                    market.key,
-                    split.train,
-                    end_ts.to_pydatetime(),
-                    population_size=overrides.get("population_size", ab.experiment.ga.population_size),
-                    gene_names=SearchSpace.from_mapping(ab.experiment.ga.search_space).names,
-                    exclude_ids=[knowledge_task_id(market.key, day.isoformat(), ab.experiment.id)],
-                )
-            seeding = plan.to_dict()
-        except TransientError as exc:
-            seeding["reason"] = f"no seeds: state store unavailable ({type(exc).__name__})"
-        context.log.info(f"{market} GA seeding: {seeding['reason']}")
+    md = mw.day
+    overrides = ga_overrides(config)
+    population_size = overrides.get("population_size", md.settings.ab_tests.experiment.ga.population_size)
+    seeding = seeding_plan(context, state_store, mw, population_size)
     job = prepare_optimisation(
-        settings_obj,
-        market.key,
-        split.train,
-        window_start,
-        end_ts.to_pydatetime(),
-        base=market_base_params(settings_obj, md.profile),
+        md.settings,
+        md.market.key,
+        mw.split.train,
+        mw.start,
+        mw.end,
+        base=market_base_params(md.settings.ai_config, md.profile),
         workers=config.workers,
         ga_overrides=overrides,
         seeds=seeding["seeds"],
     )
+    run = optimise_and_record(context, state_store, mw, job, overrides)
+    population = population_frame(run.result)
+    landscape = landscape_text(run.result, population, mw)
+    if run.result.flat:
+        context.log.warning(f"{md.market}: {landscape}")
+    yield Output(population, metadata=population_metadata(mw, run, population, seeding, landscape))
 
-    def log_generation(stats: dict) -> None:
-        context.log.info(
-            f"{market} generation {stats['generation']}/{job.ga.generations}: best Sharpe "
-            f"{stats['best_sharpe']:.3f}, best return {stats['best_return']:+.4f}, population "
-            f"{stats['population']}, mutation {stats['mutation_rate']:.3f}, ETA {stats['eta_seconds']:.1f}s"
-        )
 
-    started = time.perf_counter()
-    try:
-        with state_store.open() as store:
-            result = run_optimisation(job, store, on_generation=log_generation)
-            wall = time.perf_counter() - started
-            uplift, cold = measure_uplift(context, settings_obj, job, result, split.train, window_start, end_ts, overrides)
-            n_trials, trials_variance = record_trials(store, job, result)
-            if cold is not None:
-                n_trials, trials_variance = record_trials(store, cold[0], cold[1])
-    except TransientError as exc:
-        raise state_store_failure(md, "the GA's checkpoints and trial count", exc) from exc
-    checkpointing = "state store"
+def landscape_text(result: GAResult, population: pd.DataFrame, mw: MarketWindow) -> str:
+    """ "varied", or why a flat landscape names no champion."""
+    if not result.flat:
+        return "varied"
+    objectives = objectives_dict(result.fitness[0])
+    return (
+        f"flat: all {len(population)} genomes score the same ({objectives}); no configuration "
+        f"trades profitably under these costs ({mw.day.profile.costs_text()}), so no champion is named"
+    )
 
-    population = population_frame(result)
-    champion = result.space.decode(result.champion_genome, job.data.base)
-    landscape = "varied"
+
+def champion_metadata(run: GARun) -> dict[str, Any]:
+    """The champion's parameters and validation objectives; nothing when the landscape was flat."""
+    result = run.result
     if result.flat:
-        objectives = objectives_dict(result.fitness[0])
-        landscape = (
-            f"flat: all {len(population)} genomes score the same ({objectives}); no configuration "
-            f"trades profitably under these costs ({md.profile.costs_text()}), so no champion is named"
-        )
-        context.log.warning(f"{market}: {landscape}")
+        return {}
+    champion = result.space.decode(result.champion_genome, run.job.data.base)
+    objectives = finite_metadata(result.champion_objectives())
+    return {
+        "champion_params": MetadataValue.json(champion.to_dict()),
+        "champion": metrics_markdown({"champion (validation)": objectives}),
+        **{f"champion/{k}": v for k, v in objectives.items()},
+    }
+
+
+def history_plots(result: GAResult) -> dict[str, MetadataValue]:
+    """Sharpe and return per generation, best and mean."""
     history = result.history
     gens = [h["generation"] for h in history]
-    champion_objectives = finite_metadata(result.champion_objectives())
-    yield Output(
-        population,
-        metadata={
-            **md.profile_metadata(),
-            "task_id": job.key.task_id,
-            "experiment_id": job.key.experiment_id,
-            "train_bars": len(split.train),
-            "window_start": str(frame.index[0]),
-            "window_end": str(frame.index[-1]),
-            "generations_run": result.generations_run,
-            "stop_reason": result.stop_reason,
-            "resumed_from_generation": -1 if result.resumed_from is None else result.resumed_from,
-            "checkpointing": checkpointing,
-            "seeded": len(job.seeds),
-            "seeding": MetadataValue.json(seeding),
-            **uplift,
-            "workers": job.workers,
-            "evaluations": result.evaluations,
-            "trials": n_trials,
-            "trials_sharpe_variance": trials_variance if trials_variance is not None else "n/a",
-            "trials_rule": "every configuration ever scored for this market, experiment and window "
-            "(resumed, rerun, seeded and cold runs alike), stored in the state store; the A/B test's "
-            "deflated Sharpe ratio and Holm count them all",
-            "cache_hits": result.cache_hits,
-            "wall_seconds": round(wall, 3),
-            "population_size": len(population),
-            "pareto_size": int(population["pareto"].sum()),
-            "landscape": landscape,
-            "champion_rule": "Pareto-front member nearest the ideal point after min-max normalising "
-            "each objective over the front; ties: Sharpe, return, drawdown, genome; none when every "
-            "genome scores the same",
-            **(
-                {}
-                if result.flat
-                else {
-                    "champion_params": MetadataValue.json(champion.to_dict()),
-                    "champion": metrics_markdown({"champion (validation)": champion_objectives}),
-                    **{f"champion/{k}": v for k, v in champion_objectives.items()},
-                }
-            ),
-            "fitness_per_generation": line_plot_markdown(
-                "Sharpe per generation",
-                {
-                    "best Sharpe": [h["best_sharpe"] for h in history],
-                    "mean Sharpe": [h["mean_sharpe"] for h in history],
-                },
-                "generation",
-                "Sharpe",
-                x=gens,
-            ),
-            "return_per_generation": line_plot_markdown(
-                "Return per generation",
-                {
-                    "best return": [h["best_return"] for h in history],
-                    "mean return": [h["mean_return"] for h in history],
-                },
-                "generation",
-                "total return",
-                x=gens,
-            ),
-            "pareto_front": pareto_plot_markdown(population),
-        },
-    )
+    return {
+        "fitness_per_generation": line_plot_markdown(
+            "Sharpe per generation",
+            {
+                "best Sharpe": [h["best_sharpe"] for h in history],
+                "mean Sharpe": [h["mean_sharpe"] for h in history],
+            },
+            "generation",
+            "Sharpe",
+            x=gens,
+        ),
+        "return_per_generation": line_plot_markdown(
+            "Return per generation",
+            {
+                "best return": [h["best_return"] for h in history],
+                "mean return": [h["mean_return"] for h in history],
+            },
+            "generation",
+            "total return",
+            x=gens,
+        ),
+    }
+
+
+def population_metadata(
+    mw: MarketWindow, run: GARun, population: pd.DataFrame, seeding: dict[str, Any], landscape: str
+) -> dict[str, Any]:
+    """ga_population's metadata (the UI, ab_report and the tests read these keys)."""
+    job, result = run.job, run.result
+    return {
+        **mw.day.profile_metadata(),
+        "task_id": job.key.task_id,
+        "experiment_id": job.key.experiment_id,
+        "train_bars": len(mw.split.train),
+        **mw.bounds_metadata(),
+        "generations_run": result.generations_run,
+        "stop_reason": result.stop_reason,
+        "resumed_from_generation": -1 if result.resumed_from is None else result.resumed_from,
+        "checkpointing": "state store",
+        "seeded": len(job.seeds),
+        "seeding": MetadataValue.json(seeding),
+        **run.uplift,
+        "workers": job.workers,
+        "evaluations": result.evaluations,
+        "trials": run.trials,
+        "trials_sharpe_variance": run.trials_variance if run.trials_variance is not None else "n/a",
+        "trials_rule": "every configuration ever scored for this market, experiment and window "
+        "(resumed, rerun, seeded and cold runs alike), stored in the state store; the A/B test's "
+        "deflated Sharpe ratio and Holm count them all",
+        "cache_hits": result.cache_hits,
+        "wall_seconds": round(run.wall_seconds, 3),
+        "population_size": len(population),
+        "pareto_size": int(population["pareto"].sum()),
+        "landscape": landscape,
+        "champion_rule": "Pareto-front member nearest the ideal point after min-max normalising "
+        "each objective over the front; ties: Sharpe, return, drawdown, genome; none when every "
+        "genome scores the same",
+        **champion_metadata(run),
+        **history_plots(result),
+        "pareto_front": pareto_plot_markdown(population),
+    }
 
 
 def measure_uplift(
     context: AssetExecutionContext,
-    settings_obj: Settings,
+    mw: MarketWindow,
     job: Optimisation,
     result: GAResult,
-    train: pd.DataFrame,
-    window_start: datetime,
-    end_ts: pd.Timestamp,
-    overrides: dict,
+    overrides: dict[str, int],
 ) -> tuple[dict, tuple[Optimisation, GAResult] | None]:
     """What warm-starting bought: the same GA run cold (no seeds, no checkpoints), then the
     generations and evaluations each run needed to reach the cold champion's Sharpe. Returns the
     metadata and the cold run (its trials count too)."""
     if not job.seeds:
         return {"uplift/measured": "no: the population was not seeded"}, None
-    if not settings_obj.ab_tests.measure_uplift:
+    if not mw.day.settings.ab_tests.measure_uplift:
         return {"uplift/measured": "no: ab_tests.measure_uplift is off"}, None
     market = job.key.market
     cold_job = prepare_optimisation(
-        settings_obj,
+        mw.day.settings,
         market,
-        train,
-        window_start,
-        end_ts.to_pydatetime(),
+        mw.split.train,
+        mw.start,
+        mw.end,
         base=job.data.base,
         workers=job.workers,
         ga_overrides=overrides,

@@ -1,1 +1,2 @@
-"""Dagster definitions (thin glue over core and adapters)."""
+"""Quotes: snapshots from the configured store, their checks, market discovery and the `quotes.updated`
+queue (assets, jobs, sensors, definitions)."""

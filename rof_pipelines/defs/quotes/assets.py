@@ -7,44 +7,25 @@ import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetCheckSpec,
     AssetExecutionContext,
-    Backoff,
     Failure,
     MetadataValue,
     Output,
-    RetryPolicy,
-    asset,
 )
 
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings
 from rof_pipelines.core.market import duration_text, ts_to_us
 from rof_pipelines.core.quotes import CleaningConfig, clean_quotes
 from rof_pipelines.core.window_frame import GAP_LOOKBACK_BARS, bar_gaps, gap_bars_for
-from rof_pipelines.defs.market_day import market_day, skipped_closed_day
-from rof_pipelines.errors import PermanentError
-from rof_pipelines.partitions import market_day_partitions
+from rof_pipelines.defs.market_day import closed_day_checks, market_day, market_day_asset, skipped_closed_day
+from rof_pipelines.defs.resilience import step_errors
 
 ASSET = "quote_snapshots"
 MAX_SANE_JUMP = 0.2  # a 20 % move between two consecutive snapshots is not a market, it is a bug
-
-# Transient failures (a lost connection, an open circuit) retry with backoff; permanent ones do not.
-STORE_RETRY = RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL)
+CHECKS = ("unique_ordered_timestamps", "price_sanity", "gaps")
 
 
-@asset(
-    partitions_def=market_day_partitions,
-    group_name="quotes",
-    io_manager_key="frame_io_manager",
-    kinds={"pandas", "parquet"},
-    retry_policy=STORE_RETRY,
-    output_required=False,  # nothing on a day the market is closed
-    check_specs=[
-        AssetCheckSpec("unique_ordered_timestamps", asset=ASSET, partitions_def=market_day_partitions),
-        AssetCheckSpec("price_sanity", asset=ASSET, partitions_def=market_day_partitions),
-        AssetCheckSpec("gaps", asset=ASSET, partitions_def=market_day_partitions),
-    ],
-)
+@market_day_asset(group_name="quotes", kinds={"pandas", "parquet"}, checks=CHECKS)
 def quote_snapshots(context: AssetExecutionContext, settings: RofSettings, quote_store: QuoteStoreResource):
     """One market's quote snapshots for one UTC day, read from the configured quote store and cleaned:
     duplicates, out-of-order deliveries, NaN and non-positive prices, isolated spikes and crossed
@@ -53,17 +34,14 @@ def quote_snapshots(context: AssetExecutionContext, settings: RofSettings, quote
     is closed (an FX Saturday, an exchange holiday) nothing is materialised and the checks say why."""
     md = market_day(context, settings)
     if skipped_closed_day(context, md):
-        yield from closed_day_checks(md.closed_reason or "")
+        yield from closed_day_checks(md.closed_reason or "", CHECKS)
         return
     interval = md.profile.bar_interval
     gap_bars = gap_bars_for(interval)
     lookback = md.profile.calendar.start_for_bars(md.start, max(gap_bars, GAP_LOOKBACK_BARS), interval)
-    try:
-        with quote_store.open() as store:
-            described = store.describe()
-            raw = store.read(md.market, lookback, md.end)
-    except PermanentError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from exc
+    with step_errors(), quote_store.open() as store:
+        described = store.describe()
+        raw = store.read(md.market, lookback, md.end)
     before = raw["ts"] < pd.Timestamp(md.start)
     day_raw = raw.loc[~before]
     if day_raw.empty:
@@ -94,16 +72,6 @@ def quote_snapshots(context: AssetExecutionContext, settings: RofSettings, quote
         },
     )
     yield from snapshot_checks(clean, report.duplicates, report.outliers, gaps, gap_bars, interval)
-
-
-def closed_day_checks(reason: str):
-    for name in ("unique_ordered_timestamps", "price_sanity", "gaps"):
-        yield AssetCheckResult(
-            check_name=name,
-            passed=True,
-            metadata={"market_closed": reason},
-            description=f"market closed: {reason}",
-        )
 
 
 def snapshot_checks(

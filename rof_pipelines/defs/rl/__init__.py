@@ -1,1 +1,1 @@
-"""Dagster definitions (thin glue over core and adapters)."""
+"""RL: the Q-learning agent's table for one market and day (assets, definitions)."""

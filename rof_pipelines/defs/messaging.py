@@ -1,4 +1,7 @@
-"""RabbitMQ sensors (the task worker): every valid message becomes exactly one run request.
+"""The RabbitMQ queue sensors' shared tick (the task worker): every valid message becomes exactly one
+run request. Each domain builds its own queue sensor with :func:`queue_sensor`, naming the queue, the
+job and how one inbox row becomes run requests (defs/quotes/sensors.py, defs/optimisation/sensors.py,
+defs/ops/sensors.py).
 
 One tick, per queue:
 1. back-pressure: when ``queue_size`` runs of the job's pool are already waiting, drain nothing;
@@ -29,6 +32,7 @@ from dagster import (
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -36,33 +40,25 @@ from dagster import (
 )
 
 from rof_pipelines.adapters.inbox import Inbox, InboxRow
-from rof_pipelines.adapters.messages import (
-    MalformedMessage,
-    MessageLimits,
-    QuotesUpdatedMessage,
-    TaskMessage,
-    UnrunnableMessage,
-    planned_runs,
-)
+from rof_pipelines.adapters.messages import MessageLimits
 from rof_pipelines.adapters.resources import RabbitMQResource, RofSettings, StateStoreResource
 from rof_pipelines.core.market import Market
-from rof_pipelines.defs.jobs import all_market_day_assets_job, nightly_optimisation_job
-from rof_pipelines.defs.load_time import settings_at_load
-from rof_pipelines.defs.ops.backups import state_backup_job
-from rof_pipelines.errors import NotFoundError, PartitionOutOfRange, PermanentError, StoreUnavailableError
-from rof_pipelines.partitions import (
-    HISTORY_START,
-    last_partition_day,
-    market_and_day,
-    market_day_key,
-    markets_partitions,
+from rof_pipelines.errors import (
+    MalformedMessage,
+    NotFoundError,
+    PartitionOutOfRange,
+    PermanentError,
+    StoreUnavailableError,
+    UnrunnableMessage,
 )
+from rof_pipelines.partitions import HISTORY_START, last_partition_day, market_and_day, markets_partitions
+from rof_pipelines.settings import Settings
 
 WAITING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING]
-INTERVAL = settings_at_load().storage.rabbitmq.sensor_interval_seconds
 # No inbox row is turned into more requests than any storage.rabbitmq.max_runs_per_message allows.
 MAX_REQUESTS_PER_ROW = 10_000
-# A broker problem is logged at most this often per sensor (a sensor ticks every INTERVAL seconds).
+# A broker problem is logged at most this often per sensor (a sensor ticks every
+# storage.rabbitmq.sensor_interval_seconds).
 BROKER_LOG_INTERVAL_S = 60.0
 _broker_logged_at: dict[str, float] = {}  # sensor name -> time.monotonic() of its last broker log
 # pika logs every failed connection attempt at ERROR, with a traceback; the adapter turns the failure
@@ -91,52 +87,9 @@ def log_broker_problem(context: SensorEvaluationContext, sensor_name: str, reaso
     return True
 
 
-def _tags(row: InboxRow, **extra: str) -> dict[str, str]:
+def message_tags(row: InboxRow, **extra: str) -> dict[str, str]:
+    """The run tags every message's run carries: what triggered it, and the message id."""
     return {"rof/trigger": f"message:{row.message_id}", "rof/message_id": row.message_id, **extra}
-
-
-def task_requests(row: InboxRow) -> list[RunRequest]:
-    """Optimise the market for the message's day, or the last complete day when it was sent."""
-    payload = row.payload
-    day = TaskMessage.model_validate(payload).run_day.isoformat()
-    return [
-        RunRequest(
-            run_key=row.message_id,
-            partition_key=market_day_key(payload["market"], day),
-            tags=_tags(row, **{"rof/market": payload["market"], "rof/date": day}),
-        )
-    ]
-
-
-def quotes_updated_requests(row: InboxRow) -> list[RunRequest]:
-    """Rerun every day the new quotes touch (and, through the job, what depends on them); today's
-    partition does not exist yet, so today is left to the nightly run once it is over."""
-    payload = row.payload
-    message = QuotesUpdatedMessage.model_validate(payload)
-    last_day = last_partition_day()
-    runs = planned_runs(message, last_day)
-    if runs > MAX_REQUESTS_PER_ROW:  # checked before building them: an old row may span centuries
-        raise UnrunnableMessage(f"asks for {runs} runs, more than any configuration allows")
-    days = message.run_days(last_day)
-    return [
-        RunRequest(
-            run_key=f"{row.message_id}:{day.isoformat()}",
-            partition_key=market_day_key(payload["market"], day),
-            tags=_tags(row, **{"rof/market": payload["market"], "rof/date": day.isoformat()}),
-        )
-        for day in days
-    ]
-
-
-def backup_requests(row: InboxRow) -> list[RunRequest]:
-    """Back up to the destination the message names. A row inboxed before destinations existed
-    carries a ``target`` URL instead: it is passed on as a name, so its run fails visibly with
-    "no destination named ..." rather than writing there or silently to the default."""
-    destination = row.payload.get("destination") or row.payload.get("target")
-    run_config = (
-        {"ops": {"backup_state_store": {"config": {"destination": destination}}}} if destination else {}
-    )
-    return [RunRequest(run_key=row.message_id, run_config=run_config, tags=_tags(row))]
 
 
 def check_requests(requests: list[RunRequest], last_day: date, max_runs: int) -> None:
@@ -168,13 +121,18 @@ def queue_sensor(
     pool: str,
     to_requests: Callable[[InboxRow], list[RunRequest]],
     description: str,
-):
+    at_load: Settings,
+) -> SensorDefinition:
+    """The sensor ``<kind>_messages_sensor`` that drains the ``kind`` queue into runs of ``job`` (in
+    worker pool ``pool``). It ticks every storage.rabbitmq.sensor_interval_seconds of
+    ``at_load``, the settings read when the code location loads; each tick reads the rest of
+    the configuration afresh through the ``settings`` resource."""
     name = f"{kind.replace('.', '_')}_messages_sensor"
 
     @sensor(
         name=name,
         job=job,
-        minimum_interval_seconds=INTERVAL,
+        minimum_interval_seconds=at_load.storage.rabbitmq.sensor_interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description=description,
     )
@@ -264,26 +222,3 @@ def queue_sensor(
         )
 
     return _sensor
-
-
-tasks_sensor = queue_sensor(
-    "task",
-    nightly_optimisation_job,
-    "ab_optimizer",
-    task_requests,
-    "`tasks` queue: optimise a market now, one run per message (run key = message id).",
-)
-quotes_updated_sensor = queue_sensor(
-    "quotes.updated",
-    all_market_day_assets_job,
-    "ab_optimizer",
-    quotes_updated_requests,
-    "`quotes.updated` queue: rerun every market/day the new quotes touch, and what depends on them.",
-)
-backup_sensor = queue_sensor(
-    "backup",
-    state_backup_job,
-    "task_worker",
-    backup_requests,
-    "`backup` queue: back up the state store now.",
-)

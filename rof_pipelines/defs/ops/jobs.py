@@ -2,14 +2,12 @@
 
 from typing import Optional
 
-from dagster import Config, DefaultScheduleStatus, OpExecutionContext, Output, ScheduleDefinition, job, op
+from dagster import Config, JobDefinition, OpExecutionContext, Output, job, op
 
 from rof_pipelines.adapters.backup import prune_backups, write_backup
 from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
-from rof_pipelines.defs.load_time import pool_tags, settings_at_load
-from rof_pipelines.settings import DEFAULT_BACKUP_DESTINATION
-
-POOL_TAGS = pool_tags("task_worker")
+from rof_pipelines.defs.load_time import pool_tags
+from rof_pipelines.settings import DEFAULT_BACKUP_DESTINATION, Settings
 
 
 class BackupOpConfig(Config):
@@ -50,22 +48,15 @@ def backup_state_store(
     )
 
 
-@job(
-    name="state_backup",
-    description="Back up the state store (all tables, one consistent snapshot) and prune old backups.",
-    tags=POOL_TAGS,
-)
-def state_backup_job():
-    backup_state_store()
+def build_state_backup_job(at_load: Settings) -> JobDefinition:
+    """``state_backup``, in the task_worker pool (its run tags as the code location loaded them)."""
 
+    @job(
+        name="state_backup",
+        description="Back up the state store (all tables, one consistent snapshot) and prune old backups.",
+        tags=pool_tags(at_load, "task_worker"),
+    )
+    def state_backup_job():
+        backup_state_store()
 
-_backup = settings_at_load().system_setup.schedules.state_backup
-state_backup_schedule = ScheduleDefinition(
-    name="state_backup_schedule",
-    job=state_backup_job,
-    cron_schedule=_backup.cron,
-    execution_timezone=_backup.timezone,
-    default_status=DefaultScheduleStatus.RUNNING,
-    description="Periodic state-store backup (system_setup.schedules.state_backup).",
-    tags={"rof/trigger": "schedule"},
-)
+    return state_backup_job
