@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pybreaker
 
-from rof_pipelines.adapters.metrics import BREAKER_FAILURES, BREAKER_STATE
+from rof_pipelines.adapters.metrics import BREAKER_FAILURES, BREAKER_STATE, BREAKER_TRANSITIONS
 
 # The adapters' password-free error text; defined beside the config's redaction, one set of rules.
 from rof_pipelines.core.redaction import error_message, scrub  # noqa: F401
@@ -26,6 +26,7 @@ _STATE_VALUE = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreak
 class _MetricsListener(pybreaker.CircuitBreakerListener):
     def state_change(self, cb: pybreaker.CircuitBreaker, _old_state, new_state) -> None:  # type: ignore[no-untyped-def]
         BREAKER_STATE.labels(cb.name).set(_STATE_VALUE.get(new_state.name, 0))
+        BREAKER_TRANSITIONS.labels(cb.name, new_state.name.replace("-", "_")).inc()
 
     def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
         BREAKER_FAILURES.labels(cb.name).inc()

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ from typing import Any
 
 import pandas as pd
 
+from rof_pipelines.adapters import pushgateway
+from rof_pipelines.adapters.metrics import GA_EVALUATIONS
 from rof_pipelines.adapters.state_store import StateStore
 from rof_pipelines.core.experiment import trials_key
 from rof_pipelines.core.ga.engine import CheckpointSink, GAResult, GASettings, ProgressReport
@@ -96,10 +99,15 @@ class StoreCheckpoints:
         self.key = key
         self.log_progress = log_progress
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._evaluations = 0  # where the last report left the task's evaluation count, and when
+        self._reported_at = time.perf_counter()
 
     def latest(self) -> dict[str, Any] | None:
         found = self.store.checkpoints.latest(self.key.as_mapping())
-        return decode_payload(found.payload) if found is not None else None
+        payload = decode_payload(found.payload) if found is not None else None
+        self._evaluations = int((payload or {}).get("evaluations", 0))
+        self._reported_at = time.perf_counter()
+        return payload
 
     def save(self, generation: int, payload: dict[str, Any], *, final: bool) -> None:
         history = payload.get("history") or [{}]
@@ -112,6 +120,7 @@ class StoreCheckpoints:
         )
 
     def progress(self, report: ProgressReport) -> None:
+        details = {**report.details, **self._rate(report.details)}
         self.store.progress.record(
             self.key.task_id,
             self.key.market,
@@ -120,12 +129,22 @@ class StoreCheckpoints:
             report.best_fitness,
             report.eta_seconds,
             "completed" if report.final else "running",
-            details=report.details,
+            details=details,
             worker_id=self.worker_id,
             experiment_id=self.key.experiment_id,
             window_start=self.key.window_start,
             window_end=self.key.window_end,
         )
+        pushgateway.push_active()  # throttled: at most one push per pushgateway_interval
+
+    def _rate(self, details: Mapping[str, Any]) -> dict[str, float]:
+        """Evaluations per second since the last report (O(1) per generation; ga_evaluations_*)."""
+        now, evaluations = time.perf_counter(), int(details.get("evaluations", self._evaluations))
+        done, seconds = evaluations - self._evaluations, now - self._reported_at
+        self._evaluations, self._reported_at = evaluations, now
+        if done > 0:
+            GA_EVALUATIONS.inc(done)
+        return {"evaluations_per_second": round(done / seconds, 3)} if seconds > 0 and done >= 0 else {}
 
 
 @dataclass

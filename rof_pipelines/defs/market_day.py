@@ -15,6 +15,7 @@ import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Failure, asset
 
 from rof_pipelines.adapters.experiments import seed_plan_for
+from rof_pipelines.adapters.pushgateway import pushed_step
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings
 from rof_pipelines.adapters.windows import read_frame, read_window
 from rof_pipelines.core.experiment import knowledge_task_id
@@ -23,6 +24,7 @@ from rof_pipelines.core.knowledge import SeedPlan
 from rof_pipelines.core.market import Market, MarketProfile
 from rof_pipelines.core.window_frame import WindowFrame
 from rof_pipelines.core.windows import WindowSplit, split_train_test
+from rof_pipelines.defs.profiling import profiled_step
 from rof_pipelines.defs.resilience import TRANSIENT_RETRY, step_errors
 from rof_pipelines.errors import ConfigError
 from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions
@@ -32,7 +34,9 @@ from rof_pipelines.settings import Settings
 def market_day_asset(*, checks: tuple[str, ...] = (), **kwargs: Any):  # type: ignore[no-untyped-def]
     """``@asset`` with what every market-day asset has: the date x market partitions, the frame IO
     manager, nothing materialised on a day the market is closed (``output_required=False``), the one
-    retry policy, and its ``checks`` on the same partitions. ``kwargs`` go to ``@asset``."""
+    retry policy, its ``checks`` on the same partitions, and per-run profiling (the run tag
+    ``rof/profile: cpu|memory``, ``defs/profiling.py``) and the step's metrics push
+    (``adapters/pushgateway.py``). ``kwargs`` go to ``@asset``."""
 
     def decorate(fn):  # type: ignore[no-untyped-def]
         specs = [
@@ -45,7 +49,7 @@ def market_day_asset(*, checks: tuple[str, ...] = (), **kwargs: Any):  # type: i
             retry_policy=TRANSIENT_RETRY,
             check_specs=specs or None,
             **kwargs,
-        )(fn)
+        )(profiled_step(pushed_step(fn)))
 
     return decorate
 

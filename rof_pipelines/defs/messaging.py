@@ -41,6 +41,7 @@ from dagster import (
 
 from rof_pipelines.adapters.inbox import Inbox, InboxRow
 from rof_pipelines.adapters.messages import MessageLimits
+from rof_pipelines.adapters.pushgateway import pushed_tick
 from rof_pipelines.adapters.resources import RabbitMQResource, RofSettings, StateStoreResource
 from rof_pipelines.core.market import Market
 from rof_pipelines.errors import (
@@ -136,6 +137,7 @@ def queue_sensor(
         default_status=DefaultSensorStatus.RUNNING,
         description=description,
     )
+    @pushed_tick(name)  # the tick's message and inbox counters, to the Pushgateway (when configured)
     def _sensor(
         context: SensorEvaluationContext,
         settings: RofSettings,

@@ -1,6 +1,7 @@
 """The one interface every quote store implements, as a template: the base class runs the checks and
 shapes the answers, a store fills in ``_write`` / ``_read`` / ``_markets`` / ``_time_range``."""
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, Self
 
 import pandas as pd
 
+from rof_pipelines.adapters.metrics import record_load
 from rof_pipelines.adapters.quote_stores.validation import validated_quotes
 from rof_pipelines.core.market import Market, datetime_to_us, empty_quotes
 
@@ -56,7 +58,9 @@ class QuoteStore(ABC):
         start_us, end_us = datetime_to_us(start), datetime_to_us(end)
         if start_us >= end_us:
             return empty_quotes()
+        started = time.perf_counter()
         frame = self._read(market, start_us, end_us)
+        record_load(time.perf_counter() - started, frame)  # data_manager_load_*: pushed by runs
         return empty_quotes() if frame.empty else frame
 
     def markets(self) -> list[Market]:

@@ -16,6 +16,7 @@ from dagster import (
 
 from rof_pipelines.adapters.config_versions import check_config, last_valid_path
 from rof_pipelines.adapters.inbox import InboxRow
+from rof_pipelines.adapters.pushgateway import pushed_tick
 from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
 from rof_pipelines.core.redaction import scrub, secret_values
 from rof_pipelines.defs.messaging import message_tags, queue_sensor
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
     "in the state store. Valid edits apply to runs started afterwards; an invalid edit is refused "
     "with its key path and reason (an alert), and the last valid version stays in force.",
 )
+@pushed_tick("config_reload_sensor")  # data_manager_config_reloads_total, to the Pushgateway
 def config_reload_sensor(
     context: SensorEvaluationContext, settings: RofSettings, state_store: StateStoreResource
 ):
