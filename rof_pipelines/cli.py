@@ -33,6 +33,18 @@ app.add_typer(quotes_app, name="quotes")
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
 app.add_typer(config_app, name="config")
+ops_app = typer.Typer(help="The ops service: /metrics and /health.", no_args_is_help=True)
+app.add_typer(ops_app, name="ops")
+
+
+@app.callback()
+def _logging() -> None:
+    """Every command logs at system_setup.log_level in system_setup.log_format, scrubbed of the
+    configuration's secrets (adapters/logs.py)."""
+    from rof_pipelines.adapters.logs import configure_for_process
+
+    configure_for_process()
+
 
 DEFAULT_DAGSTER_HOME = PROJECT_ROOT / ".dagster_home"
 StoreOption = Annotated[
@@ -837,6 +849,71 @@ def bench_rl(bars: int = 1_000_000, episodes: int = 20) -> None:
     from rof_pipelines.bench.rl import bench_rl as run
 
     _emit(run(bars, episodes))
+
+
+@bench_app.command("ops")
+def bench_ops(
+    markets: int = 100,
+    runs: Annotated[int, typer.Option(help="run records in the Dagster instance")] = 10_000,
+    scrapes: int = 200,
+    repeats: Annotated[int, typer.Option(help="GA runs with and without recording, alternated")] = 5,
+) -> None:
+    """The ops service's /metrics scrape latency (p50/p99) with MARKETS markets and RUNS runs in the
+    instance (goal p99 < 1 s), and the wall-time overhead of recording metrics on a GA run (goal < 2 %)."""
+    from rof_pipelines.bench.ops import bench_ops as run
+
+    _emit(run(markets, runs, scrapes, repeats))
+
+
+# --- ops --------------------------------------------------------------------------------------------
+
+
+@ops_app.command("serve")
+def ops_serve(
+    host: Annotated[str, typer.Option(help="bind address; loopback unless exposed on purpose")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="default: system_setup.metrics_port")] = None,
+    critical: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--critical",
+            help="a dependency whose failure makes /health 503 (repeatable; default state_store "
+            "and dagster_instance; also quote_store, rabbitmq, dagster_daemon)",
+        ),
+    ] = None,
+    probe_timeout: Annotated[
+        float | None,
+        typer.Option(help="seconds each /health probe may take (default: call_timeout, at most 3)"),
+    ] = None,
+) -> None:
+    """Serve /metrics (Prometheus), /health, /health/live and /health/ready until stopped, and the
+    profiler on pprof_port when system_setup.profiling_enabled."""
+    from rof_pipelines.ops.app import build_app, serve
+    from rof_pipelines.ops.health import DEFAULT_CRITICAL, DEPENDENCIES
+    from rof_pipelines.ops.profiling import describe, ops_app_debug_routes, start_profiling_server
+
+    settings = load_settings()
+    unknown = sorted(set(critical or ()) - set(DEPENDENCIES))
+    if unknown:
+        _fail(f"--critical {', '.join(unknown)}: use one of {', '.join(DEPENDENCIES)}")
+    os.environ.setdefault("DAGSTER_HOME", str(DEFAULT_DAGSTER_HOME))
+    app_ = build_app(
+        load_settings,
+        critical=critical or DEFAULT_CRITICAL,
+        timeout_s=probe_timeout,
+        extra_routes=ops_app_debug_routes(settings),
+    )
+    port = port or settings.system_setup.metrics_port
+    profiler = start_profiling_server(settings)
+    typer.echo(
+        f"rof ops: http://{host}:{port}/metrics /health  DAGSTER_HOME={os.environ['DAGSTER_HOME']}; "
+        f"{describe(profiler)}",
+        err=True,
+    )
+    try:
+        serve(app_, host=host, port=port, log_level=settings.system_setup.log_level)
+    finally:
+        if profiler is not None:
+            profiler.stop()
 
 
 # --- demo and ui ----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from rof_pipelines.adapters.resources import (
 from rof_pipelines.defs.experiments import definitions as experiments
 from rof_pipelines.defs.indicators import definitions as indicators
 from rof_pipelines.defs.load_time import settings_at_load
+from rof_pipelines.defs.loggers import rof_console_logger
 from rof_pipelines.defs.ops import definitions as ops
 from rof_pipelines.defs.optimisation import definitions as optimisation
 from rof_pipelines.defs.quotes import definitions as quotes
@@ -47,7 +48,10 @@ def shared_resources() -> dict[str, Any]:
 def build_definitions(at_load: Settings) -> Definitions:
     """Every domain's definitions built from ``at_load`` and merged, with the shared resources."""
     domains = [domain.domain_definitions(at_load) for domain in DOMAINS]
-    return Definitions.merge(*domains, Definitions(resources=shared_resources()))
+    # A run whose config names `loggers: {console: ...}` logs Dagster's events in system_setup's
+    # level and format, scrubbed (defs/loggers.py); otherwise dagster.yaml's python_logs applies.
+    loggers = {"console": rof_console_logger}
+    return Definitions.merge(*domains, Definitions(resources=shared_resources(), loggers=loggers))
 
 
 @definitions

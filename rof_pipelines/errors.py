@@ -104,6 +104,10 @@ class RefusedMessages(PermanentError):
         )
 
 
+class InvalidRequest(DataValidationError):
+    """An ops-service request with a parameter out of bounds; answered with HTTP 400 and the reason."""
+
+
 class ReferenceUnavailable(PermanentError):
     """The C yardstick cannot be built or run here (no compiler, a failed compile, a crash)."""
 

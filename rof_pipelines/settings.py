@@ -319,12 +319,24 @@ class BackupConfig(_Section):
 
 
 class SystemSetup(_Section):
-    # Served by the ops service, which does not exist yet: nothing reads these three today. They are
-    # validated so a config written for it loads now. log_level will set the root logger's level,
-    # metrics_port is where adapters.metrics.REGISTRY will be served, pprof_port the profiler's port.
+    # log_level and log_format: every entry point's logging (adapters/logs.py: the CLI, `rof ops
+    # serve`, the settings resource in Dagster runs; deploy/dagster.yaml's python_logs for Dagster's
+    # own loggers). metrics_port: where `rof ops serve` listens (/metrics, /health).
     log_level: Literal["debug", "info", "warning", "warn", "error", "critical"] = "info"
-    metrics_port: int = Field(default=8080, ge=1, le=65535, description="not read yet: the ops service's")
-    pprof_port: int = Field(default=9080, ge=1, le=65535, description="not read yet: the ops service's")
+    # text: one human line per record; json: one JSON object per line (adapters/logs.py), for collectors.
+    log_format: Literal["text", "json"] = "text"
+    metrics_port: int = Field(default=8080, ge=1, le=65535, description="`rof ops serve` (ops/app.py)")
+    pprof_port: int = Field(default=9080, ge=1, le=65535, description="the profiler's (ops/profiling.py)")
+    # The profiling server (/debug/pprof/profile, /heap) is not started unless enabled; loopback by
+    # default, since a profile shows the code and its data.
+    profiling_enabled: bool = False
+    pprof_host: str = "127.0.0.1"
+    # A Prometheus Pushgateway runs push their step figures to (adapters/pushgateway.py); empty = off.
+    pushgateway_url: str = Field(default="", description="http://host:9091 of a Pushgateway; empty: no push")
+    pushgateway_timeout: float = Field(default=2.0, gt=0, le=30, description="seconds per push")
+    pushgateway_interval: float = Field(
+        default=10.0, ge=0, description="least seconds between mid-step pushes"
+    )
     worker_pool: WorkerPoolConfig = WorkerPoolConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     schedules: SchedulesConfig = SchedulesConfig()
@@ -875,8 +887,10 @@ class AIConfig(_Section):
 # The environment variables, each mapped to its key path in config.yaml.
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "LOG_LEVEL": ("system_setup", "log_level"),
+    "LOG_FORMAT": ("system_setup", "log_format"),
     "METRICS_PORT": ("system_setup", "metrics_port"),
     "PPROF_PORT": ("system_setup", "pprof_port"),
+    "PUSHGATEWAY_URL": ("system_setup", "pushgateway_url"),
     "DB_USER": ("storage", "postgres", "db_user"),
     "DB_PASSWORD": ("storage", "postgres", "db_password"),
     "DB_HOST": ("storage", "postgres", "db_host"),

@@ -11,10 +11,11 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 
 from rof_pipelines.adapters.config_versions import load_in_force
 from rof_pipelines.adapters.embedded_pg import ensure_state_store
+from rof_pipelines.adapters.logs import configure_for_process
 from rof_pipelines.adapters.quote_stores import QuoteStore, open_quote_store
 from rof_pipelines.adapters.rabbitmq import RabbitMQ
 from rof_pipelines.adapters.state_store import InMemoryStateStore, StateStore, ensure_migrated
@@ -36,6 +37,11 @@ class RofSettings(ConfigurableResource):
 
     def path(self) -> Path:
         return Path(self.config_path) if self.config_path else config_path_from_env()
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Each process that runs steps (or ticks) logs at ``system_setup.log_level`` in
+        ``log_format``, scrubbed of the secrets (adapters/logs.py), with the config in force."""
+        configure_for_process(self.load)
 
 
 class QuoteStoreResource(ConfigurableResource):

@@ -52,12 +52,27 @@ run_retries:
   enabled: true
   max_retries: 2
 
+# Dagster's own loggers (its console lines and the context.log messages the event log keeps) at
+# system_setup.log_level; the project's module loggers follow the config itself in every step
+# process (the settings resource, adapters/logs.py), text or JSON, scrubbed.
+python_logs:
+  python_log_level: {log_level}
+
 telemetry:
   enabled: false
 """
 
 
 INSTANCE_FILE = PROJECT_ROOT / "deploy" / "dagster.yaml"
+# system_setup.log_level -> the level name Dagster's python_logs section takes.
+DAGSTER_LOG_LEVELS = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warning": "WARNING",
+    "warn": "WARNING",
+    "error": "ERROR",
+    "critical": "CRITICAL",
+}
 
 
 def render_instance_yaml(settings: Settings) -> str:
@@ -74,5 +89,6 @@ def render_instance_yaml(settings: Settings) -> str:
             total=pools.task_worker.max_workers + pools.ab_optimizer.max_workers,
             limits=limits,
             max_runtime=int(longest.total_seconds()) * 2,  # a backstop; the per-pool tag is the real limit
+            log_level=DAGSTER_LOG_LEVELS[settings.system_setup.log_level],
         )
     )
