@@ -1,4 +1,4 @@
-# One image for the Dagster webserver, the daemon and the code location.
+# One image for the Dagster webserver, the daemon, the code location and the ops service.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -23,6 +23,10 @@ RUN mkdir -p "$DAGSTER_HOME" /opt/rof/data
 # The production instance (rendered by `rof instance render`; kept out of the repository root).
 COPY deploy/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
-EXPOSE 3000
-# docker-compose picks the role: webserver (default), daemon, or a one-off `rof ...` command.
+# 3000: the Dagster webserver; 8080: `rof ops serve` (/health, /health/live, /health/ready, /metrics;
+# system_setup.metrics_port). The profiler's pprof_port (9080) stays unexposed: it is off unless
+# enabled and bound to loopback by default.
+EXPOSE 3000 8080
+# docker-compose picks the role: webserver (default), daemon, `rof ops serve --host 0.0.0.0` (the ops
+# service), or a one-off `rof ...` command.
 CMD ["dagster-webserver", "-h", "0.0.0.0", "-p", "3000", "-w", "/opt/rof/workspace.yaml"]
