@@ -16,6 +16,7 @@ import multiprocessing
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,25 +43,31 @@ def _peak_rss_mb() -> dict[str, float]:
     return {"peak_rss_mb": round(own, 1), "peak_rss_worker_mb": round(children, 1)}
 
 
-def bench_ga(
-    workers: int, days: int = 7, population: int = 50, generations: int = 20, repeats: int = 5
-) -> dict[str, Any]:
-    if workers < 1 or repeats < 1:
-        raise ValueError("workers and repeats must be >= 1")
+@dataclass(frozen=True)
+class GASetup:
+    """What a GA benchmark runs: one market's training bars, the search space, the base agent and
+    GA settings measuring every generation (no early stop)."""
+
+    market: Market
+    start: datetime
+    bars: int
+    train: Any
+    space: SearchSpace
+    base: RLParams
+    ga: GASettings
+
+
+def ga_setup(days: int, population: int, generations: int) -> GASetup:
+    """7 days of generated one-minute bars by default; the same for every GA benchmark."""
     settings = load_settings()
     start = datetime(2024, 1, 1, tzinfo=UTC)
+    market = Market.parse("bench:BTCUSDT")
     quotes = generate_quotes(
-        Market.parse("bench:BTCUSDT"),
-        start,
-        start + timedelta(days=days),
-        config=GeneratorConfig(mean_interval_seconds=15.0),
+        market, start, start + timedelta(days=days), config=GeneratorConfig(mean_interval_seconds=15.0)
     )
     clean, _ = clean_quotes(quotes)
     frame = build_indicator_frame(resample_bars(clean, timedelta(minutes=1)))
-    train_part = split_train_test(frame).train
     ga_config = settings.ab_tests.experiment.ga
-    space = SearchSpace.from_mapping(ga_config.search_space)
-    base = RLParams.from_settings(settings.ai_config)
     ga = GASettings.from_config(
         ga_config,
         settings.ab_tests.state_management.checkpoint_interval,
@@ -70,6 +77,24 @@ def bench_ga(
         max_population=max(population, ga_config.max_population),
         patience=generations + 1,  # measure every generation
     )
+    return GASetup(
+        market,
+        start,
+        len(frame),
+        split_train_test(frame).train,
+        SearchSpace.from_mapping(ga_config.search_space),
+        RLParams.from_settings(settings.ai_config),
+        ga,
+    )
+
+
+def bench_ga(
+    workers: int, days: int = 7, population: int = 50, generations: int = 20, repeats: int = 5
+) -> dict[str, Any]:
+    if workers < 1 or repeats < 1:
+        raise ValueError("workers and repeats must be >= 1")
+    setup = ga_setup(days, population, generations)
+    train_part, space, base, ga = setup.train, setup.space, setup.base, setup.ga
     warm()  # compile / load the kernels outside the timings
     _yardstick_seconds()
     walls: dict[int, list[float]] = {1: [], workers: []}
@@ -99,7 +124,7 @@ def bench_ga(
     pair_ratios = [a / b for a, b in zip(walls[1], walls[workers], strict=True)]
     return {
         "bench": "ga",
-        "bars": len(frame),
+        "bars": setup.bars,
         "train_bars": len(train_part),
         "population": population,
         "generations": k.generations_run,

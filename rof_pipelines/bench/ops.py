@@ -281,15 +281,10 @@ def bench_overhead(
     from rof_pipelines.adapters import pushgateway
     from rof_pipelines.adapters.optimisation import StoreCheckpoints, TaskKey
     from rof_pipelines.adapters.state_store.memory import InMemoryStateStore
-    from rof_pipelines.core.ga.engine import GASettings, optimise
+    from rof_pipelines.bench.ga import ga_setup
+    from rof_pipelines.core.ga.engine import optimise
     from rof_pipelines.core.ga.fitness import build_fitness_data
-    from rof_pipelines.core.ga.space import SearchSpace
     from rof_pipelines.core.ga.warmup import warm
-    from rof_pipelines.core.indicators import build_indicator_frame
-    from rof_pipelines.core.market import Market
-    from rof_pipelines.core.quotes import GeneratorConfig, clean_quotes, generate_quotes, resample_bars
-    from rof_pipelines.core.rl.agent import RLParams
-    from rof_pipelines.core.windows import split_train_test
     from rof_pipelines.settings import load_settings
 
     class Unrecorded(StoreCheckpoints):
@@ -309,24 +304,14 @@ def bench_overhead(
             )
 
     settings = load_settings()
-    start = datetime(2024, 1, 1, tzinfo=UTC)
-    market = Market.parse("bench:BTCUSDT")
-    quotes = generate_quotes(
-        market, start, start + timedelta(days=days), config=GeneratorConfig(mean_interval_seconds=15.0)
-    )
-    clean, _ = clean_quotes(quotes)
-    train_part = split_train_test(build_indicator_frame(resample_bars(clean, timedelta(minutes=1)))).train
-    ga_config = settings.ab_tests.experiment.ga
-    space = SearchSpace.from_mapping(ga_config.search_space)
-    base = RLParams.from_settings(settings.ai_config)
-    ga = GASettings.from_config(
-        ga_config,
-        settings.ab_tests.state_management.checkpoint_interval,
-        population_size=population,
-        generations=generations,
-        min_population=min(population, ga_config.min_population),
-        max_population=max(population, ga_config.max_population),
-        patience=generations + 1,
+    setup = ga_setup(days, population, generations)
+    market, start, train_part, space, base, ga = (
+        setup.market,
+        setup.start,
+        setup.train,
+        setup.space,
+        setup.base,
+        setup.ga,
     )
     warm()
     walls: dict[str, list[float]] = {"off": [], "on": []}
