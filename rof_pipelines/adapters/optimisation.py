@@ -92,6 +92,8 @@ def decode_payload(blob: bytes) -> dict[str, Any]:
 class StoreCheckpoints:
     """The engine's checkpoint sink on the state store."""
 
+    records_metrics = True  # evaluations per second, ga_evaluations_total, the throttled push
+
     def __init__(
         self, store: StateStore, key: TaskKey, log_progress: Callable[[str], None] | None = None
     ) -> None:
@@ -120,7 +122,7 @@ class StoreCheckpoints:
         )
 
     def progress(self, report: ProgressReport) -> None:
-        details = {**report.details, **self._rate(report.details)}
+        details = {**report.details, **self._rate(report.details)} if self.records_metrics else report.details
         self.store.progress.record(
             self.key.task_id,
             self.key.market,
@@ -135,7 +137,8 @@ class StoreCheckpoints:
             window_start=self.key.window_start,
             window_end=self.key.window_end,
         )
-        pushgateway.push_active()  # throttled: at most one push per pushgateway_interval
+        if self.records_metrics:
+            pushgateway.push_active()  # throttled: at most one push per pushgateway_interval
 
     def _rate(self, details: Mapping[str, Any]) -> dict[str, float]:
         """Evaluations per second since the last report (O(1) per generation; ga_evaluations_*)."""

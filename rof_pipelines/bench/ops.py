@@ -292,18 +292,7 @@ def bench_overhead(
     class Unrecorded(StoreCheckpoints):
         """The sink without the metrics: the progress row only, as before the metrics existed."""
 
-        def progress(self, report: Any) -> None:
-            self.store.progress.record(
-                self.key.task_id,
-                self.key.market,
-                report.generation,
-                report.total_generations,
-                report.best_fitness,
-                report.eta_seconds,
-                "completed" if report.final else "running",
-                details=report.details,
-                worker_id=self.worker_id,
-            )
+        records_metrics = False
 
     settings = load_settings()
     setup = ga_setup(days, population, generations)
