@@ -47,6 +47,20 @@ class ConfigError(PermanentError):
     """Configuration is invalid; the message names the key path and the reason."""
 
 
+class AlertRuleError(ConfigError):
+    """An alert rule that cannot be used: its name, where in the expression (or template), and why."""
+
+    def __init__(self, rule: str, reason: str, line: int | None = None, column: int | None = None) -> None:
+        self.rule, self.reason, self.line, self.column = rule, reason, line, column
+        where = f" at line {line}, column {column}" if line is not None and column is not None else ""
+        super().__init__(f"alert rule {rule!r}: {reason}{where}")
+
+
+class FigureNotSet(ValueError):
+    """An alert rule read a figure its entity does not have (an asset never materialised): the rule
+    cannot decide for that entity, which is normal, not an error of the rule."""
+
+
 class DataValidationError(PermanentError):
     """Input data is malformed; the message names the row and/or column."""
 
@@ -121,6 +135,17 @@ class StoreUnavailableError(TransientError):
 
 class CircuitOpenError(StoreUnavailableError):
     """The circuit breaker for a service is open; calls are refused until it half-opens."""
+
+
+class AlertDeliveryError(TransientError):
+    """A channel did not take a notification (receiver down, 5xx, 429): the outbox retries it later,
+    not before ``retry_after`` seconds when the receiver asked for that."""
+
+    retry_after: float | None = None
+
+
+class AlertRefused(PermanentError):
+    """A channel's receiver refused a notification for good (4xx other than 408/429, bad address)."""
 
 
 class ConflictError(TransientError):

@@ -7,7 +7,6 @@ where it came from the environment, the variable. Passwords are ``SecretStr``: t
 """
 
 import hashlib
-import math
 import os
 import re
 import stat
@@ -19,7 +18,6 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from rof_pipelines.alerting_settings import AlertingConfig
+from rof_pipelines.config_types import SECTION_CONFIG, Duration, at_least, parse_duration
 from rof_pipelines.core.defaults import DECISION, GA, KELLY, RL, Knob, ga_problem
 from rof_pipelines.core.market import Market, MarketProfile, WindowLength, duration_text
 from rof_pipelines.core.redaction import (
@@ -49,57 +49,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config.yaml"
 CONFIG_PATH_ENV = "ROF_CONFIG"
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w|y)?\s*$")
-_DURATION_UNITS = {
-    "ms": 0.001,
-    "s": 1,
-    "m": 60,
-    "h": 3600,
-    "d": 86400,
-    "w": 604800,
-    "y": 365 * 86400,  # a window length ("2y"); calendar years differ, a window need not care
-    None: 1,
-}
-
-
-# Longer than any window or timeout means a typo; beyond it timedelta itself would overflow.
-MAX_DURATION = timedelta(days=36525)
-
-
-def parse_duration(value: Any) -> timedelta:
-    """Accept Go-style durations ("30s", "1200s", "24h", "7d") as well as numbers (seconds), from 0 up
-    to MAX_DURATION, so that an absurd value is a config error with its key path, not an overflow."""
-    if isinstance(value, timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    else:
-        raise ValueError(f"not a duration: {clip(repr(value), 80)} (use e.g. '30s', '5m', '24h', '7d')")
-    if not math.isfinite(seconds) or seconds > MAX_DURATION.total_seconds():
-        raise ValueError(f"duration too long (at most {MAX_DURATION.days}d)")
-    if seconds < 0:
-        raise ValueError("a duration must not be negative")
-    return value if isinstance(value, timedelta) else timedelta(seconds=seconds)
-
-
-def _at_least(minimum: timedelta, why: str) -> Any:
-    def check(value: timedelta) -> timedelta:
-        if value < minimum:
-            raise ValueError(f"must be at least {duration_text(minimum)}: {why}; got {duration_text(value)}")
-        return value
-
-    return AfterValidator(check)
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 # A timeout of 0 would mean "no timeout" to the driver or to Dagster, never what was meant.
-TaskTimeout = Annotated[Duration, _at_least(timedelta(seconds=1), "runs are stopped after whole seconds")]
+TaskTimeout = Annotated[Duration, at_least(timedelta(seconds=1), "runs are stopped after whole seconds")]
 CallTimeout = Annotated[
-    Duration, _at_least(timedelta(milliseconds=1), "statement timeouts count milliseconds; 0 means none")
+    Duration, at_least(timedelta(milliseconds=1), "statement timeouts count milliseconds; 0 means none")
 ]
-ResetTimeout = Annotated[Duration, _at_least(timedelta(milliseconds=1), "an open circuit must stay open")]
+ResetTimeout = Annotated[Duration, at_least(timedelta(milliseconds=1), "an open circuit must stay open")]
 WindowSpec = Annotated[
     WindowLength,
     BeforeValidator(lambda value: WindowLength.parse(value, parse_duration)),
@@ -138,7 +93,7 @@ def validate_sql_identifier(value: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+    model_config = SECTION_CONFIG
 
 
 def _knob(knob: Knob, description: str | None = None) -> Any:
@@ -958,6 +913,7 @@ class Settings(_Section):
     state_storage: StateStorageConfig = StateStorageConfig()
     ab_tests: ABTestsConfig = ABTestsConfig()
     ai_config: AIConfig = AIConfig()
+    alerting: AlertingConfig = AlertingConfig()
 
     # Where it came from, for logs and for hot reload; not part of the file.
     source_path: Path | None = Field(default=None, exclude=True)
