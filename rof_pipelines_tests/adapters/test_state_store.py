@@ -41,10 +41,12 @@ from rof_pipelines.settings import (
 )
 
 PASSWORD = "s3cr3t-pw"
-HEAD = "0007"
+HEAD = "0008"
 TABLES = {
     "alembic_version",
     "worker_progress",
+    "alert_states",
+    "alert_deliveries",
     "active_strategy_configs",
     "message_inbox",
     "ga_checkpoints",

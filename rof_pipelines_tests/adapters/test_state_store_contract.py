@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,19 +20,21 @@ from rof_pipelines.adapters.state_store import (
     StateRepositories,
     StateStore,
 )
+from rof_pipelines.adapters.state_store.alerts import CLIP_CHARS, SqlAlerts
 from rof_pipelines.adapters.state_store.checkpoints import SqlCheckpoints
 from rof_pipelines.adapters.state_store.configs import SqlActiveConfigs
 from rof_pipelines.adapters.state_store.experiments import SqlExperiments
 from rof_pipelines.adapters.state_store.knowledge import SqlKnowledge
 from rof_pipelines.adapters.state_store.progress import SqlProgress
 from rof_pipelines.adapters.state_store.trials import SqlTrials
+from rof_pipelines.core.alerts.model import AlertState, Delivery, Notice, delivery_id, fingerprint, notice_id
 from rof_pipelines.core.knowledge import TaskRecord
 from rof_pipelines.errors import ConflictError, DataValidationError, PermanentError, StoreUnavailableError
 
 MARKET = "binance:TONUSDT"
 OTHER = "okx:BTCUSDT"
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
-REPOSITORIES = ("progress", "configs", "checkpoints", "experiments", "trials", "knowledge")
+REPOSITORIES = ("progress", "configs", "checkpoints", "experiments", "trials", "knowledge", "alerts")
 
 
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
@@ -106,6 +109,7 @@ def test_repositories_have_the_same_methods_and_signatures():
         "experiments": SqlExperiments,
         "trials": SqlTrials,
         "knowledge": SqlKnowledge,
+        "alerts": SqlAlerts,
     }
     assert set(sql_classes) == set(REPOSITORIES)
     for name, sql_class in sql_classes.items():
@@ -393,6 +397,271 @@ def test_knowledge_tasks_with_retention_and_no_future(store):
         store.knowledge.prune(0)
 
 
+# --- alerts: states and the outbox -----------------------------------------------------------------
+
+
+def alert(rule: str = "ga_stalled", market: str = MARKET, **changes: Any) -> AlertState:
+    labels = {"market": market}
+    values: dict[str, Any] = {
+        "rule": rule,
+        "fingerprint": fingerprint(rule, labels),
+        "labels": labels,
+        "severity": "warning",
+        "status": "firing",
+        "active_since": NOW - timedelta(minutes=10),
+        "fired_at": NOW - timedelta(minutes=5),
+        "summary": f"{market}: stalled",
+        "values": {"ga_best_fitness": 0.5, "ratio": float("inf"), "seen": NOW},
+    }
+    return AlertState(**{**values, **changes})
+
+
+def delivery(
+    state: AlertState, channel: str = "webhook", *, event: str = "firing", minutes: float = 0, **changes: Any
+) -> Delivery:
+    """A pending delivery of ``state``'s notice to ``channel``, created ``minutes`` after NOW and due then."""
+    at = NOW + timedelta(minutes=minutes)
+    nid = notice_id(state.fingerprint, event, state.fired_at or NOW)
+    notice = Notice(
+        nid, event, state.rule, state.fingerprint, state.labels, state.severity, state.summary, at
+    )
+    values: dict[str, Any] = {
+        "delivery_id": delivery_id(nid, channel),
+        "notice": notice,
+        "channel": channel,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": at,
+        "created_at": at,
+    }
+    return Delivery(**{**values, **changes})
+
+
+def test_alert_states_are_created_and_replaced_at_the_version_read(store):
+    assert store.alerts.states() == []
+    first, other = alert(), alert("pool_dry", OTHER, status="pending", fired_at=None)
+    out = delivery(first)
+    assert store.alerts.apply([first, other], [out]) == 1
+    stored = store.alerts.states()
+    assert [s.rule for s in stored] == ["ga_stalled", "pool_dry"], "by rule, then fingerprint"
+    got = stored[0]
+    assert got == replace(
+        first, values={"ga_best_fitness": 0.5, "ratio": None, "seen": NOW.isoformat()}, version=1
+    ), "JSON-safe values, version 1"
+    assert got.fired_at.tzinfo is not None and got.fired_at.utcoffset() == timedelta(0)
+    assert stored[1].fired_at is None and stored[1].version == 1
+
+    resolved = replace(got, status="resolved", resolved_at=NOW, notified=True, last_notified_at=NOW)
+    assert store.alerts.apply([resolved], []) == 0
+    assert store.alerts.states()[0] == replace(resolved, version=2)
+
+    # A stale writer (read version 1) loses, and writes nothing: not its state, not its delivery.
+    late = delivery(first, "email")
+    with pytest.raises(ConflictError) as stale:
+        store.alerts.apply([replace(got, summary="stale")], [late])
+    assert str(stale.value) == (
+        f"state_store: optimistic-lock conflict on rof_state.alert_states fingerprint='{first.fingerprint}': "
+        "expected version 1, found version 2; re-read and retry"
+    )
+    with pytest.raises(ConflictError, match=r"expected absent \(create\), found version 2"):
+        store.alerts.apply([alert()], [late])
+    # One conflict among several states rolls back the others too.
+    fresh = alert("job_failed")
+    with pytest.raises(ConflictError, match="expected version 5, found absent"):
+        store.alerts.apply([fresh, replace(alert("nowhere"), version=5)], [late])
+    assert [s.rule for s in store.alerts.states()] == ["ga_stalled", "pool_dry"]
+    assert store.alerts.states()[0].summary == first.summary
+    assert [d.delivery_id for d in store.alerts.deliveries()] == [out.delivery_id], "no delivery written"
+
+
+def test_alert_input_is_refused_the_same_way(store):
+    with pytest.raises(DataValidationError, match="severity must be one of info, warning, critical"):
+        store.alerts.apply([alert(severity="fatal")], [])
+    with pytest.raises(DataValidationError, match="status must be one of pending, firing, resolved"):
+        store.alerts.apply([alert(status="gone")], [])
+    with pytest.raises(DataValidationError, match="labels must be a mapping"):
+        store.alerts.apply([alert(labels=["market"])], [])
+    with pytest.raises(DataValidationError, match="expected_version"):
+        store.alerts.apply([alert(version=-1)], [])
+    with pytest.raises(DataValidationError, match="the same alert twice"):
+        store.alerts.apply([alert(), alert()], [])
+    base = delivery(alert())
+    with pytest.raises(DataValidationError, match="event must be one of firing, resolved, test"):
+        store.alerts.apply([], [replace(base, notice=replace(base.notice, event="exploded"))])
+    with pytest.raises(DataValidationError, match="status must be one of pending, sent, dead"):
+        store.alerts.apply([], [replace(base, status="lost")])
+    with pytest.raises(DataValidationError, match="attempts must be an integer >= 0"):
+        store.alerts.apply([], [replace(base, attempts=-1)])
+    with pytest.raises(DataValidationError, match="status must be one of"):
+        store.alerts.deliveries(status="lost")
+    with pytest.raises(DataValidationError, match="lease_s must be > 0"):
+        store.alerts.claim_due(NOW, 0)
+    with pytest.raises(DataValidationError, match="limit must be >= 1"):
+        store.alerts.claim_due(NOW, 30, limit=0)
+    with pytest.raises(DataValidationError, match="retention_days must be >= 1, got 0"):
+        store.alerts.prune(0)
+    with pytest.raises(PermanentError) as valid:  # not JSON at all (NaN/inf are made None, see above)
+        store.alerts.apply([], [replace(base, notice=replace(base.notice, values={"x": object()}))])
+    assert (valid.value.service, valid.value.operation) == ("state_store", "write")
+    assert store.alerts.states() == [] and store.alerts.deliveries() == []
+
+
+def test_a_delivery_is_inserted_once(store):
+    state = alert()
+    out = delivery(state)
+    assert store.alerts.apply([state], [out, out]) == 1, "the same delivery twice in one call"
+    assert store.alerts.apply([], [out]) == 0, "a retried evaluation"
+    assert store.alerts.apply([], [out, delivery(state, "email")]) == 1
+    assert sorted(d.channel for d in store.alerts.deliveries()) == ["email", "webhook"]
+    got = store.alerts.deliveries(fingerprint=state.fingerprint, status="pending")
+    assert {d.delivery_id for d in got} == {out.delivery_id, delivery(state, "email").delivery_id}
+    assert next(d for d in got if d.channel == "webhook") == out, "a delivery round-trips whole"
+    with pytest.raises(PermanentError, match="uq_alert_deliveries_notice_channel"):
+        store.alerts.apply([], [replace(out, delivery_id="another-id")])
+    assert len(store.alerts.deliveries()) == 2
+
+
+def test_claim_due_takes_due_unleased_rows_oldest_first(store):
+    a, b = alert("a_rule"), alert("b_rule")
+    early, later = delivery(a, minutes=-3), delivery(b, minutes=-2)
+    future = delivery(a, "email", minutes=-1, next_attempt_at=NOW + timedelta(minutes=10))
+    store.alerts.apply([a, b], [later, future, early])
+
+    claimed = store.alerts.claim_due(NOW, 60)
+    assert [d.delivery_id for d in claimed] == [early.delivery_id, later.delivery_id], (
+        "due only, oldest first"
+    )
+    assert all(d.attempts == 1 and d.lease_until == NOW + timedelta(seconds=60) for d in claimed)
+    assert claimed[0] == replace(early, attempts=1, lease_until=NOW + timedelta(seconds=60))
+    assert store.alerts.claim_due(NOW + timedelta(seconds=30), 60) == [], "leased rows are left alone"
+
+    # The lease passed (the sender died): the rows are claimed again, another attempt counted.
+    again = store.alerts.claim_due(NOW + timedelta(seconds=60), 60, limit=1)
+    assert [(d.delivery_id, d.attempts) for d in again] == [(early.delivery_id, 2)]
+    assert store.alerts.claim_due(NOW + timedelta(seconds=61), 60, channels=["email"]) == []
+    assert store.alerts.claim_due(NOW + timedelta(seconds=61), 60, channels=[]) == []
+    rest = store.alerts.claim_due(NOW + timedelta(minutes=11), 60, channels={"email", "webhook"})
+    assert [(d.delivery_id, d.attempts) for d in rest] == [
+        (early.delivery_id, 3),
+        (later.delivery_id, 2),
+        (future.delivery_id, 1),
+    ]
+    naive = store.alerts.claim_due((NOW + timedelta(hours=1)).replace(tzinfo=None), 5)
+    assert len(naive) == 3 and naive[0].lease_until == NOW + timedelta(hours=1, seconds=5), "naive is UTC"
+
+
+def test_sent_failed_and_dead_deliveries(store):
+    state = alert()
+    hook, mail, chat = delivery(state), delivery(state, "email"), delivery(state, "telegram")
+    store.alerts.apply([state], [hook, mail, chat])
+    assert len(store.alerts.claim_due(NOW, 60)) == 3
+
+    retry = NOW + timedelta(minutes=5)
+    assert store.alerts.mark_failed(hook.delivery_id, "HTTP 503 " + "x" * 2000, NOW, retry)
+    failed = store.alerts.deliveries(fingerprint=state.fingerprint)
+    failed = next(d for d in failed if d.channel == "webhook")
+    assert (failed.status, failed.attempts, failed.lease_until, failed.next_attempt_at) == (
+        "pending",
+        1,
+        None,
+        retry,
+    )
+    assert failed.last_error.startswith("HTTP 503 x") and len(failed.last_error) == CLIP_CHARS
+    assert store.alerts.mark_failed(mail.delivery_id, "550 refused", NOW, None)
+    assert not store.alerts.mark_sent(mail.delivery_id, "late 250", NOW), "a dead row stays dead"
+    assert store.alerts.mark_sent(chat.delivery_id, "ok", NOW)
+    assert not store.alerts.mark_sent("no-such-delivery", "ok", NOW)
+
+    assert store.alerts.claim_due(retry - timedelta(seconds=1), 60) == [], "not before its retry time"
+    assert [d.delivery_id for d in store.alerts.claim_due(retry, 60)] == [hook.delivery_id]
+    assert store.alerts.mark_sent(hook.delivery_id, "200 OK " + "y" * 900, retry)
+    assert not store.alerts.mark_failed(hook.delivery_id, "late timeout", retry, None), "already sent"
+
+    sent = store.alerts.deliveries(status="sent")
+    assert sorted(d.channel for d in sent) == ["telegram", "webhook"]
+    hook_sent = next(d for d in sent if d.channel == "webhook")
+    assert (hook_sent.sent_at, hook_sent.lease_until, hook_sent.attempts) == (retry, None, 2)
+    assert hook_sent.answer.startswith("200 OK y") and len(hook_sent.answer) == CLIP_CHARS
+    assert hook_sent.last_error.startswith("HTTP 503"), "the last error is kept after a success"
+    dead = store.alerts.deliveries(status="dead")
+    assert [(d.channel, d.last_error, d.answer, d.lease_until) for d in dead] == [
+        ("email", "550 refused", None, None)
+    ]
+    assert store.alerts.deliveries(status="pending") == []
+    assert store.alerts.claim_due(NOW + timedelta(days=1), 60) == [], "nothing left to send"
+    assert store.alerts.delivery_counts() == [
+        ("ga_stalled", "email", "firing", "dead", 1, 1),
+        ("ga_stalled", "telegram", "firing", "sent", 1, 0),
+        ("ga_stalled", "webhook", "firing", "sent", 1, 1),
+    ]
+
+
+def test_deliveries_newest_first_and_counts(store):
+    a, b = alert("a_rule"), alert("b_rule", OTHER)
+    rows = [
+        delivery(a, minutes=1),
+        delivery(a, "email", minutes=2),
+        delivery(b, minutes=3),
+        delivery(a, event="resolved", minutes=4),
+    ]
+    assert store.alerts.apply([a, b], rows) == 4
+    assert [d.created_at for d in store.alerts.deliveries()] == [r.created_at for r in reversed(rows)]
+    assert store.alerts.deliveries(limit=2) == list(reversed(rows))[:2]
+    assert [d.notice.event for d in store.alerts.deliveries(fingerprint=a.fingerprint)] == [
+        "resolved",
+        "firing",
+        "firing",
+    ]
+    assert store.alerts.deliveries(fingerprint="nope") == []
+    store.alerts.claim_due(NOW + timedelta(minutes=2), 60)  # claims the first two
+    store.alerts.mark_failed(rows[0].delivery_id, "boom", NOW, NOW + timedelta(minutes=9))
+    store.alerts.mark_failed(rows[1].delivery_id, "boom", NOW, None)
+    assert store.alerts.delivery_counts() == [
+        ("a_rule", "email", "firing", "dead", 1, 1),
+        ("a_rule", "webhook", "firing", "pending", 1, 1),
+        ("a_rule", "webhook", "resolved", "pending", 1, 0),
+        ("b_rule", "webhook", "firing", "pending", 1, 0),
+    ]
+
+
+def test_prune_removes_finished_rows_and_keeps_pending(store):
+    old_fire = alert("old", resolved_at=NOW - timedelta(days=20), status="resolved")
+    new_fire = alert("new", resolved_at=NOW - timedelta(days=2), status="resolved")
+    firing = alert("firing", fired_at=NOW - timedelta(days=30))
+    old = [delivery(old_fire, c, minutes=-30 * 24 * 60) for c in ("webhook", "email", "telegram")]
+    recent = delivery(new_fire, minutes=-24 * 60)
+    store.alerts.apply([old_fire, new_fire, firing], [*old, recent])
+    store.alerts.claim_due(NOW, 60)
+    store.alerts.mark_sent(old[0].delivery_id, "ok", NOW)
+    store.alerts.mark_failed(old[1].delivery_id, "gone", NOW, None)
+    store.alerts.mark_failed(old[2].delivery_id, "later", NOW, NOW + timedelta(hours=1))  # still pending
+    store.alerts.mark_sent(recent.delivery_id, "ok", NOW)
+
+    assert store.alerts.prune(7, now=NOW) == 3, "old sent + old dead deliveries, the long-resolved alert"
+    assert [s.rule for s in store.alerts.states()] == ["firing", "new"]
+    assert {d.delivery_id for d in store.alerts.deliveries()} == {old[2].delivery_id, recent.delivery_id}
+    assert store.alerts.prune(7, now=NOW) == 0
+    assert store.alerts.prune(1, now=NOW + timedelta(days=400)) == 2, "pending is never pruned"
+    assert [d.delivery_id for d in store.alerts.deliveries()] == [old[2].delivery_id]
+
+
+def test_an_alert_evaluation_cycle_survives_a_sender_that_died(store):
+    """What the engine does: fire (state + outbox in one step), a sender claims and dies, the next one
+    sends after the lease; the state's version follows every write."""
+    state = alert(status="pending", fired_at=None)
+    assert store.alerts.apply([state], []) == 0
+    seen = store.alerts.states()[0]
+    fired = replace(seen, status="firing", fired_at=NOW, notified=True, last_notified_at=NOW)
+    assert store.alerts.apply([fired], [delivery(fired)]) == 1
+    assert store.alerts.states()[0].version == 2
+    first = store.alerts.claim_due(NOW, 30)
+    second = store.alerts.claim_due(NOW + timedelta(seconds=31), 30)
+    assert [d.delivery_id for d in first] == [d.delivery_id for d in second] and second[0].attempts == 2
+    assert store.alerts.mark_sent(second[0].delivery_id, "204", NOW + timedelta(seconds=32))
+    assert not store.alerts.mark_sent(first[0].delivery_id, "204 late", NOW + timedelta(seconds=40))
+    assert store.alerts.deliveries()[0].answer == "204"
+
+
 # --- the store itself -----------------------------------------------------------------------------
 
 
@@ -414,6 +683,7 @@ def test_the_fake_can_be_down():
         lambda: store.configs.get_active(MARKET),
         lambda: store.progress.record("t", MARKET, 0, 1, None, None, "running"),
         lambda: store.knowledge.tasks(),
+        lambda: store.alerts.claim_due(NOW, 30),
     ]
     for call in calls:
         with pytest.raises(StoreUnavailableError, match="connection refused") as info:

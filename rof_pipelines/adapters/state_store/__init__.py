@@ -9,6 +9,7 @@ One engine, one circuit breaker, and a small repository per concern, each an att
 ``store.experiments``       ``record``, ``get``, ``recent``, ``promoting`` - A/B tests      experiments.py
 ``store.trials``            ``record``, ``stats`` - configurations scored per A/B task      trials.py
 ``store.knowledge``         ``add``, ``tasks``, ``prune`` - meta/transfer learning          knowledge.py
+``store.alerts``            ``states``, ``apply``, ``claim_due``, ``mark_*`` - outbox       alerts.py
 ==========================  ===========================================================  ==============
 
 SQLAlchemy Core, no ORM; tables in :mod:`.tables` mirror the Alembic migrations at head. Driver

@@ -12,11 +12,22 @@ were down.
 import json
 import statistics
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from rof_pipelines.adapters.state_store.alerts import (
+    FINISHED_DELIVERY_STATUSES,
+    check_claim,
+    check_retention,
+    clip,
+    delivery_from_row,
+    delivery_row,
+    state_from_row,
+    state_rows,
+    utc,
+)
 from rof_pipelines.adapters.state_store.checkpoints import TASK_COLUMNS, checkpoint_values
 from rof_pipelines.adapters.state_store.configs import config_values
 from rof_pipelines.adapters.state_store.experiments import experiment_rows
@@ -39,6 +50,7 @@ from rof_pipelines.adapters.state_store.values import (
     market_key,
 )
 from rof_pipelines.adapters.state_store.versioned import check_expected, conflict_error, planned_write
+from rof_pipelines.core.alerts.model import DELIVERY_STATUSES, AlertState, Delivery
 from rof_pipelines.errors import DataValidationError, PermanentError, RofError, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -73,7 +85,7 @@ def _check_window(table: str, start: datetime | None, end: datetime | None) -> N
 
 class InMemoryStateStore:
     """The state store in a process's memory: ``progress``, ``configs``, ``checkpoints``,
-    ``experiments``, ``trials`` and ``knowledge`` like :class:`StateStore`, no SQL. Thread-safe; every
+    ``experiments``, ``trials``, ``knowledge`` and ``alerts`` like :class:`StateStore`, no SQL. Thread-safe; every
     call is atomic (one lock), as a transaction would be."""
 
     def __init__(self, schema: str = "rof_state") -> None:
@@ -87,6 +99,7 @@ class InMemoryStateStore:
         self.experiments = MemoryExperiments(self)
         self.trials = MemoryTrials(self)
         self.knowledge = MemoryKnowledge(self)
+        self.alerts = MemoryAlerts(self)
 
     def describe(self) -> str:
         return f"in-memory state store (schema {self.schema})"
@@ -523,3 +536,168 @@ class MemoryKnowledge(_MemoryRepository):
 
     def prune(self, retention_days: int, now: datetime | None = None) -> int:
         return self._store.prune_older_than(self._rows, "finished_at", retention_days, now)
+
+
+class MemoryAlerts(_MemoryRepository):
+    """``store.alerts`` without SQL."""
+
+    def __init__(self, store: InMemoryStateStore) -> None:
+        super().__init__(store)
+        self._states: dict[str, dict[str, Any]] = {}  # fingerprint -> row
+        self._outbox: dict[str, dict[str, Any]] = {}  # delivery_id -> row
+
+    def states(self) -> list[AlertState]:
+        def run() -> list[AlertState]:
+            rows = sorted(self._states.values(), key=lambda row: (row["rule"], row["fingerprint"]))
+            return [state_from_row(_jsonb_copy(row, "labels", "values")) for row in rows]
+
+        return self._read(run)
+
+    def apply(self, changed: Sequence[AlertState], deliveries: Sequence[Delivery]) -> int:
+        """See :meth:`SqlAlerts.apply`."""
+        rows = state_rows(changed)
+        delivery_rows = [delivery_row(delivery) for delivery in deliveries]
+
+        def run() -> tuple[int, tuple[str, int, int | None] | None]:
+            stored = [(_jsonb_copy(row, "labels", "values"), version) for row, version in rows]
+            outbox = [_jsonb_copy(row, "labels", "values") for row in delivery_rows]
+            for row, version in stored:  # every check first: a conflict writes nothing
+                current = self._states.get(row["fingerprint"])
+                found = current["version"] if current is not None else None
+                if planned_write(version, found, blind_overwrite=False) is None:
+                    return 0, (row["fingerprint"], version, found)
+            taken = {(row["notice_id"], row["channel"]): key for key, row in self._outbox.items()}
+            new: dict[str, dict[str, Any]] = {}
+            for row in outbox:
+                if row["delivery_id"] in self._outbox or row["delivery_id"] in new:
+                    continue
+                other = taken.get((row["notice_id"], row["channel"]))
+                if other is not None:
+                    raise PermanentError(
+                        f"{SERVICE} ({self._store.describe()}): IntegrityError: duplicate key value "
+                        'violates unique constraint "uq_alert_deliveries_notice_channel": '
+                        f"notice_id={row['notice_id']!r}, channel={row['channel']!r}"
+                    )
+                taken[(row["notice_id"], row["channel"])] = row["delivery_id"]
+                new[row["delivery_id"]] = row
+            now = self._store.now()
+            for row, version in stored:
+                self._states[row["fingerprint"]] = {**row, "version": version + 1, "updated_at": now}
+            self._outbox.update(new)
+            return len(new), None
+
+        new, conflict = self._write(run)
+        if conflict is not None:
+            fingerprint, expected, current = conflict
+            raise conflict_error(
+                self._qualified("alert_states"), {"fingerprint": fingerprint}, expected, current
+            )
+        return new
+
+    def claim_due(
+        self, now: datetime, lease_s: float, limit: int = 100, channels: Collection[str] | None = None
+    ) -> list[Delivery]:
+        moment, lease_until = check_claim(now, lease_s, limit)
+        wanted = set(channels) if channels is not None else None
+
+        def run() -> list[Delivery]:
+            due = [
+                row
+                for row in self._outbox.values()
+                if row["status"] == "pending"
+                and row["next_attempt_at"] <= moment
+                and (row["lease_until"] is None or row["lease_until"] <= moment)
+                and (wanted is None or row["channel"] in wanted)
+            ]
+            due.sort(key=lambda row: (row["created_at"], row["delivery_id"]))
+            claimed = []
+            for row in due[:limit]:
+                row.update(lease_until=lease_until, attempts=row["attempts"] + 1)
+                claimed.append(delivery_from_row(_jsonb_copy(row, "labels", "values")))
+            return claimed
+
+        return self._write(run)
+
+    def _finish(self, delivery_id: str, values: Mapping[str, Any]) -> bool:
+        def run() -> bool:
+            row = self._outbox.get(delivery_id)
+            if row is None or row["status"] != "pending":
+                return False
+            row.update(values)
+            return True
+
+        return self._write(run)
+
+    def mark_sent(self, delivery_id: str, answer: str, now: datetime) -> bool:
+        values = {"status": "sent", "sent_at": utc(now), "answer": clip(answer), "lease_until": None}
+        return self._finish(delivery_id, values)
+
+    def mark_failed(self, delivery_id: str, error: str, now: datetime, retry_at: datetime | None) -> bool:
+        utc(now)
+        retry = utc(retry_at)
+
+        def run() -> bool:
+            row = self._outbox.get(delivery_id)
+            if row is None or row["status"] != "pending":
+                return False
+            row.update(failures=row["failures"] + 1, last_error=clip(error), lease_until=None)
+            if retry is None:
+                row["status"] = "dead"
+            else:
+                row["next_attempt_at"] = retry
+            return True
+
+        return self._write(run)
+
+    def deliveries(
+        self, status: str | None = None, limit: int = 100, fingerprint: str | None = None
+    ) -> list[Delivery]:
+        wanted = check_choice("status", status, DELIVERY_STATUSES) if status is not None else None
+
+        def run() -> list[Delivery]:
+            rows = [
+                row
+                for row in self._outbox.values()
+                if (wanted is None or row["status"] == wanted)
+                and (fingerprint is None or row["fingerprint"] == fingerprint)
+            ]
+            rows.sort(key=lambda row: (row["created_at"], row["delivery_id"]), reverse=True)
+            return [delivery_from_row(_jsonb_copy(row, "labels", "values")) for row in rows[:limit]]
+
+        return self._read(run)
+
+    def delivery_counts(self) -> list[tuple[str, str, str, str, int, int]]:
+        def run() -> list[tuple[str, str, str, str, int, int]]:
+            groups: dict[tuple[str, str, str, str], list[int]] = {}
+            for row in self._outbox.values():
+                group = groups.setdefault((row["rule"], row["channel"], row["event"], row["status"]), [0, 0])
+                group[0] += 1
+                group[1] += row["failures"]
+            return [(*key, rows, failures) for key, (rows, failures) in sorted(groups.items())]
+
+        return self._read(run)
+
+    def prune(self, retention_days: int, now: datetime | None = None) -> int:
+        check_retention(retention_days)
+
+        def run() -> int:
+            cutoff = (utc(now) or self._store.now()) - timedelta(days=int(retention_days))
+            sent = [
+                key
+                for key, row in self._outbox.items()
+                if row["status"] in FINISHED_DELIVERY_STATUSES and row["created_at"] < cutoff
+            ]
+            resolved = [
+                key
+                for key, row in self._states.items()
+                if row["status"] == "resolved"
+                and row["resolved_at"] is not None
+                and row["resolved_at"] < cutoff
+            ]
+            for key in sent:
+                del self._outbox[key]
+            for key in resolved:
+                del self._states[key]
+            return len(sent) + len(resolved)
+
+        return self._store.guarded_call(run, operation="delete")

@@ -1,6 +1,6 @@
 """The PostgreSQL state store: one engine, one circuit breaker, one error table, and a repository per
 concern on top (``store.progress``, ``store.configs``, ``store.checkpoints``, ``store.experiments``,
-``store.trials``, ``store.knowledge``).
+``store.trials``, ``store.knowledge``, ``store.alerts``).
 
 Every database call goes through the ``state_store`` circuit breaker (:meth:`StateStore.guarded_call`,
 which the inbox, the config log and the backup share); driver errors become the project's errors
@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from rof_pipelines.adapters.breakers import guarded_call
+from rof_pipelines.adapters.state_store.alerts import SqlAlerts
 from rof_pipelines.adapters.state_store.checkpoints import SqlCheckpoints
 from rof_pipelines.adapters.state_store.configs import SqlActiveConfigs
 from rof_pipelines.adapters.state_store.experiments import SqlExperiments
@@ -118,6 +119,7 @@ class StateStore:
         self.experiments = SqlExperiments(self)
         self.trials = SqlTrials(self)
         self.knowledge = SqlKnowledge(self)
+        self.alerts = SqlAlerts(self)
 
     # -- plumbing ----------------------------------------------------------------------------------
 

@@ -9,10 +9,19 @@ this module too. Migration scripts read their target schema with :func:`migratio
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from rof_pipelines.core.alerts.model import ALERT_STATUSES, DELIVERY_STATUSES, NOTICE_EVENTS, SEVERITIES
+
 # Mirrored by the CHECK constraints of migrations 0001 and 0005; widen both together (in a new migration).
 PROGRESS_STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "cancelled")
 CONFIG_SOURCES: tuple[str, ...] = ("default", "ga", "ab_test", "manual")
 ARM_ROLES: tuple[str, ...] = ("active", "challenger", "baseline")
+# Migration 0008 freezes rof_pipelines.core.alerts.model's SEVERITIES, ALERT_STATUSES, NOTICE_EVENTS
+# and DELIVERY_STATUSES in its CHECK constraints (test_alert_outbox.py holds the two together).
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    """The CHECK text admitting exactly ``values`` in ``column``."""
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
 
 
 def migration_schema() -> str:
@@ -175,5 +184,61 @@ def build_metadata(schema: str) -> sa.MetaData:
         sa.Column("config_hash", sa.Text(), primary_key=True),
         sa.Column("sharpe", sa.Double(), nullable=False),
         sa.Column("created_at", tstz, nullable=False, server_default=sa.func.now()),
+    )
+    sa.Table(  # 0008: the alerting engine's state and outbox, see alerts.py
+        "alert_states",
+        metadata,
+        sa.Column("fingerprint", sa.Text(), primary_key=True),
+        sa.Column("rule", sa.Text(), nullable=False),
+        sa.Column("labels", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("severity", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), nullable=False),
+        sa.Column("active_since", tstz, nullable=True),
+        sa.Column("fired_at", tstz, nullable=True),
+        sa.Column("resolved_at", tstz, nullable=True),
+        sa.Column("last_notified_at", tstz, nullable=True),
+        sa.Column("notified", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("summary", sa.Text(), nullable=False, server_default=sa.text("''")),
+        sa.Column("values", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("version", sa.Integer(), nullable=False, server_default=sa.text("1")),
+        sa.Column("updated_at", tstz, nullable=False, server_default=sa.func.now()),
+        sa.CheckConstraint(_one_of("severity", SEVERITIES), name="ck_alert_states_severity"),
+        sa.CheckConstraint(_one_of("status", ALERT_STATUSES), name="ck_alert_states_status"),
+        sa.CheckConstraint("version >= 1", name="ck_alert_states_version"),
+        sa.CheckConstraint("jsonb_typeof(labels) = 'object'", name="ck_alert_states_labels"),
+        sa.CheckConstraint("jsonb_typeof(\"values\") = 'object'", name="ck_alert_states_values"),
+        sa.Index("ix_alert_states_status", "status"),
+    )
+    sa.Table(
+        "alert_deliveries",
+        metadata,
+        sa.Column("delivery_id", sa.Text(), primary_key=True),
+        sa.Column("notice_id", sa.Text(), nullable=False),
+        sa.Column("event", sa.Text(), nullable=False),
+        sa.Column("rule", sa.Text(), nullable=False),
+        sa.Column("fingerprint", sa.Text(), nullable=False),
+        sa.Column("labels", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("severity", sa.Text(), nullable=False),
+        sa.Column("summary", sa.Text(), nullable=False, server_default=sa.text("''")),
+        sa.Column("values", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column("notice_at", tstz, nullable=False),
+        sa.Column("channel", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+        sa.Column("failures", sa.Integer(), nullable=False, server_default=sa.text("0")),
+        sa.Column("next_attempt_at", tstz, nullable=False),
+        sa.Column("lease_until", tstz, nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("answer", sa.Text(), nullable=True),
+        sa.Column("created_at", tstz, nullable=False, server_default=sa.func.now()),
+        sa.Column("sent_at", tstz, nullable=True),
+        sa.UniqueConstraint("notice_id", "channel", name="uq_alert_deliveries_notice_channel"),
+        sa.CheckConstraint(_one_of("event", NOTICE_EVENTS), name="ck_alert_deliveries_event"),
+        sa.CheckConstraint(_one_of("severity", SEVERITIES), name="ck_alert_deliveries_severity"),
+        sa.CheckConstraint(_one_of("status", DELIVERY_STATUSES), name="ck_alert_deliveries_status"),
+        sa.CheckConstraint("attempts >= 0 AND failures >= 0", name="ck_alert_deliveries_counts"),
+        sa.CheckConstraint("jsonb_typeof(labels) = 'object'", name="ck_alert_deliveries_labels"),
+        sa.CheckConstraint("jsonb_typeof(\"values\") = 'object'", name="ck_alert_deliveries_values"),
+        sa.Index("ix_alert_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
     )
     return metadata
