@@ -6,7 +6,9 @@ While a circuit is open, calls fail fast with :class:`CircuitOpenError`, which i
 """
 
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pybreaker
@@ -23,9 +25,14 @@ R = TypeVar("R")
 _STATE_VALUE = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 
 
+_opened_at: dict[str, float] = {}  # service -> when its circuit last opened (time.time())
+
+
 class _MetricsListener(pybreaker.CircuitBreakerListener):
     def state_change(self, cb: pybreaker.CircuitBreaker, _old_state, new_state) -> None:  # type: ignore[no-untyped-def]
         BREAKER_STATE.labels(cb.name).set(_STATE_VALUE.get(new_state.name, 0))
+        if new_state.name == pybreaker.STATE_OPEN:
+            _opened_at[cb.name] = time.time()
         BREAKER_TRANSITIONS.labels(cb.name, new_state.name.replace("-", "_")).inc()
 
     def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
@@ -56,6 +63,29 @@ def breaker_for(service: str, config: CircuitBreakerConfig | None = None) -> pyb
             breaker.fail_max = config.fail_max
             breaker.reset_timeout = config.reset_timeout.total_seconds()
         return breaker
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    """One breaker of this process, as alert rules read it."""
+
+    service: str
+    state: str  # closed, half_open, open
+    open_seconds: float  # how long it has been open (0 unless open)
+    failures: int  # consecutive failures counted
+
+
+def breaker_states() -> list[BreakerState]:
+    """Every breaker this process has, by service (the alerts sensor reads its own process's)."""
+    now = time.time()
+    with _lock:
+        breakers = sorted(_registry.items())
+    out = []
+    for service, breaker in breakers:
+        state = breaker.current_state.replace("-", "_")
+        opened = _opened_at.get(service, now) if state == "open" else now
+        out.append(BreakerState(service, state, max(0.0, now - opened), breaker.fail_counter))
+    return out
 
 
 def reset_breakers() -> None:

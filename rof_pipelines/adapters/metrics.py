@@ -4,7 +4,8 @@
 dashboard or an alert rule groups by prefix: ``workerpool_`` (runs per pool, and the message flow
 that feeds them), ``rl_agent_``, ``ga_``, ``circuit_breaker_``, ``data_manager_`` and ``alerts_``.
 Labels take a bounded set of values (:data:`BOUNDED_LABELS`: a pool, a market, a service, a process
-kind, a status, a rule, a channel, a queue, an asset, a quantile), never a run or a message id.
+kind, a status, a rule, a severity, a channel, a queue, an asset, a daemon, a sensor, a quantile),
+never a run, an alert or a message id.
 
 Each family takes one **route** (:data:`ROUTES`):
 
@@ -35,6 +36,9 @@ name                                         type     route        labels
 ``workerpool_run_wait_seconds``              gauge    instance     pool, quantile
 ``workerpool_run_seconds``                   gauge    instance     pool, quantile
 ``workerpool_runs_finished_total``           counter  instance     pool, status
+``workerpool_oldest_queued_seconds``         gauge    instance     pool
+``workerpool_daemon_heartbeat_age_seconds``  gauge    instance     daemon
+``workerpool_sensor_consecutive_failures``   gauge    instance     sensor
 ``workerpool_instance_up``                   gauge    instance     (none)
 ``workerpool_messages_published_total``      counter  sensor       queue, process
 ``workerpool_messages_received_total``       counter  sensor       queue, process
@@ -46,10 +50,13 @@ name                                         type     route        labels
 ``rl_agent_state_coverage``                  gauge    instance     market
 ``rl_agent_trades``                          gauge    instance     market
 ``rl_agent_kelly_fraction``                  gauge    instance     market
+``rl_agent_active_max_drawdown``             gauge    state_store  market
 ``rl_agent_trained_timestamp_seconds``       gauge    instance     market
 ``ga_generation``                            gauge    state_store  market
 ``ga_generations_planned``                   gauge    state_store  market
 ``ga_progress_ratio``                        gauge    state_store  market
+``ga_champion_fitness``                      gauge    state_store  market
+``ga_previous_champion_fitness``             gauge    state_store  market
 ``ga_eta_seconds``                           gauge    state_store  market
 ``ga_best_fitness``                          gauge    state_store  market
 ``ga_mean_fitness``                          gauge    state_store  market
@@ -66,6 +73,7 @@ name                                         type     route        labels
 ``data_manager_rows_loaded``                 gauge    instance     market
 ``data_manager_bars_loaded``                 gauge    instance     market
 ``data_manager_freshness_seconds``           gauge    instance     market
+``data_manager_stale_open_seconds``          gauge    instance     market
 ``data_manager_load_seconds``                gauge    pushgateway  process, pool, market, asset
 ``data_manager_load_bytes``                  gauge    pushgateway  process, pool, market, asset
 ``data_manager_loads_total``                 counter  pushgateway  process, pool, market, asset
@@ -74,6 +82,8 @@ name                                         type     route        labels
 ``alerts_fired_total``                       counter  state_store  rule, channel
 ``alerts_resolved_total``                    counter  state_store  rule, channel
 ``alerts_deliveries_failed_total``           counter  state_store  rule, channel
+``alerts_firing``                            gauge    state_store  rule, severity
+``alerts_deliveries_pending``                gauge    state_store  channel
 ===========================================  =======  ===========  ============================
 
 Values: ``pool`` a pool of ``system_setup.worker_pool`` (``task_worker``, ``ab_optimizer``; runs
@@ -82,9 +92,15 @@ partitions; ``status`` a run status (``success``, ``failure``, ``canceled``), a 
 (``pending``, ``running``, ``completed``, ``failed``, ``cancelled``) or a config edit's (``applied``,
 ``refused``); ``quantile`` ``0.5``, ``0.9``, ``1`` (the maximum); ``queue`` the queue without its
 prefix (``tasks``, ``quotes.updated``, ``backup``, ``dead_letter``); ``kind`` a message kind;
-``process`` ``ops``, ``run`` or ``sensor``; ``sensor`` (grouping key only) a sensor's name; ``state`` a breaker state (``closed``, ``half_open``, ``open``);
-``asset`` a market-day asset; ``rule``/``channel`` an alert rule and delivery channel (today the
-config-reload sensor's refusals: ``config_refused``/``log``).
+``process`` ``ops``, ``run`` or ``sensor``; ``sensor`` a sensor's name (a label of
+``workerpool_sensor_consecutive_failures``, and the grouping key of sensor pushes); ``daemon`` a
+Dagster daemon type (``SENSOR``, ``SCHEDULER``, ``QUEUED_RUN_COORDINATOR``, ...); ``state`` a breaker
+state (``closed``, ``half_open``, ``open``); ``asset`` a market-day asset; ``rule`` an alert rule in
+force (a ready-made one of ``alerting.rules`` such as ``run_failed``, or a name under
+``alerting.custom``); ``channel`` a channel name under ``alerting.channels`` (``log`` by default);
+``severity`` ``info``, ``warning`` or ``critical``. The ``alerts_*`` families count the outbox
+(``alert_deliveries``: one row per notice and channel, kept ``alerting.retention_days``) and the
+alerts firing (``alert_states``); see ``docs/alerting.md``.
 
 Metric objects and metric families are built here only (a test refuses a ``Counter(`` or ``Gauge(``
 anywhere else in the package, and any import of ``prometheus_client``); adapters import the object
@@ -116,6 +132,8 @@ BOUNDED_LABELS = frozenset(
         "state",
         "asset",
         "quantile",
+        "daemon",
+        "severity",
     }
 )
 
@@ -208,6 +226,27 @@ FAMILIES: dict[str, Family] = {
             "instance",
         ),
         _f(
+            "workerpool_oldest_queued_seconds",
+            "gauge",
+            "pool",
+            "Seconds the pool's oldest queued run has waited (0 when none is queued)",
+            "instance",
+        ),
+        _f(
+            "workerpool_daemon_heartbeat_age_seconds",
+            "gauge",
+            "daemon",
+            "Seconds since each Dagster daemon's last heartbeat",
+            "instance",
+        ),
+        _f(
+            "workerpool_sensor_consecutive_failures",
+            "gauge",
+            "sensor",
+            "Failed ticks in a row of each sensor, newest first (0 after a good tick)",
+            "instance",
+        ),
+        _f(
             "workerpool_instance_up",
             "gauge",
             "",
@@ -286,6 +325,13 @@ FAMILIES: dict[str, Family] = {
             "instance",
         ),
         _f(
+            "rl_agent_active_max_drawdown",
+            "gauge",
+            "market",
+            "Max drawdown (0..1) of the config in force on the market's newest A/B test window",
+            "state_store",
+        ),
+        _f(
             "rl_agent_trained_timestamp_seconds",
             "gauge",
             "market",
@@ -312,6 +358,20 @@ FAMILIES: dict[str, Family] = {
             "gauge",
             "market",
             "generation / generations planned (1 when completed)",
+            "state_store",
+        ),
+        _f(
+            "ga_champion_fitness",
+            "gauge",
+            "market",
+            "Best fitness of the market's newest completed GA task",
+            "state_store",
+        ),
+        _f(
+            "ga_previous_champion_fitness",
+            "gauge",
+            "market",
+            "Best fitness of the completed GA task before it",
             "state_store",
         ),
         _f("ga_eta_seconds", "gauge", "market", "Estimated seconds left of a running GA task", "state_store"),
@@ -411,6 +471,13 @@ FAMILIES: dict[str, Family] = {
             "instance",
         ),
         _f(
+            "data_manager_stale_open_seconds",
+            "gauge",
+            "market",
+            "Seconds the market was open (by its trading calendar) since its newest stored quote",
+            "instance",
+        ),
+        _f(
             "data_manager_load_seconds",
             "gauge",
             _PUSH,
@@ -465,6 +532,20 @@ FAMILIES: dict[str, Family] = {
             "counter",
             "rule,channel",
             "Alert deliveries that failed, per rule and channel",
+            "state_store",
+        ),
+        _f(
+            "alerts_firing",
+            "gauge",
+            "rule,severity",
+            "Alerts firing now, per rule and severity",
+            "state_store",
+        ),
+        _f(
+            "alerts_deliveries_pending",
+            "gauge",
+            "channel",
+            "Notifications waiting in the outbox (or being retried), per channel",
             "state_store",
         ),
     )

@@ -6,13 +6,15 @@ crashed and a GA killed mid-run are still counted:
 - :class:`InstanceCollector` - the Dagster instance: runs per pool (``rof/pool`` tag) and status as
   counts (one COUNT query each, no run loaded; queued and in progress every scrape, finished runs
   and the wait and run seconds over each pool's last :data:`RECENT_RUNS` runs every
-  :data:`FINISHED_TTL_S`, since those queries grow with the history), and the newest
-  materialisation per market of ``q_table``,
-  ``ga_population``, ``quote_snapshots`` and ``indicator_frame`` (read incrementally: each scrape
-  fetches only the events after the last storage id it saw);
+  :data:`FINISHED_TTL_S`, since those queries grow with the history), the oldest queued run per
+  pool, each daemon's heartbeat age and each sensor's failed ticks in a row, and the newest
+  materialisation per market of ``q_table``, ``ga_population``, ``quote_snapshots`` and
+  ``indicator_frame`` (read incrementally: each scrape fetches only the events after the last
+  storage id it saw), with the open-market seconds since the newest quote by the market's calendar;
 - :class:`StateStoreCollector` - the state store: the newest ``worker_progress`` row per market (one
-  ``DISTINCT ON`` query), tasks per status, and ``config_versions`` per status (the
-  ``alerts_*{rule="config_refused",channel="log"}`` samples);
+  ``DISTINCT ON`` query), tasks per status, the newest two champions' fitness per market, the
+  drawdown of the config in force on the newest A/B window, ``config_versions`` per status, and the
+  alert outbox (``alerts_*``);
 - :func:`process_collector` - this process's own metric objects with ``process="ops"``.
 
 ``collect()`` never raises: a source that does not answer yields its ``*_up`` gauge at 0 and what
@@ -39,6 +41,7 @@ POOL_TAG = "rof/pool"
 NO_POOL = "none"
 RECENT_RUNS = 200  # per pool, for the wait and run-time quantiles
 FINISHED_TTL_S = 30.0  # finished-run counts and quantiles grow with history: refreshed this often
+UNTAGGED_SCAN = 50  # queued runs looked at for the oldest one without a pool tag
 EVENT_PAGE = 1000  # materialisation events per instance query
 FIRST_FILL_EVENTS = 5000  # the first scrape reads at most this many of an asset's newest events
 RUN_STATUSES_FINISHED = {"SUCCESS": "success", "FAILURE": "failure", "CANCELED": "canceled"}
@@ -123,27 +126,45 @@ def _counts_per_pool(
 class InstanceCollector:
     """``instance`` route: runs and materialisations the Dagster instance holds."""
 
-    def __init__(self, instance: Any | Callable[[], Any], pools: Callable[[], list[str]]) -> None:
+    def __init__(
+        self,
+        instance: Any | Callable[[], Any],
+        pools: Callable[[], list[str]],
+        calendar_of: Callable[[str], Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._instance = instance
         self._pools = pools
+        self._calendar_of = calendar_of  # market key -> its MarketCalendar (open-market staleness)
+        self._clock = clock  # unix seconds the ages are measured at (tests plant a weekend)
         self._latest = {asset: _Latest() for asset in ASSETS}
         self._finished: tuple[Any, ...] | None = None
         self._lock = threading.Lock()
         self._warn = _Throttled()
+
+    def use(self, instance: Any) -> None:
+        """Read ``instance`` from now on (the alerts sensor gets one per tick; same storage, so the
+        incremental cursors stay valid)."""
+        with self._lock:
+            self._instance = instance
 
     def instance(self) -> Any:
         if callable(self._instance) and not hasattr(self._instance, "get_run_records"):
             self._instance = self._instance()
         return self._instance
 
-    def collect(self) -> Iterator[Any]:
+    def collect(self, now: float | None = None) -> Iterator[Any]:
+        """The families; ages are measured at ``now`` (unix seconds; default the clock), so a snapshot
+        taken "at" a moment gives the same ages as its other figures."""
         up = 1.0
         families: list[Any] = []
+        moment = self._clock() if now is None else now
         try:
             with self._lock:
                 instance = self.instance()
-                families += self._runs(instance)
-                families += self._materialisations(instance)
+                families += self._runs(instance, moment)
+                families += self._daemons_and_sensors(instance, moment)
+                families += self._materialisations(instance, moment)
         except Exception as exc:
             up = 0.0
             self._warn.warn("the Dagster instance", exc)
@@ -152,7 +173,7 @@ class InstanceCollector:
 
     # -- runs ------------------------------------------------------------------------------------------
 
-    def _runs(self, instance: Any) -> list[Any]:
+    def _runs(self, instance: Any, now_s: float) -> list[Any]:
         from dagster import DagsterRunStatus
 
         pools = list(self._pools())
@@ -167,11 +188,70 @@ class InstanceCollector:
         _at, _pools, finished, wait, run_s = self._finished
         f = metrics.FAMILIES
         return [
+            f["workerpool_oldest_queued_seconds"].build(self._oldest_queued(instance, pools, now_s)),
             f["workerpool_runs_queued"].build([((pool,), c["queued"]) for pool, c in counts.items()]),
             f["workerpool_runs_in_progress"].build([((pool,), c["running"]) for pool, c in counts.items()]),
             f["workerpool_run_wait_seconds"].build(wait),
             f["workerpool_run_seconds"].build(run_s),
             f["workerpool_runs_finished_total"].build(finished),
+        ]
+
+    @staticmethod
+    def _oldest_queued(instance: Any, pools: list[str], now: float) -> list[Any]:
+        """Per pool, how long its oldest queued run has waited: one ``limit=1`` query each."""
+        from dagster import DagsterRunStatus, RunsFilter
+
+        out = []
+        for pool in pools:
+            oldest = instance.get_run_records(
+                filters=RunsFilter(statuses=[DagsterRunStatus.QUEUED], tags={POOL_TAG: pool}),
+                limit=1,
+                ascending=True,
+            )
+            age = max(0.0, now - oldest[0].create_timestamp.timestamp()) if oldest else 0.0
+            out.append(((pool,), age))
+        # Runs without a pool tag cannot be filtered for: the oldest untagged among the oldest queued.
+        queued = instance.get_run_records(
+            filters=RunsFilter(statuses=[DagsterRunStatus.QUEUED]), limit=UNTAGGED_SCAN, ascending=True
+        )
+        untagged = [r for r in queued if POOL_TAG not in r.dagster_run.tags]
+        age = max(0.0, now - untagged[0].create_timestamp.timestamp()) if untagged else 0.0
+        out.append(((NO_POOL,), age))
+        return out
+
+    @staticmethod
+    def _daemons_and_sensors(instance: Any, now: float) -> list[Any]:
+        """Each daemon's heartbeat age, and each sensor's failed ticks in a row (its newest tick's
+        ``consecutive_failure_count``: one ``limit=1`` query per sensor)."""
+        # Ticks and instigator states have no public API (the UI reads them the same way).
+        from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+
+        beats = [
+            ((str(name),), max(0.0, now - beat.timestamp))
+            for name, beat in sorted(instance.get_daemon_heartbeats().items())
+        ]
+        failing: dict[str, float] = {}
+        # An instance without schedule storage (DagsterInstance.ephemeral()) has no sensors: no figure,
+        # rather than losing every instance family to its "Schedule storage not available".
+        states = (
+            instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+            if instance.schedule_storage is not None
+            else []
+        )
+        for state in states:
+            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+            if ticks:
+                tick = ticks[0]
+                failed = tick.status == TickStatus.FAILURE
+                failing[state.instigator_name] = (
+                    float(max(1, tick.consecutive_failure_count or 0)) if failed else 0.0
+                )
+        f = metrics.FAMILIES
+        return [
+            f["workerpool_daemon_heartbeat_age_seconds"].build(beats),
+            f["workerpool_sensor_consecutive_failures"].build(
+                [((name,), value) for name, value in sorted(failing.items())]
+            ),
         ]
 
     @staticmethod
@@ -229,9 +309,8 @@ class InstanceCollector:
             if not page.has_more or not page.records:
                 return latest.by_market
 
-    def _materialisations(self, instance: Any) -> list[Any]:
+    def _materialisations(self, instance: Any, now: float) -> list[Any]:
         known = set(instance.get_dynamic_partitions(MARKETS_PARTITION))
-        now = time.time()
         f = metrics.FAMILIES
 
         def series(asset: str, pick: Callable[[Mapping[str, Any], float], float | None]) -> list[Any]:
@@ -245,14 +324,29 @@ class InstanceCollector:
         def meta(name: str) -> Callable[[Mapping[str, Any], float], float | None]:
             return lambda values, _ts: _number(values.get(name))
 
-        def freshness(values: Mapping[str, Any], _ts: float) -> float | None:
-            last = values.get("last_ts")
+        def last_quote(values: Mapping[str, Any]) -> datetime | None:
             try:
-                stamp = datetime.fromisoformat(str(last))
+                stamp = datetime.fromisoformat(str(values.get("last_ts")))
             except ValueError:
                 return None
-            stamp = stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
-            return max(0.0, now - stamp.timestamp())
+            return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+        def freshness(values: Mapping[str, Any], _ts: float) -> float | None:
+            stamp = last_quote(values)
+            return None if stamp is None else max(0.0, now - stamp.timestamp())
+
+        def stale_open(market: str, values: Mapping[str, Any]) -> float | None:
+            """Open-market seconds since the newest quote: a weekend does not make FX data stale."""
+            stamp = last_quote(values)
+            if stamp is None or self._calendar_of is None:
+                return None
+            moment = datetime.fromtimestamp(now, UTC)
+            if stamp >= moment:
+                return 0.0
+            try:
+                return float(self._calendar_of(market).open_seconds(stamp, moment))
+            except Exception:  # a calendar that does not cover the span: no figure rather than a wrong one
+                return None
 
         def kelly(values: Mapping[str, Any], _ts: float) -> float | None:
             return _number(values.get("test/kelly_fraction", values.get("kelly_max_fraction")))
@@ -268,12 +362,19 @@ class InstanceCollector:
             f["data_manager_rows_loaded"].build(series("quote_snapshots", meta("dagster/row_count"))),
             f["data_manager_bars_loaded"].build(series("indicator_frame", meta("dagster/row_count"))),
             f["data_manager_freshness_seconds"].build(series("quote_snapshots", freshness)),
+            f["data_manager_stale_open_seconds"].build(
+                [
+                    ((market,), value)
+                    for market, (_d, _s, _t, values) in sorted(
+                        self._latest["quote_snapshots"].by_market.items()
+                    )
+                    if market in known and (value := stale_open(market, values)) is not None
+                ]
+            ),
         ]
 
 
 # --- the state store -------------------------------------------------------------------------------------
-
-CONFIG_REFUSED_RULE = ("config_refused", "log")
 
 
 def _progress_rows(store: Any) -> tuple[list[Any], dict[str, int]]:
@@ -307,8 +408,8 @@ def _progress_rows(store: Any) -> tuple[list[Any], dict[str, int]]:
     return store.guarded_call(run, operation="read")
 
 
-def _config_versions(store: Any) -> tuple[dict[str, int], int] | None:
-    """config_versions rows per status, and how many refusals a later applied version ended."""
+def config_version_summary(store: Any) -> tuple[dict[str, int], tuple[str, str | None] | None] | None:
+    """config_versions rows per status, and the newest version's status and error (None: no row)."""
     engine = getattr(store, "engine", None)
     if engine is None:
         return None
@@ -316,28 +417,121 @@ def _config_versions(store: Any) -> tuple[dict[str, int], int] | None:
 
     table = store.table("config_versions")
     counts_q = sa.select(table.c.status, sa.func.count()).group_by(table.c.status)
-    # A refusal is resolved when a later version applied; count refusals with an applied row after them.
-    later = table.alias("later")
-    resolved_q = (
-        sa.select(sa.func.count())
-        .select_from(table)
-        .where(
-            table.c.status == "refused",
-            sa.exists().where(later.c.seq > table.c.seq, later.c.status == "applied"),
-        )
-    )
+    newest_q = sa.select(table.c.status, table.c.error).order_by(table.c.seq.desc()).limit(1)
 
-    def run() -> tuple[dict[str, int], int]:
+    def run() -> tuple[dict[str, int], tuple[str, str | None] | None]:
         with engine.connect() as conn:
             counts = {status: n for status, n in conn.execute(counts_q)}
-            return counts, int(conn.execute(resolved_q).scalar_one())
+            newest = conn.execute(newest_q).first()
+        return counts, (newest[0], newest[1]) if newest is not None else None
 
     return store.guarded_call(run, operation="read")
 
 
+def _champions(store: Any) -> dict[str, tuple[float, float | None]]:
+    """Per market, the best fitness of its newest completed GA task and of the one before."""
+    engine = getattr(store, "engine", None)
+    if engine is None:
+        pairs: dict[str, list[float]] = {}
+        for row in store.progress.find(status="completed"):  # newest first
+            if row.best_fitness is not None and len(pairs.setdefault(row.market, [])) < 2:
+                pairs[row.market].append(float(row.best_fitness))
+        return {m: (v[0], v[1] if len(v) > 1 else None) for m, v in pairs.items()}
+    import sqlalchemy as sa
+
+    table = store.table("worker_progress")
+    rank = (
+        sa.func.row_number()
+        .over(partition_by=table.c.market, order_by=(table.c.updated_at.desc(), table.c.task_id))
+        .label("rank")
+    )
+    ranked = (
+        sa.select(table.c.market, table.c.best_fitness, rank)
+        .where(table.c.status == "completed", table.c.best_fitness.is_not(None))
+        .subquery()
+    )
+    query = sa.select(ranked.c.market, ranked.c.best_fitness, ranked.c.rank).where(ranked.c.rank <= 2)
+
+    def run() -> dict[str, tuple[float, float | None]]:
+        out: dict[str, list[float | None]] = {}
+        with engine.connect() as conn:
+            for market, fitness, position in conn.execute(query):
+                out.setdefault(market, [None, None])[position - 1] = float(fitness)
+        return {m: (v[0], v[1]) for m, v in out.items() if v[0] is not None}
+
+    return store.guarded_call(run, operation="read")
+
+
+def _active_drawdowns(store: Any) -> dict[str, float]:
+    """Per market, the max drawdown of the config in force (arm role ``active``) on its newest A/B
+    test window."""
+    engine = getattr(store, "engine", None)
+    if engine is None:
+        out: dict[str, float] = {}
+        seen: set[str] = set()
+        for record in store.experiments.recent(limit=1000):  # newest first
+            if record.market in seen:  # only the newest window counts, as in the SQL query
+                continue
+            seen.add(record.market)
+            for arm in record.arms:
+                value = _number(arm.metrics.get("max_drawdown")) if arm.role == "active" else None
+                if value is not None:
+                    out[record.market] = value
+        return out
+    import sqlalchemy as sa
+
+    experiments, arms = store.table("ab_experiments"), store.table("ab_arms")
+    newest = (
+        sa.select(experiments.c.experiment_id, experiments.c.market)
+        .distinct(experiments.c.market)
+        .order_by(experiments.c.market, experiments.c.created_at.desc(), experiments.c.experiment_id)
+        .subquery()
+    )
+    query = sa.select(newest.c.market, arms.c.metrics["max_drawdown"].astext).join(
+        arms, sa.and_(arms.c.experiment_id == newest.c.experiment_id, arms.c.role == "active")
+    )
+
+    def run() -> dict[str, float]:
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {market: value for market, raw in rows if (value := _number(raw)) is not None}
+
+    return store.guarded_call(run, operation="read")
+
+
+def _alert_figures(store: Any) -> tuple[list[Any], list[Any], list[Any], list[Any], list[Any]]:
+    """The outbox as families: fired/resolved notices and failed attempts per rule and channel, alerts
+    firing per rule and severity, deliveries waiting per channel."""
+    fired: dict[tuple[str, str], float] = {}
+    resolved: dict[tuple[str, str], float] = {}
+    failed: dict[tuple[str, str], float] = {}
+    pending: dict[tuple[str], float] = {}
+    for rule, channel, event, status, rows, failures in store.alerts.delivery_counts():
+        key = (rule, channel)
+        failed[key] = failed.get(key, 0.0) + failures
+        if event == "firing":
+            fired[key] = fired.get(key, 0.0) + rows
+        elif event == "resolved":
+            resolved[key] = resolved.get(key, 0.0) + rows
+        if status == "pending":
+            pending[(channel,)] = pending.get((channel,), 0.0) + rows
+    firing: dict[tuple[str, str], float] = {}
+    for state in store.alerts.states():
+        if state.status == "firing":
+            key = (state.rule, state.severity)
+            firing[key] = firing.get(key, 0.0) + 1
+    return (
+        sorted(fired.items()),
+        sorted(resolved.items()),
+        sorted(failed.items()),
+        sorted(firing.items()),
+        sorted(pending.items()),
+    )
+
+
 class StateStoreCollector:
-    """``state_store`` route: ``worker_progress`` (GA figures a crashed run leaves) and
-    ``config_versions`` (config refusals as alerts)."""
+    """``state_store`` route: ``worker_progress`` (GA figures a crashed run leaves), the A/B tests'
+    drawdowns, ``config_versions`` and the alert outbox."""
 
     def __init__(self, store: Any | Callable[[], Any]) -> None:
         self._store = store
@@ -353,21 +547,31 @@ class StateStoreCollector:
         try:
             store = self.store()
             rows, statuses = _progress_rows(store)
-            versions = _config_versions(store)
+            versions = config_version_summary(store)
+            champions = _champions(store)
+            drawdowns = _active_drawdowns(store)
+            alerts = _alert_figures(store)
         except Exception as exc:
             self._warn.warn("the state store", exc)
             yield f["ga_state_store_up"].build([((), 0.0)])
             return
         yield f["ga_state_store_up"].build([((), 1.0)])
         yield from self._ga(rows, statuses)
-        refused = CONFIG_REFUSED_RULE
-        counts, resolved = versions if versions is not None else ({}, 0)
+        yield f["ga_champion_fitness"].build([((m,), c[0]) for m, c in sorted(champions.items())])
+        yield f["ga_previous_champion_fitness"].build(
+            [((m,), c[1]) for m, c in sorted(champions.items()) if c[1] is not None]
+        )
+        yield f["rl_agent_active_max_drawdown"].build([((m,), v) for m, v in sorted(drawdowns.items())])
+        counts = versions[0] if versions is not None else {}
         yield f["data_manager_config_versions"].build(
             [((status,), counts.get(status, 0)) for status in ("applied", "refused")]
         )
-        yield f["alerts_fired_total"].build([(refused, counts.get("refused", 0))])
-        yield f["alerts_resolved_total"].build([(refused, resolved)])
-        yield f["alerts_deliveries_failed_total"].build([(refused, 0)])
+        fired, resolved, failed, firing, pending = alerts
+        yield f["alerts_fired_total"].build(fired)
+        yield f["alerts_resolved_total"].build(resolved)
+        yield f["alerts_deliveries_failed_total"].build(failed)
+        yield f["alerts_firing"].build(firing)
+        yield f["alerts_deliveries_pending"].build(pending)
 
     @staticmethod
     def _ga(rows: list[Any], statuses: Mapping[str, int]) -> Iterator[Any]:
@@ -436,6 +640,10 @@ def collectors(
 
     return [
         process_collector(),
-        InstanceCollector(instance if instance is not None else default_instance, pools),
+        InstanceCollector(
+            instance if instance is not None else default_instance,
+            pools,
+            lambda market: load_settings().market_profile(market).calendar,
+        ),
         StateStoreCollector(store if store is not None else default_store),
     ]

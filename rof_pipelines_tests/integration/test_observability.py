@@ -21,9 +21,13 @@ import pika
 import psycopg
 import pytest
 import yaml
+from dagster import DagsterInstance
+from dagster._core.scheduler.instigation import TickStatus
 
 from rof_pipelines.adapters import metrics
-from rof_pipelines.settings import PROJECT_ROOT
+from rof_pipelines.adapters.state_store import StateStore
+from rof_pipelines.settings import PROJECT_ROOT, load_settings
+from rof_pipelines_tests.ops.instance_facts import heartbeat, sensor_state, tick
 from rof_pipelines_tests.ops.servers import (
     Prometheus,
     Pushgateway,
@@ -95,6 +99,14 @@ def tick_the_sensors(root: Path, day: str) -> None:
     sensor_root = root / "sensor_ticks"
     sensor_root.mkdir()
     path = sensor_root / "config.yaml"  # its own file: the refused edit must not touch the ops service's
+    # Alerting for the alerts_sensor ticks: the log, and a webhook nobody listens on (failed deliveries).
+    config["alerting"] = {
+        "channels": {
+            "log": {"type": "log"},
+            "nobody": {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/", "timeout": "1s"},
+        },
+        "retry": {"initial": "1s", "maximum": "2s"},
+    }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     resource = RofSettings(config_path=str(path))
     settings = resource.load()
@@ -122,19 +134,28 @@ def tick_the_sensors(root: Path, day: str) -> None:
         loaded = defs()
         tasks_sensor = loaded.resolve_sensor_def("task_messages_sensor")
         reload_sensor = loaded.resolve_sensor_def("config_reload_sensor")
+        alerts_sensor = loaded.resolve_sensor_def("alerts_sensor")
         with instance_for_test() as instance:
             with build_sensor_context(instance=instance, resources=resources) as context:
                 result = tasks_sensor(context)
             assert isinstance(result, SensorResult), result
             assert [r.run_key for r in result.run_requests] == [valid.message_id]
             cursor = None
-            for bar_interval, outcome in (("1m", "applied"), ("7m", "REFUSED")):  # 7m does not divide a day
+            # Applied, refused (7m does not divide a day: the config_refused alert fires), applied again
+            # (it resolves); an alerts_sensor tick after each, so every alerts_* family has samples.
+            steps = (("1m", "applied", None), ("7m", "REFUSED", "fired"), ("1m", "applied", "resolved"))
+            for bar_interval, outcome, event in steps:
                 config["storage"]["bar_interval"] = bar_interval
                 path.write_text(yaml.safe_dump(config, sort_keys=False))
                 with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
                     skipped = reload_sensor(context)
                     cursor = context.cursor
                 assert outcome in skipped.skip_message, skipped.skip_message
+                with build_sensor_context(instance=instance, resources=resources) as context:
+                    summary = alerts_sensor(context).skip_message  # "fired ...; resolved ...; ..."
+                fired, resolved = (part.split(" ", 1)[1] for part in summary.split("; ")[:2])
+                assert ("config_refused" in fired) == (event == "fired"), summary
+                assert ("config_refused" in resolved) == (event == "resolved"), summary
     finally:
         connection = pika.BlockingConnection(pika.URLParameters(rabbit_config.url.get_secret_value()))
         channel = connection.channel()
@@ -203,6 +224,9 @@ def test_prometheus_sees_every_family_the_killed_run_and_health_follows_the_stat
                 if name.startswith("STATE_STORAGE_"):
                     monkeypatch.setenv(name, env[name])
             rof(env, "db", "upgrade")
+            with StateStore(load_settings(PROJECT_ROOT / "config.yaml", environ=env).state_storage) as store:
+                # an earlier completed optimisation of the finished market: its previous champion
+                store.progress.record("obs:earlier", FINISHED, 2, 2, 0.5, None, "completed")
             rof(env, "quotes", "generate", "-m", FINISHED, "-m", KILLED, "--days", "15")
             day = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
 
@@ -272,6 +296,14 @@ def test_prometheus_sees_every_family_the_killed_run_and_health_follows_the_stat
 
             # Sensor ticks (the code-location process's counters) push under process="sensor", sensor.
             tick_the_sensors(root, day)
+            # No daemon runs here: its heartbeat and a sensor's failing tick are planted in the
+            # instance the ops service reads, as the daemon records them.
+            instance = DagsterInstance.from_config(str(home))
+            try:
+                heartbeat(instance, "SENSOR", time.time())
+                tick(instance, sensor_state(instance, "alerts_sensor"), TickStatus.FAILURE, time.time(), 2)
+            finally:
+                instance.dispose()
             for name in sorted(SENSOR_FAMILIES):
                 wait_until(
                     lambda name=name: prom.query(f'{name}{{job="rof", process="sensor", sensor!=""}}'),

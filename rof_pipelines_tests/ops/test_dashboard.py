@@ -147,6 +147,9 @@ def synthetic_exposition() -> bytes:
     registry = metrics.new_registry()
     values = {
         "pool": "ab_optimizer",
+        "daemon": "SENSOR",
+        "sensor": "alerts_sensor",
+        "severity": "critical",
         "market": "binance:TONUSDT",
         "service": "state_store",
         "process": "run",
