@@ -39,10 +39,24 @@ telemetry:
 """
 
 
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
 class DaemonHarness:
     """A dagster-daemon with this project's definitions, a private state store DB and queue prefix."""
 
-    def __init__(self, sensor_interval: int = 5, queue_size: int = 100_000, max_messages_per_tick: int = 200):
+    def __init__(
+        self,
+        sensor_interval: int = 5,
+        queue_size: int = 100_000,
+        max_messages_per_tick: int = 200,
+        config_overrides: dict[str, Any] | None = None,
+    ):
         self.prefix = f"rof_bench_{secrets.token_hex(4)}"
         self.database = f"rof_bench_{secrets.token_hex(4)}"
         self.dir = Path(tempfile.mkdtemp(prefix="rof-sensor-bench-"))
@@ -72,6 +86,7 @@ class DaemonHarness:
             },
             "system_setup": {"worker_pool": {"ab_optimizer": pool, "task_worker": pool}},
         }
+        _merge(config, config_overrides or {})
         self.config_path = self.dir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.settings = load_settings(self.config_path, environ={})

@@ -24,6 +24,7 @@ SENSORS = {
     "quotes_updated_messages_sensor",
     "backup_messages_sensor",
     "config_reload_sensor",
+    "alerts_sensor",
 }
 ASSETS = {"quote_snapshots", "indicator_frame", "q_table", "ga_population", "ab_report", "strategy_knowledge"}
 
