@@ -1,4 +1,4 @@
-"""The ``rof`` command: demo, quotes generate/import, db upgrade, bench, ui."""
+"""The ``rof`` command: demo, quotes generate/import, db upgrade, alerts, bench, ui."""
 
 import json
 import os
@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from rof_pipelines.alerts_cli import alerts_app
 from rof_pipelines.core.market import duration_text
 from rof_pipelines.errors import RofError, UnrunnableMessage
 from rof_pipelines.settings import PROJECT_ROOT, Settings, load_settings
@@ -35,6 +36,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(config_app, name="config")
 ops_app = typer.Typer(help="The ops service: /metrics and /health.", no_args_is_help=True)
 app.add_typer(ops_app, name="ops")
+app.add_typer(alerts_app, name="alerts")
 
 
 @app.callback()
@@ -863,6 +865,16 @@ def bench_ops(
     from rof_pipelines.bench.ops import bench_ops as run
 
     _emit(run(markets, runs, scrapes, repeats))
+
+
+@bench_app.command("alerts")
+def bench_alerts(markets: int = 1000, custom: int = 8, repeats: int = 5) -> None:
+    """Seconds one alerts_sensor tick spends on the rules for MARKETS markets (the ready-made rules
+    plus CUSTOM custom ones): evaluation, state transition, and the whole enqueue on the in-memory
+    state store (a tick has 60 s)."""
+    from rof_pipelines.bench.alerts import bench_alerts as run
+
+    _emit(run(markets, custom, repeats))
 
 
 # --- ops --------------------------------------------------------------------------------------------
