@@ -120,6 +120,18 @@ def pg_database(pg_admin_dsn: str) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
+def state_storage(pg_database) -> dict:
+    """state_storage settings pointing at this test's fresh PostgreSQL database."""
+    return {
+        "db_host": pg_database["db_host"],
+        "db_user": pg_database["db_user"],
+        "db_name": pg_database["db_name"],
+        "db_password": "",
+        "schema": "rof_state",
+    }
+
+
+@pytest.fixture
 def rabbitmq_url() -> str:
     import pika
 

@@ -42,17 +42,6 @@ def instance() -> Iterator[DagsterInstance]:
 
 
 @pytest.fixture
-def state_storage(pg_database: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "db_host": pg_database["db_host"],
-        "db_user": pg_database["db_user"],
-        "db_name": pg_database["db_name"],
-        "db_password": "",
-        "schema": "rof_state",
-    }
-
-
-@pytest.fixture
 def harness(
     tmp_path: Path, instance: DagsterInstance, state_storage: dict[str, Any], receiver: HttpReceiver
 ) -> AlertingHarness:

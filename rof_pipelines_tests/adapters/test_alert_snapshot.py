@@ -3,7 +3,6 @@ outcomes with their root-cause error, sensor ticks, promotions in the window, co
 process's breakers, figure types as documented, markets with their calendar, and the kinds that
 become unknown when a source does not answer - then the ready-made run_failed rule on it."""
 
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,16 +20,10 @@ from dagster import (
     job,
     op,
 )
-from dagster._core.errors import SensorExecutionError
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 from dagster._core.scheduler.instigation import (
-    InstigatorState,
-    InstigatorStatus,
-    InstigatorType,
-    TickData,
     TickStatus,
 )
-from dagster._utils.error import serializable_error_info_from_exc_info
 
 from rof_pipelines.adapters.alerts.snapshot import SnapshotSource
 from rof_pipelines.adapters.breakers import breaker_for
@@ -44,6 +37,7 @@ from rof_pipelines.core.alerts.figures import FIGURES
 from rof_pipelines.core.alerts.model import Snapshot
 from rof_pipelines.core.market import Market
 from rof_pipelines.partitions import market_day_key, market_day_partitions, markets_partitions
+from rof_pipelines_tests.ops.instance_facts import sensor_state, tick
 
 POOLS = ["task_worker", "ab_optimizer"]
 TON, EUR = Market.parse("binance:TONUSDT"), Market.parse("oanda:EURUSD")
@@ -107,38 +101,7 @@ def instance() -> Iterator[DagsterInstance]:
 
 
 def _sensor(instance: DagsterInstance, name: str, status: TickStatus, failures: int = 0) -> float:
-    state = InstigatorState(
-        REPOSITORY.get_instigator_origin(name), InstigatorType.SENSOR, InstigatorStatus.RUNNING
-    )
-    instance.add_instigator_state(state)
-    error = None
-    if status == TickStatus.FAILURE:
-        try:  # a tick's error as the daemon records it: Dagster's wrapper around the sensor's own
-            try:
-                raise ConnectionError("planted sensor failure")
-            except ConnectionError as exc:
-                raise SensorExecutionError(
-                    f"Error occurred during the evaluation of sensor {name}",
-                    user_exception=exc,
-                    original_exc_info=sys.exc_info(),
-                ) from exc
-        except SensorExecutionError:
-            error = serializable_error_info_from_exc_info(sys.exc_info())
-    at = time.time() - 5.0
-    instance.create_tick(
-        TickData(
-            instigator_origin_id=state.instigator_origin_id,
-            instigator_name=name,
-            instigator_type=InstigatorType.SENSOR,
-            status=status,
-            timestamp=at,
-            run_ids=[],
-            error=error,
-            selector_id=state.selector_id,
-            consecutive_failure_count=failures,
-        )
-    )
-    return at
+    return tick(instance, sensor_state(instance, name), status, time.time() - 5.0, failures)
 
 
 def _experiment(store: Any, experiment_id: str, market: Market, promoted: bool) -> None:

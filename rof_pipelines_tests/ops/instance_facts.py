@@ -4,6 +4,7 @@ running. Instigator states and ticks have no public constructor API: these are D
 
 import sys
 
+from dagster._core.errors import SensorExecutionError
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 from dagster._core.scheduler.instigation import (
     InstigatorState,
@@ -27,13 +28,20 @@ def sensor_state(instance, name: str) -> InstigatorState:
     return state
 
 
-def tick(instance, state: InstigatorState, status: TickStatus, at: float, failures: int = 0) -> None:
+def tick(instance, state: InstigatorState, status: TickStatus, at: float, failures: int = 0) -> float:
     """One tick of ``state``'s sensor; a failed one carries a real error and ``failures`` in a row."""
     error = None
     if status == TickStatus.FAILURE:
-        try:
-            raise RuntimeError("sensor broke")
-        except RuntimeError:
+        try:  # as the daemon records it: Dagster's wrapper around the sensor's own exception
+            try:
+                raise ConnectionError("planted sensor failure")
+            except ConnectionError as exc:
+                raise SensorExecutionError(
+                    f"Error occurred during the evaluation of sensor {state.instigator_name}",
+                    user_exception=exc,
+                    original_exc_info=sys.exc_info(),
+                ) from exc
+        except SensorExecutionError:
             error = serializable_error_info_from_exc_info(sys.exc_info())
     instance.create_tick(
         TickData(
@@ -48,6 +56,7 @@ def tick(instance, state: InstigatorState, status: TickStatus, at: float, failur
             consecutive_failure_count=failures,
         )
     )
+    return at
 
 
 def heartbeat(instance, daemon: str, at: float) -> None:
