@@ -877,6 +877,36 @@ def bench_alerts(markets: int = 1000, custom: int = 8, repeats: int = 5) -> None
     _emit(run(markets, custom, repeats))
 
 
+@bench_app.command("backfill")
+def bench_backfill(
+    markets: Annotated[int, typer.Option(help="synthetic 24/7 markets")] = 10,
+    days: Annotated[int, typer.Option(help="whole UTC days ending yesterday")] = 30,
+    ga_population: Annotated[int | None, typer.Option(help="override ab_tests.experiment.ga")] = None,
+    ga_generations: Annotated[int | None, typer.Option(help="override ab_tests.experiment.ga")] = None,
+    max_concurrent_runs: Annotated[
+        int | None, typer.Option(help="the queued run coordinator's limit (default: CPUs)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="seconds the backfill may take")] = 3 * 3600,
+    compute: Annotated[bool, typer.Option(help="also time the same work in one process")] = True,
+    smoke: Annotated[bool, typer.Option(help="2 markets x 2 days, GA 8 x 2: a quick look")] = False,
+    executor: Annotated[
+        str | None, typer.Option(help="system_setup.executor for the runs: in_process | multiprocess")
+    ] = None,
+) -> None:
+    """A partition backfill of every market-day asset over MARKETS x DAYS through the real
+    dagster-daemon (PostgreSQL instance, queued coordinator), against the same partitions computed
+    in one process: partitions per minute, runs per partition, every partition materialised once,
+    compute / wall, and where a run's time goes (from its event log)."""
+    from rof_pipelines.bench.backfill import SMOKE
+    from rof_pipelines.bench.backfill import bench_backfill as run
+
+    if smoke:
+        markets, days = SMOKE["markets"], SMOKE["days"]
+        ga_population = ga_population or SMOKE["ga_population"]
+        ga_generations = ga_generations or SMOKE["ga_generations"]
+    _emit(run(markets, days, ga_population, ga_generations, max_concurrent_runs, timeout, compute, executor))
+
+
 # --- ops --------------------------------------------------------------------------------------------
 
 
