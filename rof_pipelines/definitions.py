@@ -11,7 +11,7 @@ reads no configuration. In code and tests, ``defs()`` returns the ``Definitions`
 from functools import cache
 from typing import Any
 
-from dagster import Definitions, definitions
+from dagster import Definitions, definitions, in_process_executor, multiprocess_executor
 
 from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
 from rof_pipelines.adapters.resources import (
@@ -31,6 +31,8 @@ from rof_pipelines.defs.rl import definitions as rl
 from rof_pipelines.settings import Settings
 
 DOMAINS = (quotes, indicators, rl, optimisation, experiments, ops)
+# system_setup.executor -> the executor of every job and of the runs a backfill launches (read at load).
+EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_executor}
 
 
 def shared_resources() -> dict[str, Any]:
@@ -51,7 +53,10 @@ def build_definitions(at_load: Settings) -> Definitions:
     # A run whose config names `loggers: {console: ...}` logs Dagster's events in system_setup's
     # level and format, scrubbed (defs/loggers.py); otherwise dagster.yaml's python_logs applies.
     loggers = {"console": rof_console_logger}
-    return Definitions.merge(*domains, Definitions(resources=shared_resources(), loggers=loggers))
+    executor = EXECUTORS[at_load.system_setup.executor]
+    return Definitions.merge(
+        *domains, Definitions(resources=shared_resources(), loggers=loggers, executor=executor)
+    )
 
 
 @definitions

@@ -292,6 +292,10 @@ class SystemSetup(_Section):
     pushgateway_interval: float = Field(
         default=10.0, ge=0, description="least seconds between mid-step pushes"
     )
+    # How a run executes its steps. in_process: every step in the run's own process (one process start
+    # per run; `rof bench backfill` measured the per-step processes of multiprocess at ~80% of a
+    # backfill's wall time on 2 cores). multiprocess: one process per step, steps of a run in parallel.
+    executor: Literal["in_process", "multiprocess"] = "in_process"
     worker_pool: WorkerPoolConfig = WorkerPoolConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     schedules: SchedulesConfig = SchedulesConfig()

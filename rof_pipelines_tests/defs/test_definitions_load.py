@@ -160,3 +160,13 @@ def test_importing_any_module_reads_no_configuration(tmp_path: Path):
         seen["imported"]
     )
     assert seen["at_load"], "the watch sees the reads when the definitions load"
+
+
+def test_system_setup_executor_picks_the_executor_of_every_job_and_of_backfill_runs():
+    from rof_pipelines.settings import Settings
+
+    for name, expected in (("in_process", "in_process"), ("multiprocess", "multiprocess")):
+        built = build_definitions(Settings(system_setup={"executor": name}))
+        repository = built.get_repository_def()
+        assert {job.executor_def.name for job in repository.get_all_jobs()} == {expected}
+    assert Settings().system_setup.executor == "in_process"
