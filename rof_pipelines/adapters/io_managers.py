@@ -1,57 +1,82 @@
-"""One file per asset partition: ``{base}/{asset}/{exchange=PAIR}/{date}.{parquet|bin}``.
+"""One file per asset partition: ``{root}/{asset}/{exchange=PAIR}/{date}.{parquet|bin}``.
 
-DataFrames are stored as Parquet; ``bytes`` (a serialised Q-table, say) as they are. An input that
-spans several partitions (a window) is their concatenation in time order, skipping days that were
-never materialised; for ``bytes`` inputs it is a dict keyed by partition.
+The root is ``storage.frames_url``: a local directory (default ``storage.data_dir/frames``) or an
+fsspec URL (``s3://bucket/rof/frames``, ``gs://...``, ``file:///shared/frames``), so steps of one
+run on different machines (the celery executor) hand frames to each other through storage every
+worker sees. Object-store URLs need the filesystem's fsspec package (s3fs, gcsfs) installed.
+
+DataFrames are stored as Parquet; ``bytes`` (a serialised Q-table, say) as they are. An input of a
+one-partition step that spans several partitions is their concatenation in time order, skipping days
+never materialised (for ``bytes``: a dict keyed by partition). A step that runs a range of partitions
+(a backfill run, defs/partition_ranges.py) hands over and receives :class:`PartitionValues`, one
+value per partition key.
 """
 
+import io
 import os
-from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from upath import UPath
 
 from rof_pipelines.adapters.resources import RofSettings
 from rof_pipelines.errors import NotFoundError
 from rof_pipelines.partitions import market_and_day
 
 SUFFIXES = (".parquet", ".bin")
+LOCAL_PROTOCOLS = ("", "file", "local")
+
+
+class PartitionValues(dict):
+    """A ranged step's output or input: partition key -> value; a key absent stored nothing."""
 
 
 class ParquetFrameIOManager(ConfigurableIOManager):
     settings: RofSettings
     base_dir: Optional[str] = None  # noqa: UP045 - Dagster's config schema needs Optional
 
-    def _root(self) -> Path:
+    def _root(self) -> UPath:
         if self.base_dir:
-            return Path(self.base_dir)
-        return self.settings.load().storage.resolved_data_dir() / "frames"
+            return UPath(self.base_dir)
+        return UPath(self.settings.load().storage.resolved_frames_url())
 
-    def _stem(self, asset_key: list[str], partition_key: str) -> Path:
+    def _stem(self, asset_key: list[str], partition_key: str) -> UPath:
         market, day = market_and_day(partition_key)
-        return self._root().joinpath(*asset_key) / market.key.replace(":", "=") / day.isoformat()
+        return self._root().joinpath(*asset_key, market.key.replace(":", "="), day.isoformat())
+
+    def write_partition(self, asset_key: list[str], partition_key: str, obj: Any) -> dict[str, Any]:
+        """Store one partition's value whole (a reader never sees half a file); the metadata to
+        record with its materialisation."""
+        stem = self._stem(asset_key, partition_key)
+        if isinstance(obj, bytes):
+            path, payload = stem.with_suffix(".bin"), obj
+        elif isinstance(obj, pd.DataFrame):
+            buffer = io.BytesIO()
+            obj.to_parquet(buffer, compression="zstd")
+            path, payload = stem.with_suffix(".parquet"), buffer.getvalue()
+        else:
+            raise TypeError(f"{'/'.join(asset_key)}: cannot store a {type(obj).__name__}")
+        if path.protocol in LOCAL_PROTOCOLS:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            temp.write_bytes(payload)
+            os.replace(temp.path, path.path)
+        else:  # an object store's put is atomic per object
+            path.write_bytes(payload)
+        return {"path": MetadataValue.path(str(path)), "file_bytes": len(payload)}
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
-        stem = self._stem(list(context.asset_key.path), context.asset_partition_key)
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(obj, bytes):
-            path = stem.with_suffix(".bin")
-        elif isinstance(obj, pd.DataFrame):
-            path = stem.with_suffix(".parquet")
-        else:
-            raise TypeError(f"{context.asset_key.to_user_string()}: cannot store a {type(obj).__name__}")
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        if isinstance(obj, bytes):
-            temp.write_bytes(obj)
-        else:
-            obj.to_parquet(temp, compression="zstd")
-        os.replace(temp, path)  # readers never see half a file
-        context.add_output_metadata(
-            {"path": MetadataValue.path(str(path)), "file_bytes": path.stat().st_size}
-        )
+        asset_key = list(context.asset_key.path)
+        if isinstance(obj, PartitionValues):
+            written = [self.write_partition(asset_key, key, value) for key, value in obj.items()]
+            context.add_output_metadata(
+                {"partitions_stored": len(written), "file_bytes": sum(w["file_bytes"] for w in written)}
+            )
+            return
+        context.add_output_metadata(self.write_partition(asset_key, context.asset_partition_key, obj))
 
-    def _existing(self, stem: Path) -> Path | None:
+    def _existing(self, stem: UPath) -> UPath | None:
         return next((stem.with_suffix(s) for s in SUFFIXES if stem.with_suffix(s).exists()), None)
 
     def load_input(self, context: InputContext) -> Any:
@@ -62,11 +87,20 @@ class ParquetFrameIOManager(ConfigurableIOManager):
         name = "/".join(asset_key)
         if not present:
             raise NotFoundError(f"{name}: partition(s) {', '.join(keys)} not materialised")
+        if not context.has_partition_key:  # a ranged step: each of its partitions gets its own value
+            return PartitionValues({key: _read(path) for key, path in present.items()})
         if len(present) < len(found):
             # Normal at the start of a history or when a window reaches further back than needed;
             # the consuming asset judges whether what arrived covers its window.
             context.log.info(f"{name}: not materialised, skipped {sorted(set(found) - set(present))}")
         if all(path.suffix == ".bin" for path in present.values()):
             return {key: path.read_bytes() for key, path in present.items()}
-        frames = [pd.read_parquet(path) for path in present.values()]
+        frames = [_read(path) for path in present.values()]
         return pd.concat(frames, ignore_index=isinstance(frames[0].index, pd.RangeIndex))
+
+
+def _read(path: UPath) -> Any:
+    if path.suffix == ".bin":
+        return path.read_bytes()
+    with path.open("rb") as handle:
+        return pd.read_parquet(handle)

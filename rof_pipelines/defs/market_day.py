@@ -12,7 +12,7 @@ from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, Failure, asset
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, BackfillPolicy, Failure, asset
 
 from rof_pipelines.adapters.experiments import seed_plan_for
 from rof_pipelines.adapters.pushgateway import pushed_step
@@ -24,18 +24,24 @@ from rof_pipelines.core.knowledge import SeedPlan
 from rof_pipelines.core.market import Market, MarketProfile
 from rof_pipelines.core.window_frame import WindowFrame
 from rof_pipelines.core.windows import WindowSplit, split_train_test
+from rof_pipelines.defs.partition_ranges import ranged_step
 from rof_pipelines.defs.profiling import profiled_step
 from rof_pipelines.defs.resilience import TRANSIENT_RETRY, step_errors
 from rof_pipelines.errors import ConfigError
 from rof_pipelines.partitions import day_bounds, market_and_day, market_day_partitions
 from rof_pipelines.settings import Settings
 
+# A backfill runs up to this many partitions of one market per run (defs/partition_ranges.py); one
+# run per partition spent most of a backfill starting run workers.
+PARTITIONS_PER_RUN = 31
+
 
 def market_day_asset(*, checks: tuple[str, ...] = (), **kwargs: Any):  # type: ignore[no-untyped-def]
     """``@asset`` with what every market-day asset has: the date x market partitions, the frame IO
     manager, nothing materialised on a day the market is closed (``output_required=False``), the one
-    retry policy, its ``checks`` on the same partitions, and per-run profiling (the run tag
-    ``rof/profile: cpu|memory``, ``defs/profiling.py``) and the step's metrics push
+    retry policy, its ``checks`` on the same partitions, backfills in runs of up to
+    :data:`PARTITIONS_PER_RUN` partitions (each body still sees one partition), and per-run profiling
+    (the run tag ``rof/profile: cpu|memory``, ``defs/profiling.py``) and the step's metrics push
     (``adapters/pushgateway.py``). ``kwargs`` go to ``@asset``."""
 
     def decorate(fn):  # type: ignore[no-untyped-def]
@@ -48,8 +54,9 @@ def market_day_asset(*, checks: tuple[str, ...] = (), **kwargs: Any):  # type: i
             output_required=False,
             retry_policy=TRANSIENT_RETRY,
             check_specs=specs or None,
+            backfill_policy=BackfillPolicy.multi_run(PARTITIONS_PER_RUN),
             **kwargs,
-        )(profiled_step(pushed_step(fn)))
+        )(ranged_step(profiled_step(pushed_step(fn)), inputs=kwargs.get("ins") or {}))
 
     return decorate
 
