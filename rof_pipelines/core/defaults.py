@@ -65,7 +65,45 @@ GA: dict[str, Knob] = {
     "validation_fraction": Knob(0.3, gt=0, lt=1),
     "seed": Knob(0, ge=0),
     "checkpoint_interval": Knob(5, ge=1),
+    # The island model (core/ga/islands.py): 1 island is the single population of old.
+    "islands": Knob(1, ge=1, le=64),
+    "migration_interval": Knob(5, ge=1),  # generations between migrations
+    "migrants": Knob(2, ge=0),  # best genomes each island sends to the next one per migration
+    "island_workers": Knob(1, ge=1),  # evaluation processes inside one island step
 }
+ISLAND_KNOBS = ("islands", "migration_interval", "migrants", "island_workers")
+
+
+def island_sizes(population_size: int, islands: int) -> list[int]:
+    """How the population splits over the islands: round robin, sizes differ by at most one."""
+    return [len(range(i, population_size, islands)) for i in range(islands)]
+
+
+def island_min_population(ga: Any) -> int:
+    """The fewest genomes an island may shrink to: its share of ``min_population``, at least what
+    elitism and the NSGA-II operators need, at most the smallest island's starting size."""
+    share = -(-ga.min_population // ga.islands)
+    return min(min(island_sizes(ga.population_size, ga.islands)), max(share, ga.elitism + 2, 4))
+
+
+def _islands_problem(ga: Any) -> str | None:
+    if getattr(ga, "islands", 1) <= 1:
+        return None
+    smallest = min(island_sizes(ga.population_size, ga.islands))
+    needed = max(4, ga.elitism + 2)
+    if smallest < needed:
+        return (
+            f"islands ({ga.islands}) split population_size ({ga.population_size}) into islands of "
+            f"{smallest} genomes; each island needs at least {needed} (4, and elitism + 2)"
+        )
+    floor = island_min_population(ga)
+    if ga.migrants >= floor:
+        return (
+            f"migrants ({ga.migrants}) must be below the smallest island population ({floor}: "
+            f"population_size {ga.population_size} / islands {ga.islands}, min_population "
+            f"{ga.min_population} / islands)"
+        )
+    return None
 
 
 def ga_problem(ga: Any) -> str | None:
@@ -88,7 +126,7 @@ def ga_problem(ga: Any) -> str | None:
         return "diversity_low must be below diversity_high"
     if ga.elitism > ga.min_population - 2:
         return f"elitism ({ga.elitism}) must leave two offspring in min_population"
-    return None
+    return _islands_problem(ga)
 
 
 # --- the Q-learning agent: ai_config.rl ------------------------------------------------------------

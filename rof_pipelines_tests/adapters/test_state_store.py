@@ -41,7 +41,7 @@ from rof_pipelines.settings import (
 )
 
 PASSWORD = "s3cr3t-pw"
-HEAD = "0008"
+HEAD = "0009"
 TABLES = {
     "alembic_version",
     "worker_progress",
@@ -55,6 +55,7 @@ TABLES = {
     "ab_arms",
     "knowledge_tasks",
     "experiment_trials",
+    "ga_island_epochs",
 }
 MARKET = "binance:TONUSDT"
 

@@ -24,6 +24,7 @@ from rof_pipelines.adapters.state_store.alerts import CLIP_CHARS, SqlAlerts
 from rof_pipelines.adapters.state_store.checkpoints import SqlCheckpoints
 from rof_pipelines.adapters.state_store.configs import SqlActiveConfigs
 from rof_pipelines.adapters.state_store.experiments import SqlExperiments
+from rof_pipelines.adapters.state_store.islands import SqlIslands
 from rof_pipelines.adapters.state_store.knowledge import SqlKnowledge
 from rof_pipelines.adapters.state_store.progress import SqlProgress
 from rof_pipelines.adapters.state_store.trials import SqlTrials
@@ -34,7 +35,16 @@ from rof_pipelines.errors import ConflictError, DataValidationError, PermanentEr
 MARKET = "binance:TONUSDT"
 OTHER = "okx:BTCUSDT"
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
-REPOSITORIES = ("progress", "configs", "checkpoints", "experiments", "trials", "knowledge", "alerts")
+REPOSITORIES = (
+    "progress",
+    "configs",
+    "checkpoints",
+    "experiments",
+    "trials",
+    "knowledge",
+    "alerts",
+    "islands",
+)
 
 
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
@@ -110,6 +120,7 @@ def test_repositories_have_the_same_methods_and_signatures():
         "trials": SqlTrials,
         "knowledge": SqlKnowledge,
         "alerts": SqlAlerts,
+        "islands": SqlIslands,
     }
     assert set(sql_classes) == set(REPOSITORIES)
     for name, sql_class in sql_classes.items():
@@ -313,6 +324,27 @@ def test_checkpoint_input_is_refused_the_same_way(store):
         store.checkpoints.prune(0)
     with pytest.raises(PermanentError, match="ck_ga_checkpoints_window"):
         store.checkpoints.save(task_key(window_end=NOW - timedelta(days=2)), 0, b"x")
+
+
+# --- island GA epochs -----------------------------------------------------------------------------
+
+
+def test_island_epochs_are_written_once_and_read_by_epoch(store):
+    assert store.islands.get("ga:task", 0, 1) is None and store.islands.epoch("ga:task", 1) == []
+    assert store.islands.save("ga:task", 1, 1, b"island 1")
+    assert store.islands.save("ga:task", 0, 1, b"island 0")
+    assert store.islands.save("ga:task", 0, 0, b"start")
+    assert not store.islands.save("ga:task", 0, 1, b"again"), "the first write wins"
+    assert store.islands.get("ga:task", 0, 1).payload == b"island 0"
+    found = store.islands.epoch("ga:task", 1)
+    assert [(r.island, r.epoch, r.payload) for r in found] == [(0, 1, b"island 0"), (1, 1, b"island 1")]
+    assert found[0].task_id == "ga:task" and found[0].created_at.tzinfo is not None
+    assert store.islands.epoch("ga:other", 1) == []
+    with pytest.raises(DataValidationError, match="island >= 0 and epoch >= 0"):
+        store.islands.save("ga:task", -1, 0, b"x")
+    assert store.islands.prune(7) == 0
+    assert store.islands.prune(7, now=datetime.now(UTC) + timedelta(days=8)) == 3
+    assert store.islands.get("ga:task", 0, 0) is None
 
 
 # --- experiments ----------------------------------------------------------------------------------
@@ -684,6 +716,7 @@ def test_the_fake_can_be_down():
         lambda: store.progress.record("t", MARKET, 0, 1, None, None, "running"),
         lambda: store.knowledge.tasks(),
         lambda: store.alerts.claim_due(NOW, 30),
+        lambda: store.islands.epoch("ga:task", 1),
     ]
     for call in calls:
         with pytest.raises(StoreUnavailableError, match="connection refused") as info:
@@ -691,3 +724,29 @@ def test_the_fake_can_be_down():
         assert info.value.service == "state_store" and info.value.retryable
     store.unavailable = None
     assert store.configs.get_active(MARKET).params == {"rsi": 14}
+
+
+@pytest.mark.postgres
+def test_migration_0009_matches_the_tables_and_goes_down_alone(pg_settings):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from rof_pipelines.adapters.state_store import build_metadata
+
+    with StateStore(pg_settings.state_storage, pg_settings.system_setup.circuit_breaker) as real:
+        real.upgrade()
+        with real.engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn,
+                opts={
+                    "include_schemas": True,
+                    "include_name": lambda name, type_, _: name == real.schema if type_ == "schema" else True,
+                    "version_table_schema": real.schema,
+                    "compare_type": True,
+                },
+            )
+            assert compare_metadata(context, build_metadata(real.schema)) == []
+        real.islands.save("ga:task", 0, 0, b"x")
+        assert real.downgrade("0008") == "0008"
+        assert real.alerts.states() == [], "the tables before 0009 stay"
+        assert real.upgrade() == "0009" and real.islands.epoch("ga:task", 0) == []

@@ -10,6 +10,7 @@ One engine, one circuit breaker, and a small repository per concern, each an att
 ``store.trials``            ``record``, ``stats`` - configurations scored per A/B task      trials.py
 ``store.knowledge``         ``add``, ``tasks``, ``prune`` - meta/transfer learning          knowledge.py
 ``store.alerts``            ``states``, ``apply``, ``claim_due``, ``mark_*`` - outbox       alerts.py
+``store.islands``           ``save``, ``get``, ``epoch``, ``prune`` - island GA epochs      islands.py
 ==========================  ===========================================================  ==============
 
 SQLAlchemy Core, no ORM; tables in :mod:`.tables` mirror the Alembic migrations at head. Driver
@@ -25,6 +26,7 @@ from rof_pipelines.adapters.state_store.records import (
     ArmRecord,
     ExperimentRecord,
     GACheckpoint,
+    IslandEpochRecord,
     WorkerProgress,
 )
 from rof_pipelines.adapters.state_store.store import (
@@ -59,6 +61,7 @@ __all__ = [
     "ExperimentRecord",
     "GACheckpoint",
     "InMemoryStateStore",
+    "IslandEpochRecord",
     "StateRepositories",
     "StateStore",
     "WorkerProgress",

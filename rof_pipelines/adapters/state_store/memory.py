@@ -31,6 +31,7 @@ from rof_pipelines.adapters.state_store.alerts import (
 from rof_pipelines.adapters.state_store.checkpoints import TASK_COLUMNS, checkpoint_values
 from rof_pipelines.adapters.state_store.configs import config_values
 from rof_pipelines.adapters.state_store.experiments import experiment_rows
+from rof_pipelines.adapters.state_store.islands import island_epoch_values
 from rof_pipelines.adapters.state_store.knowledge import knowledge_row, task_from_row
 from rof_pipelines.adapters.state_store.progress import progress_values
 from rof_pipelines.adapters.state_store.records import (
@@ -38,6 +39,7 @@ from rof_pipelines.adapters.state_store.records import (
     ArmRecord,
     ExperimentRecord,
     GACheckpoint,
+    IslandEpochRecord,
     WorkerProgress,
 )
 from rof_pipelines.adapters.state_store.tables import PROGRESS_STATUSES
@@ -85,7 +87,7 @@ def _check_window(table: str, start: datetime | None, end: datetime | None) -> N
 
 class InMemoryStateStore:
     """The state store in a process's memory: ``progress``, ``configs``, ``checkpoints``,
-    ``experiments``, ``trials``, ``knowledge`` and ``alerts`` like :class:`StateStore`, no SQL. Thread-safe; every
+    ``experiments``, ``trials``, ``knowledge``, ``alerts`` and ``islands`` like :class:`StateStore`, no SQL. Thread-safe; every
     call is atomic (one lock), as a transaction would be."""
 
     def __init__(self, schema: str = "rof_state") -> None:
@@ -100,6 +102,7 @@ class InMemoryStateStore:
         self.trials = MemoryTrials(self)
         self.knowledge = MemoryKnowledge(self)
         self.alerts = MemoryAlerts(self)
+        self.islands = MemoryIslands(self)
 
     def describe(self) -> str:
         return f"in-memory state store (schema {self.schema})"
@@ -390,6 +393,44 @@ class MemoryCheckpoints(_MemoryRepository):
             return sorted((row["generation"], row["final"]) for row in rows)
 
         return self._read(run)
+
+    def prune(self, retention_days: int, now: datetime | None = None) -> int:
+        return self._store.prune_older_than(self._rows, "created_at", retention_days, now)
+
+
+class MemoryIslands(_MemoryRepository):
+    """``store.islands`` without SQL."""
+
+    def __init__(self, store: InMemoryStateStore) -> None:
+        super().__init__(store)
+        self._rows: dict[tuple[str, int, int], dict[str, Any]] = {}  # (task_id, island, epoch) -> row
+
+    def save(self, task_id: str, island: int, epoch: int, payload: bytes) -> bool:
+        """See :meth:`SqlIslands.save`."""
+        values = island_epoch_values(task_id, island, epoch, payload)
+
+        def run() -> bool:
+            key = (values["task_id"], values["island"], values["epoch"])
+            if key in self._rows:
+                return False
+            self._rows[key] = {**values, "created_at": self._store.now()}
+            return True
+
+        return self._write(run)
+
+    def _records(self, keep: Callable[[tuple[str, int, int]], bool]) -> list[IslandEpochRecord]:
+        def run() -> list[IslandEpochRecord]:
+            keys = sorted((k for k in self._rows if keep(k)), key=lambda k: (k[2], k[1]))
+            return [IslandEpochRecord(**self._rows[k]) for k in keys]
+
+        return self._read(run)
+
+    def get(self, task_id: str, island: int, epoch: int) -> IslandEpochRecord | None:
+        found = self._records(lambda k: k == (task_id, island, epoch))
+        return found[0] if found else None
+
+    def epoch(self, task_id: str, epoch: int) -> list[IslandEpochRecord]:
+        return self._records(lambda k: k[0] == task_id and k[2] == epoch)
 
     def prune(self, retention_days: int, now: datetime | None = None) -> int:
         return self._store.prune_older_than(self._rows, "created_at", retention_days, now)

@@ -38,6 +38,17 @@ class GACheckpoint:
 
 
 @dataclass(frozen=True)
+class IslandEpochRecord:
+    """One island's state at the end of one epoch of an island GA task; ``payload`` is opaque."""
+
+    task_id: str
+    island: int
+    epoch: int
+    payload: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class WorkerProgress:
     """The last progress report of one optimisation task."""
 

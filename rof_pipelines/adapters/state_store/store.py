@@ -1,6 +1,6 @@
 """The PostgreSQL state store: one engine, one circuit breaker, one error table, and a repository per
 concern on top (``store.progress``, ``store.configs``, ``store.checkpoints``, ``store.experiments``,
-``store.trials``, ``store.knowledge``, ``store.alerts``).
+``store.trials``, ``store.knowledge``, ``store.alerts``, ``store.islands``).
 
 Every database call goes through the ``state_store`` circuit breaker (:meth:`StateStore.guarded_call`,
 which the inbox, the config log and the backup share); driver errors become the project's errors
@@ -22,6 +22,7 @@ from rof_pipelines.adapters.state_store.alerts import SqlAlerts
 from rof_pipelines.adapters.state_store.checkpoints import SqlCheckpoints
 from rof_pipelines.adapters.state_store.configs import SqlActiveConfigs
 from rof_pipelines.adapters.state_store.experiments import SqlExperiments
+from rof_pipelines.adapters.state_store.islands import SqlIslands
 from rof_pipelines.adapters.state_store.knowledge import SqlKnowledge
 from rof_pipelines.adapters.state_store.progress import SqlProgress
 from rof_pipelines.adapters.state_store.tables import build_metadata
@@ -120,6 +121,7 @@ class StateStore:
         self.trials = SqlTrials(self)
         self.knowledge = SqlKnowledge(self)
         self.alerts = SqlAlerts(self)
+        self.islands = SqlIslands(self)
 
     # -- plumbing ----------------------------------------------------------------------------------
 

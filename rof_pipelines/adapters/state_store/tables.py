@@ -116,6 +116,19 @@ def build_metadata(schema: str) -> sa.MetaData:
         ),
         sa.Index("ix_ga_checkpoints_created_at", "created_at"),
     )
+    sa.Table(  # 0009: the island GA's epochs, see islands.py
+        "ga_island_epochs",
+        metadata,
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
+        sa.Column("task_id", sa.Text(), nullable=False),
+        sa.Column("island", sa.Integer(), nullable=False),
+        sa.Column("epoch", sa.Integer(), nullable=False),
+        sa.Column("payload", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", tstz, nullable=False, server_default=sa.func.now()),
+        sa.UniqueConstraint("task_id", "island", "epoch", name="uq_ga_island_epochs_task_island_epoch"),
+        sa.CheckConstraint("island >= 0 AND epoch >= 0", name="ck_ga_island_epochs_numbers"),
+        sa.Index("ix_ga_island_epochs_created_at", "created_at"),
+    )
     sa.Table(  # 0004: see rof_pipelines/adapters/config_versions.py
         "config_versions",
         metadata,

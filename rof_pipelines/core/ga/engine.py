@@ -83,6 +83,10 @@ class GASettings:
     validation_fraction: float = GA["validation_fraction"].default
     seed: int = GA["seed"].default
     checkpoint_interval: int = GA["checkpoint_interval"].default
+    islands: int = GA["islands"].default
+    migration_interval: int = GA["migration_interval"].default
+    migrants: int = GA["migrants"].default
+    island_workers: int = GA["island_workers"].default
 
     def __post_init__(self) -> None:
         problem = ga_problem(self)
@@ -264,6 +268,7 @@ class Evaluator:
         # Every configuration this process scored, with its Sharpe (the full slice's when it has
         # one): the trials a later test must count (core.abtest's deflated Sharpe ratio).
         self.trials: dict[Genome, float] = {}
+        self.full_trials: set[Genome] = set()  # the trials scored on the full slice
         self._pool: GenomePool | None = None
         self.pool_start_seconds = 0.0
         self._fingerprints = {name: data.fingerprint(name) for name in data.slices}
@@ -316,6 +321,8 @@ class Evaluator:
                 self._remember(key, tuple(float(x) for x in value))  # type: ignore[arg-type]
                 if slice_name == FULL or key[0] not in self.trials:
                     self.trials[key[0]] = float(value[1])
+                if slice_name == FULL:
+                    self.full_trials.add(key[0])
             self.evaluations += len(missing)
         if count_hits:
             self.cache_hits += len(keys) - len(missing)
@@ -406,6 +413,7 @@ class GAResult:
     wall_seconds: float
     space: SearchSpace
     trials: dict[Genome, float] = field(default_factory=dict)  # scored here: genome -> Sharpe
+    full_trials: frozenset[Genome] = frozenset()  # the trials whose Sharpe is the full slice's
 
     @property
     def genomes(self) -> list[Genome]:
@@ -779,4 +787,5 @@ def optimise(
         wall_seconds=time.perf_counter() - started,
         space=space,
         trials=dict(evaluator.trials),
+        full_trials=frozenset(evaluator.full_trials),
     )
