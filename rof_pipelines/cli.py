@@ -37,6 +37,10 @@ app.add_typer(config_app, name="config")
 ops_app = typer.Typer(help="The ops service: /metrics and /health.", no_args_is_help=True)
 app.add_typer(ops_app, name="ops")
 app.add_typer(alerts_app, name="alerts")
+workers_app = typer.Typer(
+    help="dagster-celery workers (system_setup.executor: celery).", no_args_is_help=True
+)
+app.add_typer(workers_app, name="workers")
 
 
 @app.callback()
@@ -482,6 +486,41 @@ def instance_render() -> None:
     from rof_pipelines.defs.instance_config import render_instance_yaml
 
     typer.echo(render_instance_yaml(load_settings()), nl=False)
+
+
+# --- workers --------------------------------------------------------------------------------------
+
+PoolsOption = Annotated[
+    list[str], typer.Option("--pool", help="task_worker | ab_optimizer; repeat to serve both")
+]
+
+
+@workers_app.command("config")
+def workers_config() -> None:
+    """The worker -y file: the executor's broker, backend and Celery settings (adapters/celery_workers.py)."""
+    from rof_pipelines.adapters.celery_workers import worker_yaml
+
+    typer.echo(worker_yaml(load_settings()), nl=False)
+
+
+@workers_app.command("start")
+def workers_start(
+    pool: PoolsOption,
+    name: Annotated[str | None, typer.Option(help="worker name (default: the pools); @host is added")] = None,
+    concurrency: Annotated[int, typer.Option(help="steps this worker runs at once")] = 1,
+) -> None:
+    """Exec `dagster-celery worker start` on the pools' queues with a -y file from the configuration,
+    so the worker always matches the executor. Restart workers on every deploy: they import the code."""
+    import tempfile
+
+    from rof_pipelines.adapters.celery_workers import worker_command, worker_environment, write_worker_config
+
+    settings = load_settings()
+    config_file = write_worker_config(settings, Path(tempfile.mkdtemp(prefix="rof-worker-")))
+    command = worker_command(config_file, pool, name or "-".join(pool), concurrency)
+    typer.echo(" ".join(command), err=True)
+    sys.stdout.flush()
+    os.execve(command[0], command, worker_environment(command))
 
 
 def _decision_summary(record: Any) -> str:

@@ -11,8 +11,10 @@ reads no configuration. In code and tests, ``defs()`` returns the ``Definitions`
 from functools import cache
 from typing import Any
 
-from dagster import Definitions, definitions, in_process_executor, multiprocess_executor
+from dagster import Definitions, ExecutorDefinition, definitions, in_process_executor, multiprocess_executor
+from dagster_celery import celery_executor
 
+from rof_pipelines.adapters.celery_workers import executor_config
 from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
 from rof_pipelines.adapters.resources import (
     PostgresStateStoreResource,
@@ -31,8 +33,20 @@ from rof_pipelines.defs.rl import definitions as rl
 from rof_pipelines.settings import Settings
 
 DOMAINS = (quotes, indicators, rl, optimisation, experiments, ops)
+
+
+def _celery(at_load: Settings) -> ExecutorDefinition:
+    """Steps as tasks on the pools' queues (defs/load_time.py: step_tags), for `rof workers start`
+    workers; configured in code, so the broker is in no run's config (adapters/celery_workers.py)."""
+    return celery_executor.configured(executor_config(at_load), name="celery")
+
+
 # system_setup.executor -> the executor of every job and of the runs a backfill launches (read at load).
-EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_executor}
+EXECUTORS = {
+    "in_process": lambda _: in_process_executor,
+    "multiprocess": lambda _: multiprocess_executor,
+    "celery": _celery,
+}
 
 
 def shared_resources() -> dict[str, Any]:
@@ -53,7 +67,7 @@ def build_definitions(at_load: Settings) -> Definitions:
     # A run whose config names `loggers: {console: ...}` logs Dagster's events in system_setup's
     # level and format, scrubbed (defs/loggers.py); otherwise dagster.yaml's python_logs applies.
     loggers = {"console": rof_console_logger}
-    executor = EXECUTORS[at_load.system_setup.executor]
+    executor = EXECUTORS[at_load.system_setup.executor](at_load)
     return Definitions.merge(
         *domains, Definitions(resources=shared_resources(), loggers=loggers, executor=executor)
     )

@@ -138,6 +138,38 @@ class WorkerPoolConfig(_Section):
     ab_optimizer: PoolConfig = PoolConfig(max_workers=12, queue_size=200, task_timeout="1200s")
 
 
+# Celery settings that make a worker killed mid-step hand its step to another worker: the message is
+# acknowledged only when the step ends (acks_late), a lost worker's message goes back to the queue
+# (reject_on_worker_lost), and a worker reserves one step at a time (prefetch 1), so a busy worker
+# holds no queued step another worker could run.
+CELERY_RECOVERY_DEFAULTS: dict[str, Any] = {
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+    "broker_connection_retry_on_startup": True,
+}
+CeleryValue = str | int | float | bool | None | list[Any] | dict[str, Any]
+
+
+class CeleryConfig(_Section):
+    """system_setup.executor: celery: steps run on `dagster-celery` workers (`rof workers start`)."""
+
+    # Empty: storage.rabbitmq.url, the RabbitMQ the sensors use.
+    broker: SecretStr = Field(default=SecretStr(""), description="amqp:// URL; empty: storage.rabbitmq.url")
+    backend: str = Field(default="rpc://", description="where step results return to the run")
+    # Celery's lowercase settings, given to the executor and to every worker alike; the recovery
+    # defaults above stay unless a key here replaces them.
+    config_source: dict[str, CeleryValue] = Field(default_factory=lambda: dict(CELERY_RECOVERY_DEFAULTS))
+
+    @field_validator("config_source")
+    @classmethod
+    def _with_recovery_defaults(cls, value: dict[str, CeleryValue]) -> dict[str, CeleryValue]:
+        for key in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+                raise ValueError(f"{key!r} is not a Celery setting name (lowercase, e.g. task_acks_late)")
+        return {**CELERY_RECOVERY_DEFAULTS, **value}
+
+
 class CircuitBreakerConfig(_Section):
     """Thresholds shared by every external service's breaker."""
 
@@ -295,7 +327,9 @@ class SystemSetup(_Section):
     # How a run executes its steps. in_process: every step in the run's own process (one process start
     # per run; `rof bench backfill` measured the per-step processes of multiprocess at ~80% of a
     # backfill's wall time on 2 cores). multiprocess: one process per step, steps of a run in parallel.
-    executor: Literal["in_process", "multiprocess"] = "in_process"
+    # celery: each step a task on the RabbitMQ queue of its worker pool, run by `rof workers start`.
+    executor: Literal["in_process", "multiprocess", "celery"] = "in_process"
+    celery: CeleryConfig = CeleryConfig()
     worker_pool: WorkerPoolConfig = WorkerPoolConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     schedules: SchedulesConfig = SchedulesConfig()
@@ -446,6 +480,9 @@ class StorageConfig(_Section):
         classmethod(lambda cls, v: _registered_quote_store(v))
     )
     data_dir: Path = Path("data")
+    # Where market-day assets hand frames to each other (adapters/io_managers.py): empty means
+    # data_dir/frames; a path, or an fsspec URL (s3://bucket/rof/frames) that every worker can reach.
+    frames_url: str = ""
     bar_interval: BarInterval = "1m"
     # The first day of the `date` partitions (applied when the code location loads). Real history
     # goes back decades; days before it cannot be materialised.
@@ -525,6 +562,14 @@ class StorageConfig(_Section):
 
     def resolved_data_dir(self) -> Path:
         return self.data_dir if self.data_dir.is_absolute() else PROJECT_ROOT / self.data_dir
+
+    def resolved_frames_url(self) -> str:
+        """``frames_url`` as a URL or absolute path (relative paths are the project's)."""
+        if not self.frames_url:
+            return str(self.resolved_data_dir() / "frames")
+        if "://" in self.frames_url or Path(self.frames_url).is_absolute():
+            return self.frames_url
+        return str(PROJECT_ROOT / self.frames_url)
 
 
 # --- state_storage --------------------------------------------------------------------------------
@@ -667,6 +712,10 @@ class GAConfig(_Section):
     full_window_from_generation: int = _knob(GA["full_window_from_generation"])
     validation_fraction: float = _knob(GA["validation_fraction"], "of the data, for scoring")
     seed: int = _knob(GA["seed"])
+    islands: int = _knob(GA["islands"], "sub-populations, each its own step (1: one population)")
+    migration_interval: int = _knob(GA["migration_interval"], "generations between migrations")
+    migrants: int = _knob(GA["migrants"], "best genomes each island sends to the next per migration")
+    island_workers: int = _knob(GA["island_workers"], "evaluation processes inside one island step")
     search_space: dict[str, GeneRange] = Field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))
 
     @field_validator("search_space")
@@ -872,6 +921,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     # Added by this project (ROF_*, the ClickHouse DSN and HTTP port).
     "ROF_QUOTE_STORE": ("storage", "quote_store"),
     "ROF_DATA_DIR": ("storage", "data_dir"),
+    "ROF_FRAMES_URL": ("storage", "frames_url"),
     "ROF_BAR_INTERVAL": ("storage", "bar_interval"),
     "ROF_MARKETS": ("storage", "markets"),
     "CLICKHOUSE_DSN": ("storage", "clickhouse", "dsn"),

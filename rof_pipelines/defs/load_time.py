@@ -1,5 +1,5 @@
 """Settings that Dagster needs when the code location loads (cron strings, run tags, sensor
-intervals), not per run.
+intervals), not per run, and the tags that put runs and steps into a worker pool.
 
 They are read once, by ``rof_pipelines.definitions.defs`` (Dagster's lazy ``@definitions``), and passed
 to each domain's ``domain_definitions(at_load)``; no module reads them at import. Everything else
@@ -9,8 +9,10 @@ until the code location reloads.
 
 import logging
 
+from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
+
 from rof_pipelines.errors import ConfigError
-from rof_pipelines.settings import Settings, load_settings
+from rof_pipelines.settings import Settings, WorkerPoolConfig, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +39,13 @@ def pool_tags(at_load: Settings, pool: str) -> dict[str, str]:
         "dagster/max_runtime": str(int(timeout.total_seconds())),
         "rof/trigger": "manual",
     }
+
+
+def step_tags(pool: str) -> dict[str, str]:
+    """Op tags that send a step to its worker pool's Celery queue (system_setup.executor: celery; the
+    other executors ignore them): ``rof workers start --pool POOL`` consumes that queue. The queue is
+    the pool's name, so the tags are fixed where an asset is declared and need no settings."""
+    pools = tuple(WorkerPoolConfig.model_fields)
+    if pool not in pools:
+        raise ValueError(f"unknown worker pool {pool!r}; system_setup.worker_pool has {', '.join(pools)}")
+    return {DAGSTER_CELERY_QUEUE_TAG: pool}

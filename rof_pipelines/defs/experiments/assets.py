@@ -42,6 +42,7 @@ from rof_pipelines.core.experiment import (
 )
 from rof_pipelines.core.ga.space import SearchSpace
 from rof_pipelines.core.knowledge import TaskRecord, market_features
+from rof_pipelines.defs.load_time import step_tags
 from rof_pipelines.defs.market_day import MarketWindow, market_day_asset, open_market_window
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown
 from rof_pipelines.defs.resilience import state_store_required
@@ -200,6 +201,7 @@ def experiment_details(
     kinds={"pandas", "scipy"},
     ins={"ga_population": AssetIn()},
     deps=[AssetDep("quote_snapshots"), AssetDep("indicator_frame")],
+    op_tags=step_tags("ab_optimizer"),
 )
 def ab_report(
     context: AssetExecutionContext,
@@ -378,6 +380,7 @@ def knowledge_frame(tasks: list[TaskRecord]) -> pd.DataFrame:
     kinds={"pandas"},
     ins={"ga_population": AssetIn(), "ab_report": AssetIn()},
     deps=[AssetDep("indicator_frame")],
+    op_tags=step_tags("ab_optimizer"),
 )
 def strategy_knowledge(
     context: AssetExecutionContext,

@@ -19,6 +19,7 @@ from dagster import (
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings
 from rof_pipelines.core.indicators import INDICATOR_COLUMNS
 from rof_pipelines.core.market import duration_text
+from rof_pipelines.defs.load_time import step_tags
 from rof_pipelines.defs.market_day import (
     closed_day_checks,
     day_frame,
@@ -41,7 +42,11 @@ class IndicatorFrameConfig(Config):
 
 
 @market_day_asset(
-    group_name="indicators", kinds={"pandas", "parquet"}, deps=[AssetDep("quote_snapshots")], checks=CHECKS
+    group_name="indicators",
+    kinds={"pandas", "parquet"},
+    deps=[AssetDep("quote_snapshots")],
+    checks=CHECKS,
+    op_tags=step_tags("task_worker"),
 )
 def indicator_frame(
     context: AssetExecutionContext,

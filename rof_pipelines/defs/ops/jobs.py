@@ -6,7 +6,7 @@ from dagster import Config, JobDefinition, OpExecutionContext, Output, job, op
 
 from rof_pipelines.adapters.backup import prune_backups, write_backup
 from rof_pipelines.adapters.resources import RofSettings, StateStoreResource
-from rof_pipelines.defs.load_time import pool_tags
+from rof_pipelines.defs.load_time import pool_tags, step_tags
 from rof_pipelines.settings import DEFAULT_BACKUP_DESTINATION, Settings
 
 
@@ -17,7 +17,10 @@ class BackupOpConfig(Config):
     destination: Optional[str] = None  # noqa: UP045 - Dagster's config schema needs Optional
 
 
-@op(description="Write a consistent snapshot of every state-store table, then prune old backups.")
+@op(
+    description="Write a consistent snapshot of every state-store table, then prune old backups.",
+    tags=step_tags("task_worker"),
+)
 def backup_state_store(
     context: OpExecutionContext,
     config: BackupOpConfig,

@@ -17,6 +17,7 @@ from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings
 from rof_pipelines.core.market import duration_text, ts_to_us
 from rof_pipelines.core.quotes import CleaningConfig, clean_quotes
 from rof_pipelines.core.window_frame import GAP_LOOKBACK_BARS, bar_gaps, gap_bars_for
+from rof_pipelines.defs.load_time import step_tags
 from rof_pipelines.defs.market_day import closed_day_checks, market_day, market_day_asset, skipped_closed_day
 from rof_pipelines.defs.resilience import step_errors
 
@@ -25,7 +26,9 @@ MAX_SANE_JUMP = 0.2  # a 20 % move between two consecutive snapshots is not a ma
 CHECKS = ("unique_ordered_timestamps", "price_sanity", "gaps")
 
 
-@market_day_asset(group_name="quotes", kinds={"pandas", "parquet"}, checks=CHECKS)
+@market_day_asset(
+    group_name="quotes", kinds={"pandas", "parquet"}, checks=CHECKS, op_tags=step_tags("task_worker")
+)
 def quote_snapshots(context: AssetExecutionContext, settings: RofSettings, quote_store: QuoteStoreResource):
     """One market's quote snapshots for one UTC day, read from the configured quote store and cleaned:
     duplicates, out-of-order deliveries, NaN and non-positive prices, isolated spikes and crossed

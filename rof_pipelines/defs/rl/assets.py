@@ -21,6 +21,7 @@ from rof_pipelines.core.ga.fitness import FULL, FitnessData, build_fitness_data
 from rof_pipelines.core.ga.space import Candidate, SearchSpace
 from rof_pipelines.core.market import Market
 from rof_pipelines.core.rl.agent import TrainedAgent
+from rof_pipelines.defs.load_time import step_tags
 from rof_pipelines.defs.market_day import MarketWindow, market_day_asset, open_market_window
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown, metrics_markdown
 from rof_pipelines.defs.resilience import state_store_required
@@ -62,7 +63,9 @@ def backtest_metrics(run: CandidateRun, candidate: Candidate) -> tuple[dict[str,
     return metrics, held
 
 
-@market_day_asset(group_name="rl", kinds={"numba"}, deps=[AssetDep("indicator_frame")])
+@market_day_asset(
+    group_name="rl", kinds={"numba"}, deps=[AssetDep("indicator_frame")], op_tags=step_tags("ab_optimizer")
+)
 def q_table(
     context: AssetExecutionContext,
     settings: RofSettings,

@@ -1,0 +1,126 @@
+"""The celery executor's configuration and the workers that match it (system_setup.executor: celery).
+
+One function, :func:`executor_config`, says how runs reach the workers (broker, result backend,
+Celery settings); the executor (``definitions.py``) and every worker's ``-y`` file
+(:func:`worker_yaml`, ``rof workers config|start``) are built from it, so the two sides cannot
+disagree. Steps are routed to a queue per worker pool (``defs/load_time.py: step_tags``).
+"""
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rof_pipelines.errors import ConfigError
+from rof_pipelines.settings import Settings, WorkerPoolConfig
+
+# The queue dagster-celery sends a step without a pool queue tag to; every worker consumes it too, so
+# such a step runs somewhere instead of waiting forever for a consumer.
+DEFAULT_QUEUE = "dagster"
+POOLS = tuple(WorkerPoolConfig.model_fields)
+# The environment variable that supplies storage.rabbitmq.url (settings.ENV_OVERRIDES).
+RABBITMQ_URL_ENV = "RABBITMQ_URL"
+# dagster-celery refuses a worker on more than four queues (a Celery 4 limit it still enforces).
+MAX_QUEUES = 4
+
+
+def broker_url(settings: Settings) -> str:
+    """system_setup.celery.broker, or the RabbitMQ the sensors use (storage.rabbitmq.url)."""
+    return (
+        settings.system_setup.celery.broker.get_secret_value()
+        or settings.storage.rabbitmq.url.get_secret_value()
+    )
+
+
+def _broker_source(settings: Settings, environ: Mapping[str, str]) -> str | dict[str, str]:
+    """A reference to the environment variable when it is where the URL came from: the executor and
+    the worker resolve ``{env: RABBITMQ_URL}`` in their own process, so the password is written into
+    no definition, config file or run record; otherwise the URL itself (then it is in config.yaml)."""
+    url = broker_url(settings)
+    if not settings.system_setup.celery.broker.get_secret_value() and environ.get(RABBITMQ_URL_ENV) == url:
+        return {"env": RABBITMQ_URL_ENV}
+    return url
+
+
+def executor_config(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """dagster-celery's executor config (``celery_executor.configured(...)`` and a worker's -y file)."""
+    celery = settings.system_setup.celery
+    return {
+        "broker": _broker_source(settings, os.environ if environ is None else environ),
+        "backend": celery.backend,
+        "config_source": dict(celery.config_source),
+    }
+
+
+def worker_yaml(settings: Settings, environ: Mapping[str, str] | None = None) -> str:
+    """A worker's ``-y`` file. The ``execution: config:`` wrapper is required: dagster-celery silently
+    ignores a file without it (and then uses its own default broker)."""
+    return yaml.safe_dump({"execution": {"config": executor_config(settings, environ)}}, sort_keys=False)
+
+
+def worker_queues(pools: Sequence[str]) -> list[str]:
+    """The queues a worker of ``pools`` consumes: each pool's, then the default queue."""
+    unknown = [pool for pool in pools if pool not in POOLS]
+    if unknown or not pools:
+        raise ConfigError(f"worker pools must be among {', '.join(POOLS)}; got {', '.join(pools) or 'none'}")
+    queues = list(dict.fromkeys([*pools, DEFAULT_QUEUE]))
+    if len(queues) > MAX_QUEUES:
+        raise ConfigError(f"a worker consumes at most {MAX_QUEUES} queues; got {', '.join(queues)}")
+    return queues
+
+
+def _dagster_celery() -> str:
+    """The dagster-celery command of this environment (beside this Python), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dagster-celery"
+    found = str(beside) if beside.exists() else shutil.which("dagster-celery")
+    if not found:
+        raise ConfigError("the dagster-celery command is not installed (pip install dagster-celery)")
+    return found
+
+
+def worker_command(config_file: Path, pools: Sequence[str], name: str, concurrency: int) -> list[str]:
+    """``dagster-celery worker start`` for one worker. The queues are ONE comma-separated ``-q``
+    value (repeated ``-q`` flags keep only the last); ``-c`` after ``--`` is how many steps this
+    worker runs at once."""
+    if concurrency < 1:
+        raise ConfigError(f"a worker's concurrency must be at least 1; got {concurrency}")
+    return [
+        _dagster_celery(),
+        "worker",
+        "start",
+        "-A",
+        "dagster_celery.app",
+        "-y",
+        str(config_file),
+        "-q",
+        ",".join(worker_queues(pools)),
+        "-n",
+        name,
+        "--",
+        "-c",
+        str(concurrency),
+    ]
+
+
+def worker_environment(command: Sequence[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment to exec ``command`` in: dagster-celery starts ``celery`` from PATH, so the
+    directory of the dagster-celery command goes first (a venv's bin/ is not on PATH under systemd)."""
+    env = dict(os.environ if environ is None else environ)
+    bin_dir = str(Path(command[0]).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p]])
+    return env
+
+
+def write_worker_config(
+    settings: Settings, directory: Path, environ: Mapping[str, str] | None = None
+) -> Path:
+    """The -y file in ``directory``, owner-only (it may hold the broker's password)."""
+    path = directory / "celery-worker.yaml"
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(worker_yaml(settings, environ))
+    return path
