@@ -159,6 +159,25 @@ def optimise_and_record(
     return GARun(job, result, wall, uplift, n_trials, trials_variance)
 
 
+def window_optimisation(
+    mw: MarketWindow, *, workers: int | None, overrides: dict[str, int], seeds: list[Any]
+) -> Optimisation:
+    """The GA task of a market window's training part: the single asset and every island step build
+    it the same way, so they agree on its task id."""
+    md = mw.day
+    return prepare_optimisation(
+        md.settings,
+        md.market.key,
+        mw.split.train,
+        mw.start,
+        mw.end,
+        base=market_base_params(md.settings.ai_config, md.profile),
+        workers=workers,
+        ga_overrides=overrides,
+        seeds=seeds,
+    )
+
+
 @market_day_asset(group_name="optimisation", kinds={"pandas", "numba"}, deps=[AssetDep("indicator_frame")])
 def ga_population(
     context: AssetExecutionContext,
@@ -181,17 +200,7 @@ def ga_population(
     overrides = ga_overrides(config)
     population_size = overrides.get("population_size", md.settings.ab_tests.experiment.ga.population_size)
     seeding = seeding_plan(context, state_store, mw, population_size)
-    job = prepare_optimisation(
-        md.settings,
-        md.market.key,
-        mw.split.train,
-        mw.start,
-        mw.end,
-        base=market_base_params(md.settings.ai_config, md.profile),
-        workers=config.workers,
-        ga_overrides=overrides,
-        seeds=seeding["seeds"],
-    )
+    job = window_optimisation(mw, workers=config.workers, overrides=overrides, seeds=seeding["seeds"])
     run = optimise_and_record(context, state_store, mw, job, overrides)
     population = population_frame(run.result)
     landscape = landscape_text(run.result, population, mw)

@@ -35,13 +35,11 @@ from dagster import (
 from rof_pipelines.adapters.optimisation import (
     Optimisation,
     finish_islands,
-    prepare_optimisation,
     record_trials,
     run_island_step,
     start_islands,
 )
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
-from rof_pipelines.core.experiment import market_base_params
 from rof_pipelines.core.ga.islands import IslandPlan
 from rof_pipelines.defs.market_day import MarketWindow, open_market_window
 from rof_pipelines.defs.optimisation.assets import (
@@ -53,6 +51,7 @@ from rof_pipelines.defs.optimisation.assets import (
     population_frame,
     population_metadata,
     seeding_plan,
+    window_optimisation,
 )
 from rof_pipelines.defs.resilience import TRANSIENT_RETRY, state_store_required
 from rof_pipelines.errors import DataValidationError
@@ -77,16 +76,8 @@ def _island_job(context: OpExecutionContext, mw: MarketWindow, ticket: dict[str,
     """The task of the ticket, rebuilt from this step's own read of the window; a window that changed
     since the start step fails the step (its islands would belong to another task)."""
     md = mw.day
-    job = prepare_optimisation(
-        md.settings,
-        md.market.key,
-        mw.split.train,
-        mw.start,
-        mw.end,
-        base=market_base_params(md.settings.ai_config, md.profile),
-        workers=ticket["workers"],
-        ga_overrides=ticket["overrides"],
-        seeds=ticket["seeding"]["seeds"],
+    job = window_optimisation(
+        mw, workers=ticket["workers"], overrides=ticket["overrides"], seeds=ticket["seeding"]["seeds"]
     )
     if job.key.task_id != ticket["task_id"]:
         raise DataValidationError(
@@ -133,17 +124,7 @@ def build_island_ga_population(at_load: Settings):  # type: ignore[no-untyped-de
         ga = mw.day.settings.ab_tests.experiment.ga
         seeding = seeding_plan(context, state_store, mw, overrides.get("population_size", ga.population_size))  # type: ignore[arg-type]
         ticket = {"seeding": seeding, "overrides": overrides, "workers": config.workers}
-        job = prepare_optimisation(
-            mw.day.settings,
-            mw.day.market.key,
-            mw.split.train,
-            mw.start,
-            mw.end,
-            base=market_base_params(mw.day.settings.ai_config, mw.day.profile),
-            workers=config.workers,
-            ga_overrides=overrides,
-            seeds=seeding["seeds"],
-        )
+        job = window_optimisation(mw, workers=config.workers, overrides=overrides, seeds=seeding["seeds"])
         now = IslandPlan.from_settings(job.ga)
         if (now.islands, now.epochs) != (plan.islands, plan.epochs):
             raise DataValidationError(
