@@ -931,6 +931,9 @@ def bench_backfill(
     executor: Annotated[
         str | None, typer.Option(help="system_setup.executor for the runs: in_process | multiprocess")
     ] = None,
+    partitions_per_run: Annotated[
+        int | None, typer.Option(help="system_setup.backfill_partitions_per_run (1: a run per partition)")
+    ] = None,
 ) -> None:
     """A partition backfill of every market-day asset over MARKETS x DAYS through the real
     dagster-daemon (PostgreSQL instance, queued coordinator), against the same partitions computed
@@ -943,7 +946,19 @@ def bench_backfill(
         markets, days = SMOKE["markets"], SMOKE["days"]
         ga_population = ga_population or SMOKE["ga_population"]
         ga_generations = ga_generations or SMOKE["ga_generations"]
-    _emit(run(markets, days, ga_population, ga_generations, max_concurrent_runs, timeout, compute, executor))
+    _emit(
+        run(
+            markets,
+            days,
+            ga_population,
+            ga_generations,
+            max_concurrent_runs,
+            timeout,
+            compute,
+            executor,
+            partitions_per_run,
+        )
+    )
 
 
 # --- ops --------------------------------------------------------------------------------------------

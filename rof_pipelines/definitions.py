@@ -26,6 +26,7 @@ from rof_pipelines.defs.experiments import definitions as experiments
 from rof_pipelines.defs.indicators import definitions as indicators
 from rof_pipelines.defs.load_time import settings_at_load
 from rof_pipelines.defs.loggers import rof_console_logger
+from rof_pipelines.defs.market_day import with_partitions_per_run
 from rof_pipelines.defs.ops import definitions as ops
 from rof_pipelines.defs.optimisation import definitions as optimisation
 from rof_pipelines.defs.quotes import definitions as quotes
@@ -63,7 +64,8 @@ def shared_resources() -> dict[str, Any]:
 
 def build_definitions(at_load: Settings) -> Definitions:
     """Every domain's definitions built from ``at_load`` and merged, with the shared resources."""
-    domains = [domain.domain_definitions(at_load) for domain in DOMAINS]
+    per_run = at_load.system_setup.backfill_partitions_per_run
+    domains = [with_partitions_per_run(domain.domain_definitions(at_load), per_run) for domain in DOMAINS]
     # A run whose config names `loggers: {console: ...}` logs Dagster's events in system_setup's
     # level and format, scrubbed (defs/loggers.py); otherwise dagster.yaml's python_logs applies.
     loggers = {"console": rof_console_logger}

@@ -329,6 +329,9 @@ class SystemSetup(_Section):
     # backfill's wall time on 2 cores). multiprocess: one process per step, steps of a run in parallel.
     # celery: each step a task on the RabbitMQ queue of its worker pool, run by `rof workers start`.
     executor: Literal["in_process", "multiprocess", "celery"] = "in_process"
+    # A backfill of market-day assets runs up to this many days of one market per run (each asset
+    # body still sees one day, defs/partition_ranges.py); 1 = one run per partition. Read at load.
+    backfill_partitions_per_run: int = Field(default=31, ge=1, le=366)
     celery: CeleryConfig = CeleryConfig()
     worker_pool: WorkerPoolConfig = WorkerPoolConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()

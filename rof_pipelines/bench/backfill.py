@@ -269,6 +269,7 @@ def bench_backfill(
     timeout: float = 3 * 3600,
     compute: bool = True,
     executor: str | None = None,
+    partitions_per_run: int | None = None,
 ) -> dict[str, Any]:
     """Backfill MARKETS x DAYS market-day partitions through the daemon; see the module docstring."""
     from dagster import DagsterInstance
@@ -291,8 +292,14 @@ def bench_backfill(
             "market_overrides": {m: DEMO_BARS for m in [WARMUP_MARKET, *market_keys]},
         },
     }
-    if executor is not None:  # system_setup.executor of the code location the daemon loads
+    # system_setup of the code location the daemon loads
+    if executor is not None:
         overrides["system_setup"] = {**overrides.get("system_setup", {}), "executor": executor}
+    if partitions_per_run is not None:
+        overrides["system_setup"] = {
+            **overrides.get("system_setup", {}),
+            "backfill_partitions_per_run": partitions_per_run,
+        }
     harness = DaemonHarness(config_overrides=overrides)
     instance_db = f"rof_bench_dagster_{secrets.token_hex(4)}"
     compute_db = f"rof_bench_compute_{secrets.token_hex(4)}"
@@ -375,6 +382,7 @@ def bench_backfill(
         result = {
             "bench": "backfill",
             "executor": executor or "config default",
+            "partitions_per_run": partitions_per_run or "config default",
             "markets": markets,
             "days": days,
             "partitions": n,
@@ -394,6 +402,12 @@ def bench_backfill(
             "compute_seconds": round(compute_s, 2) if compute_s is not None else None,
             "compute_failed_runs": compute_failed,
             "compute_to_wall": round(compute_s / wall, 3) if compute_s and wall else None,
+            # the same, per core the runs could use: 1.0 is every core computing all the time
+            "compute_to_wall_per_core": (
+                round(compute_s / (wall * min(concurrency, os.cpu_count() or 1)), 3)
+                if compute_s and wall
+                else None
+            ),
             "quote_rows_generated": rows,
             "generate_seconds": round(generate_s, 1),
             "breakdown": breakdown(instance, runs, compute_steps),

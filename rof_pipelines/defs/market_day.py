@@ -12,7 +12,17 @@ from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
-from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, BackfillPolicy, Failure, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetsDefinition,
+    BackfillPolicy,
+    Definitions,
+    Failure,
+    asset,
+)
+from dagster._record import copy as record_copy
 
 from rof_pipelines.adapters.experiments import seed_plan_for
 from rof_pipelines.adapters.pushgateway import pushed_step
@@ -32,7 +42,8 @@ from rof_pipelines.partitions import day_bounds, market_and_day, market_day_part
 from rof_pipelines.settings import Settings
 
 # A backfill runs up to this many partitions of one market per run (defs/partition_ranges.py); one
-# run per partition spent most of a backfill starting run workers.
+# run per partition spent most of a backfill starting run workers. system_setup's
+# backfill_partitions_per_run replaces it when the code location loads (with_partitions_per_run).
 PARTITIONS_PER_RUN = 31
 
 
@@ -59,6 +70,27 @@ def market_day_asset(*, checks: tuple[str, ...] = (), **kwargs: Any):  # type: i
         )(ranged_step(profiled_step(pushed_step(fn)), inputs=kwargs.get("ins") or {}))
 
     return decorate
+
+
+def with_partitions_per_run(defs: Definitions, partitions_per_run: int) -> Definitions:
+    """``defs`` with every ranged market-day asset backfilled in runs of ``partitions_per_run`` days.
+
+    Assets that cannot take a range (a policy of one partition per run, such as the island GA's
+    graph) keep theirs."""
+
+    def ranged(item: Any) -> Any:
+        policy = getattr(item, "backfill_policy", None)
+        if (
+            not isinstance(item, AssetsDefinition)
+            or policy is None
+            or policy.max_partitions_per_run in (None, 1)
+            or policy.max_partitions_per_run == partitions_per_run
+        ):
+            return item
+        return item.with_attributes(backfill_policy=BackfillPolicy.multi_run(partitions_per_run))
+
+    # Definitions is a Dagster record: its `copy` keeps jobs, sensors and resources as they are.
+    return record_copy(defs, assets=[ranged(item) for item in defs.assets or []])
 
 
 @dataclass(frozen=True)

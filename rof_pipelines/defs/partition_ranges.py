@@ -17,7 +17,7 @@ partition:
   why, and the backfill counts only those as failed. Any other error fails the step at once, and
   the retry policy re-runs the range (writes are idempotent).
 
-With one partition key the body is called unchanged.
+In a run of one partition (not a range) the body is called unchanged.
 """
 
 import functools
@@ -81,11 +81,12 @@ def ranged_step(fn: Callable[..., Any], inputs: Iterable[str] = ()) -> Callable[
 
     @functools.wraps(fn)
     def step(context: AssetExecutionContext, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        keys = list(context.partition_keys) if context.has_partition_key_range else []
-        if len(keys) <= 1:
+        if not context.has_partition_key_range:  # a run of one partition
             yield from _events(fn(context, *args, **kwargs))
             return
-        yield from _run_range(context, fn, keys, args, kwargs)
+        # A range, even of one key (a backfill's last run, or runs of one partition each): its
+        # inputs arrive as PartitionValues and its output is stored per key.
+        yield from _run_range(context, fn, list(context.partition_keys), args, kwargs)
 
     # Dagster reads the parameters (context, config, resources, inputs) from the signature.
     signature = inspect.signature(fn)

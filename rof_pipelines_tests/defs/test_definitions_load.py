@@ -170,3 +170,29 @@ def test_system_setup_executor_picks_the_executor_of_every_job_and_of_backfill_r
         repository = built.get_repository_def()
         assert {job.executor_def.name for job in repository.get_all_jobs()} == {expected}
     assert Settings().system_setup.executor == "in_process"
+
+
+def test_backfill_partitions_per_run_sets_every_ranged_assets_policy_at_load():
+    from dagster import AssetKey
+
+    from rof_pipelines.settings import Settings
+
+    def policies(settings: Settings) -> dict[str, int | None]:
+        graph = build_definitions(settings).resolve_asset_graph()
+        return {
+            key.to_user_string(): graph.get(key).backfill_policy.max_partitions_per_run
+            for key in graph.get_all_asset_keys()
+            if graph.get(key).backfill_policy is not None
+        }
+
+    assert set(policies(Settings()).values()) == {31}
+    assert set(policies(Settings(system_setup={"backfill_partitions_per_run": 1})).values()) == {1}
+    assert set(policies(Settings(system_setup={"backfill_partitions_per_run": 7})).values()) == {7}
+    # The island GA's graph takes one partition per run whatever the setting; the others follow it.
+    islands = Settings(
+        system_setup={"backfill_partitions_per_run": 7},
+        ab_tests={"experiment": {"ga": {"islands": 2, "migration_interval": 1, "generations": 2}}},
+    )
+    found = policies(islands)
+    assert found.pop(AssetKey("ga_population").to_user_string()) == 1
+    assert set(found.values()) == {7}

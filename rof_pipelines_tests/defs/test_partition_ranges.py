@@ -186,3 +186,32 @@ def test_a_day_that_fails_costs_only_itself(tmp_path, memory_state_store):
     assert sorted(r.partition_key for r in records) == sorted(str(market_day_key(TON, d)) for d in days[1:])
     assert stored(config_path, "quote_snapshots", days[0]) is None
     assert all(stored(config_path, "quote_snapshots", d) is not None for d in days[1:])
+
+
+def test_a_range_of_one_day_is_stored_as_a_run_of_that_day(tmp_path, memory_state_store):
+    """A backfill's last run may hold one day, and runs of one partition each
+    (system_setup.backfill_partitions_per_run: 1) are ranges of one key: the body gets that day's
+    frames, not the range's, and stores what a run of the day alone does."""
+    ranged_dir, single_dir = tmp_path / "ranged", tmp_path / "single"
+    day = DAYS[0]
+    for directory in (ranged_dir, single_dir):
+        directory.mkdir()
+        fill(write_config(directory), day - timedelta(days=2), day)
+    with instance_for_test() as instance:
+        result = run_range(ranged_dir / "config.yaml", instance, memory_state_store, day, day)
+        assert result.success
+        assert set(materialisations(result)) == {
+            (a.key.to_user_string(), str(market_day_key(TON, day))) for a in ASSETS
+        }
+    with instance_for_test() as instance:
+        assert run_day(single_dir / "config.yaml", instance, memory_state_store, day).success
+    for asset in ("indicator_frame", "ga_population", "ab_report"):
+        ranged, single = (
+            stored(ranged_dir / "config.yaml", asset, day),
+            stored(single_dir / "config.yaml", asset, day),
+        )
+        assert ranged is not None and single is not None, asset
+        if ranged.suffix == ".parquet":
+            pd.testing.assert_frame_equal(read(ranged), read(single), obj=asset)
+        else:
+            assert read(ranged) == read(single), asset
