@@ -961,6 +961,26 @@ def bench_backfill(
     )
 
 
+@bench_app.command("scale")
+def bench_scale(
+    workers: Annotated[str, typer.Option(help="worker counts to compare, e.g. 1,2")] = "1,2",
+    islands: Annotated[int, typer.Option(help="ab_tests.experiment.ga.islands")] = 4,
+    population: Annotated[int, typer.Option(help="the whole GA population (split over the islands)")] = 400,
+    generations: Annotated[int, typer.Option(help="GA generations")] = 20,
+    migration_interval: Annotated[int, typer.Option(help="generations per epoch")] = 5,
+) -> None:
+    """One partition's island GA on 1, 2, ... dagster-celery workers on the configured RabbitMQ:
+    run seconds per worker count, speedup, same_result, island steps per worker, and peak memory per
+    worker against one single-process GA step."""
+    from rof_pipelines.bench.scale import bench_scale as run
+
+    try:
+        counts = [int(part) for part in workers.split(",") if part.strip()]
+    except ValueError:
+        _fail(f"--workers must be comma-separated counts such as 1,2; got {workers!r}")
+    _emit(run(counts, islands, population, generations, migration_interval))
+
+
 # --- ops --------------------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from dagster import Definitions, ExecutorDefinition, definitions, in_process_exe
 from dagster_celery import celery_executor
 
 from rof_pipelines.adapters.celery_workers import executor_config
-from rof_pipelines.adapters.io_managers import ParquetFrameIOManager
+from rof_pipelines.adapters.io_managers import ParquetFrameIOManager, StepOutputIOManager
 from rof_pipelines.adapters.resources import (
     PostgresStateStoreResource,
     QuoteStoreResource,
@@ -59,6 +59,7 @@ def shared_resources() -> dict[str, Any]:
         "state_store": PostgresStateStoreResource(settings=settings),
         "rabbitmq": RabbitMQResource(settings=settings),
         "frame_io_manager": ParquetFrameIOManager(settings=settings),
+        "io_manager": StepOutputIOManager(settings=settings),
     }
 
 

@@ -5,6 +5,9 @@ fsspec URL (``s3://bucket/rof/frames``, ``gs://...``, ``file:///shared/frames``)
 run on different machines (the celery executor) hand frames to each other through storage every
 worker sees. Object-store URLs need the filesystem's fsspec package (s3fs, gcsfs) installed.
 
+Op outputs that are not assets (the island GA's tickets) go to the same storage, pickled
+(:class:`StepOutputIOManager`, the ``io_manager`` of every job).
+
 DataFrames are stored as Parquet; ``bytes`` (a serialised Q-table, say) as they are. An input of a
 one-partition step that spans several partitions is their concatenation in time order, skipping days
 never materialised (for ``bytes``: a dict keyed by partition). A step that runs a range of partitions
@@ -14,10 +17,19 @@ value per partition key.
 
 import io
 import os
+import pickle
 from typing import Any, Optional
 
 import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from dagster import (
+    ConfigurableIOManager,
+    ConfigurableIOManagerFactory,
+    InitResourceContext,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    UPathIOManager,
+)
 from upath import UPath
 
 from rof_pipelines.adapters.resources import RofSettings
@@ -104,3 +116,28 @@ def _read(path: UPath) -> Any:
         return path.read_bytes()
     with path.open("rb") as handle:
         return pd.read_parquet(handle)
+
+
+class _PickledUPathIOManager(UPathIOManager):
+    extension = ".pickle"
+
+    def dump_to_path(self, context: OutputContext, obj: Any, path: UPath) -> None:
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        if path.protocol in LOCAL_PROTOCOLS:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+
+    def load_from_path(self, context: InputContext, path: UPath) -> Any:
+        return pickle.loads(path.read_bytes())
+
+
+class StepOutputIOManager(ConfigurableIOManagerFactory):
+    """Op outputs that are not assets (the island GA's tickets between its steps), pickled under
+    ``{frames_url}/_step_outputs/{run}/{step}/{output}``: on the storage every worker sees, where
+    Dagster's own default would write into the local DAGSTER_HOME of the machine that ran the step."""
+
+    settings: RofSettings
+
+    def create_io_manager(self, context: InitResourceContext) -> UPathIOManager:
+        root = UPath(self.settings.load().storage.resolved_frames_url())
+        return _PickledUPathIOManager(base_path=root / "_step_outputs")

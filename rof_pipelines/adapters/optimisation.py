@@ -20,6 +20,7 @@ the result, or reuses the stored one; :func:`finish_islands` merges the last epo
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import socket
@@ -193,6 +194,15 @@ class Optimisation:
     seeds: tuple[dict[str, Any], ...] = field(default=())  # {gene: value}, from core.knowledge.plan_seeds
 
 
+def evaluation_processes(workers: int | None, pool: int) -> int:
+    """Processes that score genomes: the asked-for number (else the pool's), at most the pool and the
+    CPUs. One in a daemonic process, which may not start children (a celery worker's prefork child
+    runs the step): the GA then scores in the step's own process instead of failing on its pool."""
+    if multiprocessing.current_process().daemon:
+        return 1
+    return max(1, min(workers or pool, pool, os.cpu_count() or 1))
+
+
 def prepare_optimisation(
     settings: Settings,
     market: str,
@@ -245,7 +255,7 @@ def prepare_optimisation(
         key=key,
         data=data,
         ga=ga,
-        workers=max(1, min(workers or pool, pool, os.cpu_count() or 1)),
+        workers=evaluation_processes(workers, pool),
         retention_days=settings.ab_tests.state_management.retention_days,
         seeds=seeds,
     )

@@ -208,3 +208,26 @@ def test_sigterm_stops_after_a_generation_with_a_checkpoint_and_resumes_identica
     finished = json.loads(out.strip().splitlines()[-1])
     assert finished["resumed_from"] == saved.generation
     assert finished["fitness"] == reference.fitness.tolist() and finished["champion"] == reference.champion
+
+
+def _processes_in_daemon(queue) -> None:  # type: ignore[no-untyped-def]
+    from rof_pipelines.adapters.optimisation import evaluation_processes
+
+    queue.put(evaluation_processes(None, 12))
+
+
+def test_a_daemonic_step_process_scores_in_itself_instead_of_starting_a_pool():
+    """A celery worker's prefork child is daemonic and may not start children: the GA there gets one
+    evaluation process (its own), whatever the pool allows elsewhere."""
+    import multiprocessing
+
+    from rof_pipelines.adapters.optimisation import evaluation_processes
+
+    assert evaluation_processes(None, 12) == min(12, os.cpu_count() or 1)
+    assert evaluation_processes(1, 12) == 1
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_processes_in_daemon, args=(queue,), daemon=True)
+    child.start()
+    child.join(30)
+    assert queue.get(timeout=5) == 1

@@ -21,6 +21,7 @@ from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, St
 from rof_pipelines.core.experiment import market_base_params
 from rof_pipelines.core.ga.engine import OBJECTIVES, GAResult, objectives_dict
 from rof_pipelines.core.ga.seeding import generations_to_reach
+from rof_pipelines.defs.load_time import step_tags
 from rof_pipelines.defs.market_day import MarketWindow, market_day_asset, open_market_window
 from rof_pipelines.defs.reporting import finite_metadata, line_plot_markdown, metrics_markdown
 from rof_pipelines.defs.resilience import state_store_optional, state_store_required
@@ -178,7 +179,12 @@ def window_optimisation(
     )
 
 
-@market_day_asset(group_name="optimisation", kinds={"pandas", "numba"}, deps=[AssetDep("indicator_frame")])
+@market_day_asset(
+    group_name="optimisation",
+    kinds={"pandas", "numba"},
+    deps=[AssetDep("indicator_frame")],
+    op_tags=step_tags("ab_optimizer"),
+)
 def ga_population(
     context: AssetExecutionContext,
     config: GAPopulationConfig,

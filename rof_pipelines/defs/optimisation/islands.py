@@ -41,6 +41,7 @@ from rof_pipelines.adapters.optimisation import (
 )
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
 from rof_pipelines.core.ga.islands import IslandPlan
+from rof_pipelines.defs.load_time import step_tags
 from rof_pipelines.defs.market_day import MarketWindow, open_market_window
 from rof_pipelines.defs.optimisation.assets import (
     GAPopulationConfig,
@@ -60,9 +61,9 @@ from rof_pipelines.settings import GAConfig, Settings
 
 
 def island_op_tags(at_load: Settings) -> dict[str, str]:
-    """The tags of every op of the island graph, in one place (where execution tags, such as a
-    celery queue per worker pool, are added)."""
-    return {"rof/pool": "ab_optimizer"}
+    """The tags of every op of the island graph: under the celery executor each island step is a task
+    on the ab_optimizer pool's queue, like the single GA's step."""
+    return step_tags("ab_optimizer")
 
 
 def island_plan(ga: GAConfig) -> IslandPlan:
