@@ -182,6 +182,63 @@ def quotes_import(
     )
 
 
+@quotes_app.command("download")
+def quotes_download(
+    market: Annotated[
+        list[str], typer.Option("--market", "-m", help="exchange:PAIR, e.g. binance:BTCUSDT; repeatable")
+    ],
+    interval: Annotated[
+        str, typer.Option(help="candle interval the exchange offers: 1m, 5m, 1h, 1d, ...")
+    ] = "1m",
+    since: Annotated[
+        str | None, typer.Option(help="YYYY-MM-DD[THH:MM] UTC: where history starts when nothing is stored")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="YYYY-MM-DD[THH:MM] UTC, exclusive (default: the exchange's now)")
+    ] = None,
+    prepend: Annotated[
+        bool, typer.Option(help="fill history before the oldest stored candle back to --since")
+    ] = False,
+    store: StoreOption = None,
+) -> None:
+    """Closed candles from the exchange's public API (ccxt) into the configured store, page by page:
+    resumes after the newest stored candle; gaps in the exchange's data are reported, not invented."""
+    from rof_pipelines.adapters.exchanges import ExchangeClient, download_candles
+    from rof_pipelines.adapters.quote_stores import open_quote_store
+    from rof_pipelines.core.market import Market
+    from rof_pipelines.core.quotes import parse_candle_interval
+
+    try:
+        markets = [Market.parse(m) for m in market]
+        candle_interval = parse_candle_interval(interval)
+        since_at = _utc_instant(since) if since else None
+        until_at = _utc_instant(until) if until else None
+    except (ValueError, RofError) as exc:
+        _fail(str(exc))
+    settings = _settings(store)
+    clients: dict[str, ExchangeClient] = {}
+    failed = 0
+    with open_quote_store(settings) as quote_store:
+        quote_store.ensure_schema()
+        for item in markets:
+            try:
+                if item.exchange not in clients:
+                    clients[item.exchange] = ExchangeClient.from_settings(settings, item.exchange)
+                result = download_candles(
+                    quote_store, clients[item.exchange], item, candle_interval,
+                    since=since_at, until=until_at, prepend=prepend,
+                )  # fmt: skip
+            except RofError as exc:
+                failed += 1
+                typer.secho(f"{item}: error: {exc}", fg=typer.colors.RED, err=True)
+                continue
+            typer.echo(f"{result.summary()} -> {quote_store.describe()}")
+    for client in clients.values():
+        client.close()
+    if failed:
+        raise typer.Exit(2)
+
+
 def _report_partitions(settings: Settings, profile: Any, first: date, last: date) -> None:
     """Which `date` x `markets` partitions the data fills, that the market exists in the local
     Dagster instance, and what stops the window from running (days before history_start, a window
@@ -979,6 +1036,18 @@ def bench_scale(
     except ValueError:
         _fail(f"--workers must be comma-separated counts such as 1,2; got {workers!r}")
     _emit(run(counts, islands, population, generations, migration_interval))
+
+
+@bench_app.command("download")
+def bench_download(
+    candles: Annotated[int, typer.Option(help="1-minute candles to download (525600: a year)")] = 525_600,
+) -> None:
+    """A year of 1-minute candles from the stand-in exchange (its own process) through ccxt, its rate
+    limiter and the breaker into a temporary Parquet store: wall seconds, candles/s, the limiter's
+    floor, the stand-in's CPU apart, and the pages a download killed mid-page re-fetches (goal <= 1)."""
+    from rof_pipelines.bench.download import bench_download as run
+
+    _emit(run(candles))
 
 
 # --- ops --------------------------------------------------------------------------------------------

@@ -893,6 +893,146 @@ class AIConfig(_Section):
     rl: RLConfig = RLConfig()
 
 
+# --- ingest ----------------------------------------------------------------------------------------
+
+CCXT_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def _ccxt_exchange_ids() -> set[str] | None:
+    """The exchange modules ccxt ships (``binance.py``, ``kraken.py``, ...), read from its directory
+    without importing it (importing ccxt loads every exchange: half a second); None without ccxt."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ccxt")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return {path.stem for path in folder.glob("*.py") if not path.stem.startswith("_")}
+
+
+def validate_ccxt_id(value: str) -> str:
+    if not CCXT_ID_RE.match(value or ""):
+        raise ValueError(
+            f"{value!r} is not a ccxt exchange id (lower-case letters and digits, e.g. 'binance')"
+        )
+    known = _ccxt_exchange_ids()
+    if known is not None and value not in known:
+        import difflib
+
+        close = difflib.get_close_matches(value, sorted(known), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"ccxt has no exchange {value!r}{hint}")
+    return value
+
+
+def _check_urls(value: Any, path: str = "urls") -> None:
+    """Every leaf of a ccxt ``urls`` override must be an http(s) URL: a typo fails at load, not at
+    the first request."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_urls(item, f"{path}.{key}")
+    elif (
+        not isinstance(value, str)
+        or urlsplit(value).scheme not in ("http", "https")
+        or not urlsplit(value).netloc
+    ):
+        raise ValueError(f"{path}: expected an http(s) URL, got {clip(repr(value), 80)}")
+
+
+class ExchangeIngestConfig(_Section):
+    """How ``rof quotes download`` and the scheduled fetches talk to one exchange (ccxt)."""
+
+    ccxt_id: str | None = Field(default=None, description="ccxt's exchange id; default: the exchange's name")
+    urls: dict[str, Any] = Field(
+        default_factory=dict, description="merged into ccxt's urls, e.g. {api: {public: http://host/api/v3}}"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="merged into ccxt's options")
+    rate_limit_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=60_000,
+        description="ms between requests per unit of ccxt's cost; default ccxt's own",
+    )
+    page_size: int = Field(default=1000, ge=1, le=10_000, description="candles asked for per request")
+    timeout: Annotated[Duration, at_least(timedelta(milliseconds=100), "a request needs time to answer")] = (
+        Field(default="10s", description="per HTTP request")
+    )
+    max_wait: Duration = Field(
+        default="5m",
+        description="most a call waits on Retry-After / maintenance / an open circuit before failing",
+    )
+    retries: int = Field(default=5, ge=0, le=100, description="retries of a failed request (5xx, network)")
+    backoff: Duration = Field(default="1s", description="first wait before a retry; doubles each time")
+
+    _ccxt = field_validator("ccxt_id")(classmethod(lambda cls, v: v if v is None else validate_ccxt_id(v)))
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_urls(value)
+        return value
+
+
+class IngestMarketConfig(_Section):
+    """A market fetched on a schedule: its newest candles every ``every_minutes`` minutes."""
+
+    market: str
+    interval: BarInterval = "1m"
+    every_minutes: int = Field(default=5, ge=1, le=1440)
+    top_of_book: bool = Field(default=False, description="also store a bid/ask snapshot each time")
+    since: date | None = Field(default=None, description="where history starts when nothing is stored")
+
+    _market = field_validator("market")(classmethod(lambda cls, v: normalise_market(v)))
+    _interval = field_validator("interval")(classmethod(lambda cls, v: validate_bar_interval(v)))
+
+
+class IngestConfig(_Section):
+    """Quotes straight from exchange APIs (adapters/exchanges.py): per-exchange client settings and
+    the markets fetched on a schedule."""
+
+    exchanges: dict[str, ExchangeIngestConfig] = Field(default_factory=dict)
+    markets: list[IngestMarketConfig] = Field(default_factory=list)
+
+    @field_validator("exchanges")
+    @classmethod
+    def _exchange_names(cls, value: dict[str, ExchangeIngestConfig]) -> dict[str, ExchangeIngestConfig]:
+        for name, config in value.items():
+            if name != name.lower() or not CCXT_ID_RE.match(name):
+                raise ValueError(
+                    f"exchange name {name!r} must be lower-case letters and digits (as in markets)"
+                )
+            if config.ccxt_id is None:
+                try:
+                    validate_ccxt_id(name)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}; or set its ccxt_id") from None
+        return value
+
+    @model_validator(mode="after")
+    def _markets_unique_and_known(self) -> "IngestConfig":
+        seen: set[tuple[str, timedelta]] = set()
+        for index, entry in enumerate(self.markets):
+            key = (entry.market, entry.interval)
+            if key in seen:
+                raise ValueError(
+                    f"markets[{index}]: {entry.market} at {duration_text(entry.interval)} is listed twice"
+                )
+            seen.add(key)
+            exchange = Market.parse(entry.market).exchange
+            if exchange not in self.exchanges:
+                try:
+                    validate_ccxt_id(exchange)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"markets[{index}]: {entry.market}: {exc}; configure ingest.exchanges.{exchange}.ccxt_id"
+                    ) from None
+        return self
+
+    def exchange(self, name: str) -> ExchangeIngestConfig:
+        """The exchange's settings; an exchange not configured gets the defaults (ccxt id = its name)."""
+        return self.exchanges.get(name) or ExchangeIngestConfig()
+
+
 # --- the whole file -------------------------------------------------------------------------------
 
 # The environment variables, each mapped to its key path in config.yaml.
@@ -971,6 +1111,7 @@ class Settings(_Section):
     ab_tests: ABTestsConfig = ABTestsConfig()
     ai_config: AIConfig = AIConfig()
     alerting: AlertingConfig = AlertingConfig()
+    ingest: IngestConfig = IngestConfig()
 
     # Where it came from, for logs and for hot reload; not part of the file.
     source_path: Path | None = Field(default=None, exclude=True)
