@@ -985,6 +985,23 @@ class IngestMarketConfig(_Section):
     _market = field_validator("market")(classmethod(lambda cls, v: normalise_market(v)))
     _interval = field_validator("interval")(classmethod(lambda cls, v: validate_bar_interval(v)))
 
+    @field_validator("every_minutes")
+    @classmethod
+    def _on_the_clock(cls, value: int) -> int:
+        """A schedule's cron runs on the clock: a divisor of an hour, or whole hours dividing a day."""
+        if 60 % value == 0 or (value % 60 == 0 and 1440 % value == 0):
+            return value
+        raise ValueError(
+            f"every_minutes must divide an hour (1, 2, 5, 10, 15, 30, ...) or be whole hours that divide "
+            f"a day (60, 120, 240, ...); got {value}"
+        )
+
+    @property
+    def cron(self) -> str:
+        if self.every_minutes < 60:
+            return f"*/{self.every_minutes} * * * *"
+        return f"0 */{self.every_minutes // 60} * * *"
+
 
 class IngestConfig(_Section):
     """Quotes straight from exchange APIs (adapters/exchanges.py): per-exchange client settings and

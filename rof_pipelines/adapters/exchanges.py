@@ -477,6 +477,7 @@ def download_candles(
     since: datetime | None = None,
     until: datetime | None = None,
     prepend: bool = False,
+    keep_book: bool = False,
     progress: Callable[[Page], None] | None = None,
 ) -> DownloadResult:
     """Fetch ``market``'s closed candles page by page into ``store``, each page written as it arrives.
@@ -485,7 +486,12 @@ def download_candles(
     or one page before the exchange's now) and runs to ``until`` (default: the exchange's now);
     with ``prepend`` it fills ``[since, oldest stored candle)``. Candles already written in this run
     are dropped, candles still forming are not stored, and a range the exchange has no candles for
-    is reported in ``gaps`` and not asked again."""
+    is reported in ``gaps`` and not asked again.
+
+    ``keep_book``: the market also stores top-of-book snapshots (bid and ask) between candles. A page
+    then keeps the snapshots already stored inside its candles' minutes (a candle write would
+    replace them), and a resume starts at the candle holding the newest stored snapshot (the newest
+    may be a bid/ask snapshot inside a candle still forming at the last fetch)."""
     step_ms = int(interval.total_seconds() * 1000)
     timeframe = interval_text(interval)
     stats_before = client.stats.copy()
@@ -504,7 +510,8 @@ def download_candles(
         else:
             note = "nothing stored yet: --prepend downloads from --since"
     elif stored is not None:
-        start_ms = (datetime_to_us(stored[1]) // 1000 // step_ms) * step_ms + step_ms  # after the newest
+        newest_open = (datetime_to_us(stored[1]) // 1000 // step_ms) * step_ms
+        start_ms = newest_open if keep_book else newest_open + step_ms  # after the newest candle
     elif since is not None:
         start_ms = _ceil(_ms(since), step_ms)
     else:
@@ -541,7 +548,11 @@ def download_candles(
         expected = np.r_[cursor, open_ms[:-1] + step_ms]
         for gap_from, gap_to in zip(expected[open_ms > expected], open_ms[open_ms > expected], strict=True):
             result.gaps.append((_utc(int(gap_from)), _utc(int(gap_to))))
-        written = store.write(market, candles_to_snapshots(candles, interval)) // 4
+        snapshots = candles_to_snapshots(candles, interval)
+        if keep_book:
+            snapshots = _with_book_snapshots(store, market, snapshots)
+        store.write(market, snapshots)
+        written = len(candles)
         result.candles_written += written
         first, last = _utc(int(open_ms[0])), _utc(int(open_ms[-1]))
         result.first_ts = first if result.first_ts is None else min(result.first_ts, first)
@@ -555,6 +566,23 @@ def download_candles(
     result.retries = spent.retries
     result.waited_s = spent.waited_s
     return result
+
+
+def _with_book_snapshots(store: QuoteStore, market: Market, snapshots: pd.DataFrame) -> pd.DataFrame:
+    """The page's candle snapshots with the bid/ask snapshots stored inside the same span."""
+    first, last = snapshots["ts"].iloc[0], snapshots["ts"].iloc[-1]
+    stored = store.read(market, first.to_pydatetime(), (last + pd.Timedelta(microseconds=1)).to_pydatetime())
+    book = stored[stored["bid"].notna() & stored["ask"].notna()]
+    if book.empty:
+        return snapshots
+    # A book snapshot at the very instant of a candle's snapshot lends that row its bid and ask (the
+    # candle keeps its price); the others are kept as they are.
+    quotes = book.set_index("ts")[["bid", "ask"]]
+    snapshots = snapshots.copy()
+    same = snapshots["ts"].isin(quotes.index)
+    snapshots.loc[same, ["bid", "ask"]] = quotes.loc[snapshots.loc[same, "ts"]].to_numpy()
+    merged = pd.concat([snapshots, book[~book["ts"].isin(snapshots["ts"])]], ignore_index=True)
+    return merged.sort_values("ts", kind="stable").reset_index(drop=True)
 
 
 def _ceil(value: int, step: int) -> int:

@@ -77,6 +77,9 @@ name                                         type     route        labels
 ``data_manager_load_seconds``                gauge    pushgateway  process, pool, market, asset
 ``data_manager_load_bytes``                  gauge    pushgateway  process, pool, market, asset
 ``data_manager_loads_total``                 counter  pushgateway  process, pool, market, asset
+``data_manager_ingest_candles_total``        counter  pushgateway  process, pool, market, asset
+``data_manager_ingest_lag_seconds``          gauge    pushgateway  process, pool, market, asset
+``data_manager_ingest_rate_limit_waits_total`` counter pushgateway process, pool, market, asset
 ``data_manager_config_reloads_total``        counter  sensor       status, process
 ``data_manager_config_versions``             gauge    state_store  status
 ``alerts_fired_total``                       counter  state_store  rule, channel
@@ -499,6 +502,27 @@ FAMILIES: dict[str, Family] = {
             "pushgateway",
         ),
         _f(
+            "data_manager_ingest_candles_total",
+            "counter",
+            _PUSH,
+            "Candles the exchange ingest wrote (ingest.markets)",
+            "pushgateway",
+        ),
+        _f(
+            "data_manager_ingest_lag_seconds",
+            "gauge",
+            _PUSH,
+            "Seconds the newest stored candle's close is behind the exchange's clock, after a fetch",
+            "pushgateway",
+        ),
+        _f(
+            "data_manager_ingest_rate_limit_waits_total",
+            "counter",
+            _PUSH,
+            "Waits on an exchange's rate limit (HTTP 429 / Retry-After) during ingest",
+            "pushgateway",
+        ),
+        _f(
             "data_manager_config_reloads_total",
             "counter",
             "status,process",
@@ -581,6 +605,9 @@ GA_EVALUATIONS = _metric("ga_evaluations_total")
 DATA_LOAD_SECONDS = _metric("data_manager_load_seconds")
 DATA_LOAD_BYTES = _metric("data_manager_load_bytes")
 DATA_LOADS = _metric("data_manager_loads_total")
+INGEST_CANDLES = _metric("data_manager_ingest_candles_total")
+INGEST_LAG = _metric("data_manager_ingest_lag_seconds")
+INGEST_RATE_LIMIT_WAITS = _metric("data_manager_ingest_rate_limit_waits_total")
 
 
 def families(route: str | None = None) -> list[Family]:
@@ -630,6 +657,14 @@ def record_load(seconds: float, frame: Any) -> None:
         float(frame.memory_usage(index=True, deep=False).sum()) if len(frame.columns) else 0.0
     )
     DATA_LOADS.inc()
+
+
+def record_ingest(candles: int, lag_seconds: float | None, rate_limit_waits: int) -> None:
+    """One exchange fetch of this process; the ingest op pushes it under its market's group."""
+    INGEST_CANDLES.inc(candles)
+    if lag_seconds is not None:
+        INGEST_LAG.set(lag_seconds)
+    INGEST_RATE_LIMIT_WAITS.inc(rate_limit_waits)
 
 
 ROUTE_NAMES = {

@@ -16,7 +16,7 @@ from rof_pipelines.settings import ENV_OVERRIDES, PROJECT_ROOT
 
 SETTINGS_FILE = rof_pipelines.settings.__file__  # in the directory of the package
 
-JOBS = {"market_data", "all_market_day_assets", "nightly_optimisation", "state_backup"}
+JOBS = {"market_data", "all_market_day_assets", "nightly_optimisation", "state_backup", "exchange_ingest"}
 SCHEDULES = {"nightly_optimisation_schedule", "state_backup_schedule"}
 SENSORS = {
     "market_discovery_sensor",
@@ -102,6 +102,7 @@ def test_the_merged_definitions_hold_every_domains_objects_by_name():
     assert {sensor.name for sensor in repository.sensor_defs} == SENSORS
     assert {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()} == ASSETS
     assert set(repository.get_top_level_resources()) == {
+        "io_manager",
         "settings",
         "quote_store",
         "state_store",
