@@ -14,7 +14,7 @@ from typing import Any
 from dagster import Definitions, ExecutorDefinition, definitions, in_process_executor, multiprocess_executor
 from dagster_celery import celery_executor
 
-from rof_pipelines.adapters.celery_workers import executor_config
+from rof_pipelines.adapters.celery_workers import executor_config, tune_execution_loop
 from rof_pipelines.adapters.io_managers import ParquetFrameIOManager, StepOutputIOManager
 from rof_pipelines.adapters.resources import (
     PostgresStateStoreResource,
@@ -39,6 +39,7 @@ DOMAINS = (quotes, indicators, rl, optimisation, experiments, ops)
 def _celery(at_load: Settings) -> ExecutorDefinition:
     """Steps as tasks on the pools' queues (defs/load_time.py: step_tags), for `rof workers start`
     workers; configured in code, so the broker is in no run's config (adapters/celery_workers.py)."""
+    tune_execution_loop()
     return celery_executor.configured(executor_config(at_load), name="celery")
 
 

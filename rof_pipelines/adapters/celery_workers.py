@@ -26,6 +26,18 @@ POOLS = tuple(WorkerPoolConfig.model_fields)
 RABBITMQ_URL_ENV = "RABBITMQ_URL"
 # dagster-celery refuses a worker on more than four queues (a Celery 4 limit it still enforces).
 MAX_QUEUES = 4
+# How often the run's execution loop looks for finished steps and submits the next. dagster-celery
+# sleeps a fixed second per loop, so every level of a run's step graph waited up to a second before
+# its steps were even submitted: the island GA's ~10 levels cost ~10 s of idle workers per run
+# (`rof bench scale`). The result checks it polls are cheap (rpc:// backend).
+EXECUTION_LOOP_TICK_SECONDS = 0.1
+
+
+def tune_execution_loop() -> None:
+    """Set dagster-celery's execution-loop tick (a module constant it has no setting for)."""
+    from dagster_celery import core_execution_loop
+
+    core_execution_loop.TICK_SECONDS = EXECUTION_LOOP_TICK_SECONDS
 
 
 def broker_url(settings: Settings) -> str:
