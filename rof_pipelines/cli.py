@@ -1022,9 +1022,9 @@ def bench_backfill(
 def bench_scale(
     workers: Annotated[str, typer.Option(help="worker counts to compare, e.g. 1,2")] = "1,2",
     islands: Annotated[int, typer.Option(help="ab_tests.experiment.ga.islands")] = 4,
-    population: Annotated[int, typer.Option(help="the whole GA population (split over the islands)")] = 400,
-    generations: Annotated[int, typer.Option(help="GA generations")] = 20,
-    migration_interval: Annotated[int, typer.Option(help="generations per epoch")] = 5,
+    population: Annotated[int, typer.Option(help="the whole GA population (split over the islands)")] = 1600,
+    generations: Annotated[int, typer.Option(help="GA generations")] = 40,
+    migration_interval: Annotated[int, typer.Option(help="generations per epoch")] = 10,
 ) -> None:
     """One partition's island GA on 1, 2, ... dagster-celery workers on the configured RabbitMQ:
     run seconds per worker count, speedup, same_result, island steps per worker, and peak memory per
