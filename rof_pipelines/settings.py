@@ -1109,11 +1109,11 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in top.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(dict(merged[key]), value)
+            merged[key] = deep_merge(dict(merged[key]), value)
         else:
             merged[key] = value
     return merged
@@ -1462,7 +1462,7 @@ def load_settings(
         if not isinstance(loaded, dict):
             raise ConfigError(f"invalid configuration ({config_path}): the top level must be a mapping")
         file_data = loaded
-    merged = _deep_merge(_deep_merge(file_data, _env_layer(environ)), overrides or {})
+    merged = deep_merge(deep_merge(file_data, _env_layer(environ)), overrides or {})
     for reserved in ("source_path", "source_hash"):
         if reserved in merged:
             raise ConfigError(f"invalid configuration ({config_path}): {reserved}: unknown key")

@@ -151,9 +151,9 @@ def make_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
 
     def build(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
         base: dict[str, Any] = {"storage": {"data_dir": str(tmp_path / "data")}}
-        from rof_pipelines.settings import _deep_merge
+        from rof_pipelines.settings import deep_merge
 
-        merged = _deep_merge(base, overrides or {})
+        merged = deep_merge(base, overrides or {})
         return load_settings(environ=environ or {}, overrides=merged)
 
     return build

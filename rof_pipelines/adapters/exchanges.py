@@ -52,7 +52,7 @@ from rof_pipelines.errors import (
     TradingDisabledError,
     TransientError,
 )
-from rof_pipelines.settings import CircuitBreakerConfig, ExchangeIngestConfig, Settings
+from rof_pipelines.settings import CircuitBreakerConfig, ExchangeIngestConfig, Settings, deep_merge
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -173,7 +173,7 @@ class ExchangeClient:
         params: dict[str, Any] = {
             "enableRateLimit": True,  # ccxt's own spacing, always on
             "timeout": int(self.config.timeout.total_seconds() * 1000),
-            "options": _deep_merge(DEFAULT_OPTIONS.get(self.ccxt_id, {}), self.config.options),
+            "options": deep_merge(DEFAULT_OPTIONS.get(self.ccxt_id, {}), self.config.options),
         }
         if self.config.urls:
             params["urls"] = self.config.urls  # ccxt deep-merges it over its own
@@ -386,16 +386,6 @@ class ExchangeClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 # --- candles ------------------------------------------------------------------------------------------

@@ -50,11 +50,11 @@ def _pattern(market: str) -> str:
     return "momentum" if market != WARMUP_MARKET and int(market[13:15]) % 2 == 0 else "none"
 
 
-def instance_yaml(database: str, max_concurrent_runs: int) -> str:
-    """deploy/dagster.yaml's shape on a throwaway database: PostgreSQL storage (psycopg2), queued
-    coordinator that launches runs, the default run launcher."""
-    admin = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
-    postgres_db = {
+def instance_postgres_db(admin_dsn: str, database: str) -> dict[str, Any]:
+    """dagster-postgres's ``postgres_db`` for ``database`` on the server of ``admin_dsn``; psycopg2,
+    since SQLAlchemy 2.1 with psycopg 3 fails on the instance's NOTIFY."""
+    admin = psycopg.conninfo.conninfo_to_dict(admin_dsn)
+    return {
         "username": admin.get("user", "postgres"),
         "password": admin.get("password", ""),
         "hostname": admin.get("host", "127.0.0.1"),
@@ -62,6 +62,12 @@ def instance_yaml(database: str, max_concurrent_runs: int) -> str:
         "port": int(admin.get("port", 5432)),
         "scheme": "postgresql+psycopg2",
     }
+
+
+def instance_yaml(database: str, max_concurrent_runs: int) -> str:
+    """deploy/dagster.yaml's shape on a throwaway database: PostgreSQL storage (psycopg2), queued
+    coordinator that launches runs, the default run launcher."""
+    postgres_db = instance_postgres_db(ADMIN_DSN, database)
     return yaml.safe_dump(
         {
             "storage": {"postgres": {"postgres_db": postgres_db}},

@@ -23,8 +23,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from rof_pipelines.bench.backfill import instance_postgres_db
 from rof_pipelines.demo import DEMO_BARS, DEMO_CHANGES
-from rof_pipelines.settings import _deep_merge
+from rof_pipelines.settings import deep_merge
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,14 +64,7 @@ class Cluster:
         self.changes = dict(changes or {})
         self.home = root / "dagster_home"
         self.home.mkdir(parents=True)
-        postgres_db = {
-            "username": info.get("user", "postgres"),
-            "password": info.get("password", ""),
-            "hostname": info.get("host", "127.0.0.1"),
-            "db_name": instance_db,
-            "port": int(info.get("port", 5432)),
-            "scheme": "postgresql+psycopg2",
-        }
+        postgres_db = instance_postgres_db(admin_dsn, instance_db)
         (self.home / "dagster.yaml").write_text(
             yaml.safe_dump(
                 {"storage": {"postgres": {"postgres_db": postgres_db}}, "telemetry": {"enabled": False}}
@@ -97,7 +91,7 @@ class Cluster:
             "state_storage": {**self.db, "schema": f"rof_state_{name}", "auto_migrate": True},
             "system_setup": {"executor": executor, "log_level": "warning"},
         }
-        merged = _deep_merge(_deep_merge(json.loads(json.dumps(DEMO_CHANGES)), changes), self.changes)
+        merged = deep_merge(deep_merge(json.loads(json.dumps(DEMO_CHANGES)), changes), self.changes)
         path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(merged))
         return path
@@ -237,10 +231,12 @@ def steps_by_worker(instance: Any, run_id: str) -> dict[str, str]:
 
 
 class PeakMemory:
-    """Peak resident memory of process trees, sampled every ``interval`` seconds in a thread: per
-    tree, its whole (the worker's main process and pool child) and its largest single process."""
+    """Peak memory of process trees, sampled every ``interval`` seconds in a thread: per tree, its
+    whole (a worker's launcher, celery's main process and its pool child) as the sum of PSS, where
+    pages a fork shares are counted once, split between its sharers (RSS would count them in every
+    process); and its largest single process by RSS."""
 
-    def __init__(self, roots: Mapping[str, int], interval: float = 0.1) -> None:
+    def __init__(self, roots: Mapping[str, int], interval: float = 0.25) -> None:
         self.roots = dict(roots)
         self.interval = interval
         self.tree_peak = dict.fromkeys(self.roots, 0)
@@ -256,14 +252,16 @@ class PeakMemory:
                 try:
                     root = psutil.Process(pid)
                     tree = [root, *root.children(recursive=True)]
-                    sizes = []
-                    for process in tree:
-                        with contextlib.suppress(psutil.Error):  # a child that just exited
-                            sizes.append(process.memory_info().rss)
                 except psutil.Error:
                     continue
-                self.tree_peak[name] = max(self.tree_peak[name], sum(sizes))
-                self.process_peak[name] = max(self.process_peak[name], max(sizes, default=0))
+                shared, largest = 0, 0
+                for process in tree:
+                    with contextlib.suppress(psutil.Error):  # a child that just exited
+                        info = process.memory_full_info()
+                        shared += getattr(info, "pss", info.rss)
+                        largest = max(largest, info.rss)
+                self.tree_peak[name] = max(self.tree_peak[name], shared)
+                self.process_peak[name] = max(self.process_peak[name], largest)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakMemory":
