@@ -61,7 +61,9 @@ CHILD = textwrap.dedent(
         with StateStore(settings.state_storage) as store:
             result = run_optimisation(job, store, on_generation=lambda stats: time.sleep(0.3))
         print(json.dumps({"population": result.population, "fitness": result.fitness.tolist(),
-                          "champion": result.champion, "resumed_from": result.resumed_from}))
+                          "champion": result.champion, "resumed_from": result.resumed_from,
+                          "trials": sorted([list(g), s] for g, s in result.trials.items()),
+                          "full_trials": len(result.full_trials)}))
 
     if __name__ == "__main__":
         main()
@@ -154,6 +156,10 @@ def test_sigkilled_run_resumes_bit_identically(settings, store, pg, tmp_path):
     assert [tuple(p) for p in finished["population"]] == reference.population
     assert finished["fitness"] == reference.fitness.tolist()
     assert finished["champion"] == reference.champion
+    # Every configuration scored before the kills still counts: the deflated Sharpe ratio's trials
+    # are those of the uninterrupted run.
+    assert finished["trials"] == sorted([list(g), s] for g, s in reference.trials.items())
+    assert finished["full_trials"] == len(reference.full_trials)
 
     final = store.checkpoints.latest(key)
     assert final is not None and final.final and final.generation == GA["generations"]

@@ -63,7 +63,8 @@ def cluster(pg_admin_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         instance_db,
         markets=MARKETS,
         rabbitmq_url=RABBITMQ_TEST_URL,
-        changes={"ab_tests": {"experiment": {"ga": ISLANDS}}},
+        # A checkpoint every generation: the kill lands after one, so the redelivered step resumes.
+        changes={"ab_tests": {"experiment": {"ga": ISLANDS}, "state_management": {"checkpoint_interval": 1}}},
     )
     # A step reads the configuration of the worker that runs it (its ROF_CONFIG): the celery runs'
     # state store and frames are this file's, whatever the process that launched the run reads.
@@ -172,10 +173,25 @@ def test_partitions_and_their_islands_on_two_workers_equal_the_in_process_run(
     assert_same_frames(frames(cl.root / "workers", BACKFILL_MARKETS), want)
 
 
+def _island_checkpoints(cl: Cluster, market: str) -> int:
+    """Island-epochs of ``market`` with a checkpoint short of their last generation (each
+    island-epoch checkpoints under a key of its own)."""
+    import psycopg
+    from psycopg import sql
+
+    host, port = cl.db["db_host"].split(":")
+    with psycopg.connect(host=host, port=int(port), user=cl.db["db_user"], dbname=cl.db["db_name"]) as conn:
+        query = sql.SQL(
+            "SELECT count(DISTINCT config_fingerprint) FROM {}.ga_checkpoints WHERE market = %s AND NOT final"
+        ).format(sql.Identifier("rof_state_workers"))
+        return int(conn.execute(query, (market,)).fetchone()[0])
+
+
 def test_a_worker_killed_mid_step_hands_the_step_to_the_other(cluster: tuple[Cluster, Any]) -> None:
-    """SIGKILL the worker running an island epoch while it runs: RabbitMQ redelivers the unacked task
-    (task_acks_late, task_reject_on_worker_lost) to the other worker, the run finishes, and the result
-    is the in-process run's."""
+    """SIGKILL the worker running an island epoch while it runs, after the epoch's first checkpoint:
+    RabbitMQ redelivers the unacked task (task_acks_late, task_reject_on_worker_lost) to the other
+    worker, which resumes it from that checkpoint; the run finishes with the in-process run's result,
+    the A/B test's trial count (and so its deflated Sharpe ratio) included."""
     from dagster import DagsterEventType
 
     from rof_pipelines.partitions import market_day_key
@@ -197,7 +213,11 @@ def test_a_worker_killed_mid_step_hands_the_step_to_the_other(cluster: tuple[Clu
                 step = next((s for s in sorted(placed) if ".ga_island_epoch_1[" in s), None)
                 victim = placed.get(step) if step else None
         time.sleep(0.1)
-    time.sleep(0.5)
+    # Both islands of the epoch (one per worker) have a checkpoint of their own: the victim's step
+    # resumes from its one when it is redelivered.
+    while _island_checkpoints(cl, market) < 2:
+        assert time.monotonic() < deadline, "no island checkpoint was written"
+        time.sleep(0.05)
     done_before_kill = [e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)]
     cl.kill_worker(victim)
     killed_at = time.time()

@@ -292,6 +292,19 @@ class Evaluator:
         """Genomes pygad scored from its own memory of the last generation (elites)."""
         self.cache_hits += n
 
+    def trials_payload(self) -> list[list[Any]]:
+        """The trials scored so far, for a checkpoint: [genome, Sharpe, scored on the full slice]."""
+        return [[list(genome), sharpe, genome in self.full_trials] for genome, sharpe in self.trials.items()]
+
+    def restore_trials(self, rows: Sequence[Sequence[Any]]) -> None:
+        """A checkpoint's trials: a resumed run counts what was scored before it (the deflated Sharpe
+        ratio's trial count would otherwise depend on whether, and where, the run was interrupted)."""
+        for genome, sharpe, full in rows:
+            key = tuple(genome)  # as decoded: integer genes stay integers (the ledger hashes them)
+            self.trials[key] = float(sharpe)  # type: ignore[index]
+            if full:
+                self.full_trials.add(key)  # type: ignore[arg-type]
+
     def seed(self, units: Sequence[UnitGenome], fitness: Sequence[Fitness], slice_name: str) -> None:
         """Remember a checkpoint's scores (a resumed run does not re-score its population)."""
         fp = self._fingerprints[slice_name]
@@ -666,14 +679,20 @@ def optimise(
             if on_generation is not None:
                 on_generation({**s.history[-1], "eta_seconds": per_gen * left, "final": final})
 
+        def checkpoint(s: RunState, final: bool) -> None:
+            if checkpoints is not None:
+                payload = s.to_payload(settings)
+                payload["trials"] = evaluator.trials_payload()
+                checkpoints.save(s.generation, payload, final=final)
+
         def after_generation(s: RunState, final: bool) -> None:
             on_interval = s.generation % settings.checkpoint_interval == 0
-            if checkpoints is not None and (final or on_interval):
-                checkpoints.save(s.generation, s.to_payload(settings), final=final)
+            if final or on_interval:
+                checkpoint(s, final)
             report(s, final=final)
             if not final and stop_requested is not None and stop_requested():
-                if checkpoints is not None and not on_interval:
-                    checkpoints.save(s.generation, s.to_payload(settings), final=False)
+                if not on_interval:
+                    checkpoint(s, False)
                 raise Interrupted(s.generation, saved=checkpoints is not None)
 
         if state is None:
@@ -699,8 +718,10 @@ def optimise(
             )
             sync(state, started)
             after_generation(state, final=False)
-        elif state.stop_reason is None:
-            evaluator.seed(state.population, state.fitness, state.slice_name)
+        else:
+            evaluator.restore_trials(payload.get("trials", []) if payload is not None else [])
+            if state.stop_reason is None:
+                evaluator.seed(state.population, state.fitness, state.slice_name)
 
         while state.stop_reason is None:
             t0 = time.perf_counter()
