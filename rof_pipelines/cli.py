@@ -566,8 +566,9 @@ def workers_start(
     name: Annotated[str | None, typer.Option(help="worker name (default: the pools); @host is added")] = None,
     concurrency: Annotated[int, typer.Option(help="steps this worker runs at once")] = 1,
 ) -> None:
-    """Exec `dagster-celery worker start` on the pools' queues with a -y file from the configuration,
-    so the worker always matches the executor. Restart workers on every deploy: they import the code."""
+    """Exec the celery worker dagster-celery would start on the pools' queues, with the Celery
+    settings from the configuration, so the worker always matches the executor. Restart workers on
+    every deploy: they import the code."""
     import tempfile
 
     from rof_pipelines.adapters.celery_workers import worker_command, worker_environment, write_worker_config
@@ -575,9 +576,10 @@ def workers_start(
     settings = load_settings()
     config_file = write_worker_config(settings, Path(tempfile.mkdtemp(prefix="rof-worker-")))
     command = worker_command(config_file, pool, name or "-".join(pool), concurrency)
+    environment = worker_environment(config_file)
     typer.echo(" ".join(command), err=True)
     sys.stdout.flush()
-    os.execve(command[0], command, worker_environment(command))
+    os.execve(command[0], command, environment)
 
 
 def _decision_summary(record: Any) -> str:

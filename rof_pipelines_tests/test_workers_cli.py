@@ -1,7 +1,9 @@
 """`rof workers config|start`: the worker's -y file and command come from the same configuration as
 the celery executor (adapters/celery_workers.py), so the two cannot disagree."""
 
+import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 from rof_pipelines.adapters.celery_workers import (
     executor_config,
     worker_command,
+    worker_environment,
     worker_queues,
     write_worker_config,
 )
@@ -61,12 +64,27 @@ def test_the_worker_file_is_owner_only(tmp_path: Path):
 
 def test_the_worker_command_consumes_its_pools_queues_and_the_default_one(tmp_path: Path):
     command = worker_command(tmp_path / "w.yaml", ["ab_optimizer", "task_worker"], "both", 2)
-    assert command[1:3] == ["worker", "start"]
-    queues = command[command.index("-q") + 1]
-    assert queues == "ab_optimizer,task_worker,dagster"  # one -q value: repeated flags keep the last
-    assert command[command.index("-n") + 1] == "both"
-    assert command[-3:] == ["--", "-c", "2"]
+    assert Path(command[0]).name == "celery" and command[1:4] == ["-A", "dagster_celery.app", "worker"]
+    assert "--prefetch-multiplier=1" in command
+    assert command[command.index("-Q") + 1] == "ab_optimizer,task_worker,dagster"
+    assert command[command.index("-n") + 1] == "both@%h"  # dagster-celery's naming: @host added
+    assert command[-2:] == ["-c", "2"]
     assert worker_queues(["task_worker", "task_worker"]) == ["task_worker", "dagster"]
+
+
+def test_the_worker_environment_carries_the_celery_settings_module(tmp_path: Path, monkeypatch):
+    """dagster_celery.app reads its broker and settings from a dagster_celery_config module on
+    PYTHONPATH, written from the -y file as dagster-celery's own command writes it."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    settings = Settings(storage={"rabbitmq": {"url": BROKER}})
+    config_file = write_worker_config(settings, tmp_path, {})
+    env = worker_environment(config_file, {"PATH": "/usr/bin", "PYTHONPATH": "/src"})
+    first, module_dir = env["PYTHONPATH"].split(os.pathsep)
+    assert first == "/src"
+    module = (Path(module_dir) / "dagster_celery_config.py").read_text()
+    assert f"broker_url = '{BROKER}'" in module and "task_acks_late = True" in module
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ One function, :func:`executor_config`, says how runs reach the workers (broker, 
 Celery settings); the executor (``definitions.py``) and every worker's ``-y`` file
 (:func:`worker_yaml`, ``rof workers config|start``) are built from it, so the two sides cannot
 disagree. Steps are routed to a queue per worker pool (``defs/load_time.py: step_tags``).
+``rof workers start`` execs the ``celery worker`` dagster-celery's own command would start, with the
+Celery settings module dagster-celery writes (:func:`worker_environment`).
 """
 
 import os
@@ -85,44 +87,52 @@ def worker_queues(pools: Sequence[str]) -> list[str]:
     return queues
 
 
-def _dagster_celery() -> str:
-    """The dagster-celery command of this environment (beside this Python), else the one on PATH."""
-    beside = Path(sys.executable).parent / "dagster-celery"
-    found = str(beside) if beside.exists() else shutil.which("dagster-celery")
+def _celery() -> str:
+    """The celery command of this environment (beside this Python), else the one on PATH."""
+    beside = Path(sys.executable).parent / "celery"
+    found = str(beside) if beside.exists() else shutil.which("celery")
     if not found:
-        raise ConfigError("the dagster-celery command is not installed (pip install dagster-celery)")
+        raise ConfigError("the celery command is not installed (pip install dagster-celery)")
     return found
 
 
 def worker_command(config_file: Path, pools: Sequence[str], name: str, concurrency: int) -> list[str]:
-    """``dagster-celery worker start`` for one worker. The queues are ONE comma-separated ``-q``
-    value (repeated ``-q`` flags keep only the last); ``-c`` after ``--`` is how many steps this
-    worker runs at once."""
+    """The ``celery worker`` that ``dagster-celery worker start -y FILE`` would start, to be exec'd
+    in place: dagster-celery's command stays alive beside its worker as a launcher holding ~100 MB of
+    imports (``rof bench scale``), for nothing. The queues are one comma-separated ``-Q``; ``-c`` is
+    how many steps this worker runs at once; the worker's name gets ``@host`` as dagster-celery's."""
+    from dagster_celery.cli import get_worker_name
+
     if concurrency < 1:
         raise ConfigError(f"a worker's concurrency must be at least 1; got {concurrency}")
     return [
-        _dagster_celery(),
-        "worker",
-        "start",
+        _celery(),
         "-A",
         "dagster_celery.app",
-        "-y",
-        str(config_file),
-        "-q",
+        "worker",
+        "--prefetch-multiplier=1",
+        "--loglevel",
+        "INFO",
+        "-Q",
         ",".join(worker_queues(pools)),
         "-n",
-        name,
-        "--",
+        get_worker_name(name),
         "-c",
         str(concurrency),
     ]
 
 
-def worker_environment(command: Sequence[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment to exec ``command`` in: dagster-celery starts ``celery`` from PATH, so the
-    directory of the dagster-celery command goes first (a venv's bin/ is not on PATH under systemd)."""
+def worker_environment(config_file: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment: the Celery settings of ``config_file`` as dagster-celery provides
+    them (a ``dagster_celery_config`` module under DAGSTER_HOME, on PYTHONPATH, which
+    ``dagster_celery.app`` imports), and this environment's bin/ first on PATH (a venv's bin/ is not
+    on PATH under systemd)."""
+    from dagster_celery.cli import get_config_dir
+
     env = dict(os.environ if environ is None else environ)
-    bin_dir = str(Path(command[0]).parent)
+    config_dir = get_config_dir(str(config_file))
+    env["PYTHONPATH"] = os.pathsep.join([p for p in (env.get("PYTHONPATH", ""), config_dir) if p])
+    bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, *[p for p in env.get("PATH", "").split(os.pathsep) if p]])
     return env
 
