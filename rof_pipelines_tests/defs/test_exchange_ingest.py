@@ -89,7 +89,7 @@ def write_config(
     return path
 
 
-def fetch(config_path: Path) -> dict[str, Any]:
+def fetch(config_path: Path, *, raise_on_error: bool = True) -> Any:
     settings = load_settings(config_path, environ={})
     job = build_exchange_ingest_job(settings)
     resources = resources_for(config_path)
@@ -99,7 +99,10 @@ def fetch(config_path: Path) -> dict[str, Any]:
             instance=instance,
             resources={k: v for k, v in resources.items() if k in ("settings", "quote_store", "rabbitmq")},
             run_config={"ops": {"fetch_exchange_quotes": {"config": {"market": BTC.key}}}},
+            raise_on_error=raise_on_error,
         )
+        if not raise_on_error:
+            return result
         assert result.success
         outputs = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
         return {k: v.value for k, v in outputs[0].event_specific_data.metadata.items()} if outputs else {}
@@ -175,3 +178,26 @@ def test_each_configured_market_gets_a_schedule_at_its_pace(tmp_path, exchange, 
     assert schedule.cron_schedule == "*/15 * * * *" and schedule.job_name == "exchange_ingest"
     with pytest.raises(ValueError, match="every_minutes must divide an hour"):
         type(entry)(market=BTC.key, every_minutes=7)
+
+
+def test_a_broker_that_stays_down_fails_the_step_naming_what_to_publish(tmp_path, exchange, monkeypatch):
+    """The candles are stored; a retry would find nothing new and announce nothing, so the step fails
+    at once (no retry) with the commands that announce what it stored."""
+    from dagster import DagsterEventType
+
+    from rof_pipelines.defs.quotes import ingest
+
+    monkeypatch.setattr(ingest, "PUBLISH_RETRY_SECONDS", 0.0)
+    config_path = write_config(tmp_path, exchange, "amqp://guest:guest@127.0.0.1:9/%2F", "rof_test_nobroker")
+    result = fetch(config_path, raise_on_error=False)
+    assert not result.success
+    starts = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_START]
+    assert len(starts) == 1, "not retried"
+    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    text = failure.step_failure_data.user_failure_data.description
+    assert "candles stored, but quotes.updated could not be published" in text
+    assert (
+        f"rof publish quotes-updated -m {BTC.key} --start {START.isoformat()} --end {TODAY.isoformat()}"
+        in text
+    )
+    assert len(stored(config_path)) == 4 * ((exchange.now_ms - START_MS) // MINUTE_MS)  # nothing lost

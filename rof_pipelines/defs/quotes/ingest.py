@@ -10,6 +10,7 @@ from typing import Optional
 from dagster import (
     Config,
     DefaultScheduleStatus,
+    Failure,
     JobDefinition,
     OpExecutionContext,
     Output,
@@ -30,6 +31,7 @@ from rof_pipelines.partitions import HISTORY_START, last_partition_day
 from rof_pipelines.settings import IngestMarketConfig, Settings
 
 PUBLISH_ATTEMPTS = 3
+PUBLISH_RETRY_SECONDS = 5.0
 
 
 class ExchangeIngestConfig(Config):
@@ -89,7 +91,7 @@ def fetch_exchange_quotes(
 
 def _publish(context: OpExecutionContext, rabbitmq: RabbitMQResource, messages: list) -> list[str]:
     """The messages, confirmed by the broker. The candles are stored already: if the broker stays
-    down, the step fails naming the ranges, so an operator can publish them by hand."""
+    down, the step fails (not retried) naming the commands that publish them by hand."""
     for attempt in range(1, PUBLISH_ATTEMPTS + 1):
         try:
             rabbit = rabbitmq.open()
@@ -103,12 +105,21 @@ def _publish(context: OpExecutionContext, rabbitmq: RabbitMQResource, messages: 
                     f"{m.end.isoformat()}"
                     for m in messages
                 )
-                raise TransientError(
-                    f"candles stored, but quotes.updated could not be published ({exc}); the days "
-                    f"will not rerun until it is: {ranges}"
+                # Not retried: a rerun would find the candles stored and announce nothing.
+                raise Failure(
+                    description=f"candles stored, but quotes.updated could not be published ({exc}); "
+                    f"the days will not rerun until it is: {ranges}",
+                    metadata={
+                        "unpublished": [
+                            f"{m.market} {m.start.isoformat()} .. {m.end.isoformat()}" for m in messages
+                        ]
+                    },
+                    allow_retries=False,
                 ) from exc
-            context.log.warning(f"quotes.updated publish failed ({exc}); attempt {attempt + 1} in 5 s")
-            time.sleep(5)
+            context.log.warning(
+                f"quotes.updated publish failed ({exc}); attempt {attempt + 1} in {PUBLISH_RETRY_SECONDS:g} s"
+            )
+            time.sleep(PUBLISH_RETRY_SECONDS)
     return []
 
 
