@@ -1,5 +1,6 @@
 """The ``rof`` command: demo, quotes generate/import, db upgrade, alerts, bench, ui."""
 
+import contextlib
 import json
 import os
 import sys
@@ -218,12 +219,13 @@ def quotes_download(
     settings = _settings(store)
     clients: dict[str, ExchangeClient] = {}
     failed = 0
-    with open_quote_store(settings) as quote_store:
+    with open_quote_store(settings) as quote_store, contextlib.ExitStack() as opened:
         quote_store.ensure_schema()
         for item in markets:
             try:
                 if item.exchange not in clients:
-                    clients[item.exchange] = ExchangeClient.from_settings(settings, item.exchange)
+                    client = ExchangeClient.from_settings(settings, item.exchange)
+                    clients[item.exchange] = opened.enter_context(client)
                 result = download_candles(
                     quote_store, clients[item.exchange], item, candle_interval,
                     since=since_at, until=until_at, prepend=prepend,
@@ -233,8 +235,6 @@ def quotes_download(
                 typer.secho(f"{item}: error: {exc}", fg=typer.colors.RED, err=True)
                 continue
             typer.echo(f"{result.summary()} -> {quote_store.describe()}")
-    for client in clients.values():
-        client.close()
     if failed:
         raise typer.Exit(2)
 

@@ -6,6 +6,7 @@ An invalid value raises :class:`~rof_pipelines.errors.ConfigError` naming the ke
 where it came from the environment, the variable. Passwords are ``SecretStr``: they print as stars.
 """
 
+import functools
 import hashlib
 import os
 import re
@@ -898,16 +899,18 @@ class AIConfig(_Section):
 CCXT_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-def _ccxt_exchange_ids() -> set[str] | None:
+@functools.cache
+def _ccxt_exchange_ids() -> frozenset[str] | None:
     """The exchange modules ccxt ships (``binance.py``, ``kraken.py``, ...), read from its directory
-    without importing it (importing ccxt loads every exchange: half a second); None without ccxt."""
+    without importing it (importing ccxt loads every exchange: half a second), once per process (every
+    settings load validates the ingest section); None without ccxt."""
     import importlib.util
 
     spec = importlib.util.find_spec("ccxt")
     if spec is None or not spec.submodule_search_locations:
         return None
     folder = Path(next(iter(spec.submodule_search_locations)))
-    return {path.stem for path in folder.glob("*.py") if not path.stem.startswith("_")}
+    return frozenset(path.stem for path in folder.glob("*.py") if not path.stem.startswith("_"))
 
 
 def validate_ccxt_id(value: str) -> str:

@@ -299,13 +299,9 @@ def bench_backfill(
         },
     }
     # system_setup of the code location the daemon loads
-    if executor is not None:
-        overrides["system_setup"] = {**overrides.get("system_setup", {}), "executor": executor}
-    if partitions_per_run is not None:
-        overrides["system_setup"] = {
-            **overrides.get("system_setup", {}),
-            "backfill_partitions_per_run": partitions_per_run,
-        }
+    chosen = {"executor": executor, "backfill_partitions_per_run": partitions_per_run}
+    if any(value is not None for value in chosen.values()):
+        overrides["system_setup"] = {k: v for k, v in chosen.items() if v is not None}
     harness = DaemonHarness(config_overrides=overrides)
     instance_db = f"rof_bench_dagster_{secrets.token_hex(4)}"
     compute_db = f"rof_bench_compute_{secrets.token_hex(4)}"

@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from rof_pipelines.bench.backfill import instance_postgres_db
-from rof_pipelines.demo import DEMO_BARS, DEMO_CHANGES
+from rof_pipelines.demo import DEMO_BARS, DEMO_CHANGES, using_config
 from rof_pipelines.settings import deep_merge
 
 BIN = Path(sys.executable).parent
@@ -201,7 +201,7 @@ def in_process(
     # Built from this config, not the process's cached definitions: load-time settings (the island
     # graph's shape) are the config's.
     job = build_definitions(load_settings(config)).resolve_job_def("all_market_day_assets")
-    with _using(config), DagsterInstance.ephemeral() as instance:
+    with using_config(config), DagsterInstance.ephemeral() as instance:
         register_markets(instance, [Market.parse(m) for m in markets])
         for market, day in partitions:
             result = job.execute_in_process(
@@ -209,12 +209,6 @@ def in_process(
             )
             if not result.success:
                 raise RuntimeError(f"in-process run of {market} {day} failed")
-
-
-def _using(config: Path) -> Any:
-    from rof_pipelines.demo import using_config
-
-    return using_config(config)
 
 
 def steps_by_worker(instance: Any, run_id: str) -> dict[str, str]:

@@ -42,13 +42,12 @@ def _population(cluster: Cluster, name: str, market: str) -> pd.DataFrame:
     return next(iter(found.values()))
 
 
-def _run_seconds(instance: Any, before: set[str]) -> float:
-    """The new run's own duration (start to end in its record): the CLI's imports excluded."""
+def _new_run(instance: Any, before: set[str]) -> Any:
+    """The one run launched since ``before`` (run ids), which must have succeeded."""
     records = [r for r in instance.get_run_records() if r.dagster_run.run_id not in before]
     if len(records) != 1 or not records[0].dagster_run.is_success:
         raise RuntimeError(f"expected one successful run, got {[r.dagster_run.status for r in records]}")
-    record = records[0]
-    return float(record.end_time - record.start_time)
+    return records[0]
 
 
 def bench_scale(
@@ -113,10 +112,11 @@ def bench_scale(
                 )
                 command_s = time.perf_counter() - started
             cluster.stop()
-            run_id = next(run.run_id for run in instance.get_runs() if run.run_id not in before)
-            placed = steps_by_worker(instance, run_id)
+            record = _new_run(instance, before)
+            placed = steps_by_worker(instance, record.dagster_run.run_id)
             per_count[str(count)] = {
-                "run_seconds": round(_run_seconds(instance, before), 2),
+                # the run's own duration (start to end in its record): the CLI's imports excluded
+                "run_seconds": round(float(record.end_time - record.start_time), 2),
                 "command_seconds": round(command_s, 2),
                 "island_steps_by_worker": dict(
                     sorted(Counter(w for s, w in placed.items() if ".ga_island_epoch_" in s).items())

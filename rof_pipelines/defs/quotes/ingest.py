@@ -5,7 +5,7 @@ of the pipeline as ``quotes.updated`` messages on RabbitMQ, so the quotes sensor
 
 import time
 from datetime import timedelta
-from typing import Optional
+from typing import Any, Optional
 
 from dagster import (
     Config,
@@ -89,6 +89,10 @@ def fetch_exchange_quotes(
     )
 
 
+def _range_text(message: Any) -> str:
+    return f"{message.market} {message.start.isoformat()} .. {message.end.isoformat()}"
+
+
 def _publish(context: OpExecutionContext, rabbitmq: RabbitMQResource, messages: list) -> list[str]:
     """The messages, confirmed by the broker. The candles are stored already: if the broker stays
     down, the step fails (not retried) naming the commands that publish them by hand."""
@@ -97,7 +101,7 @@ def _publish(context: OpExecutionContext, rabbitmq: RabbitMQResource, messages: 
             rabbit = rabbitmq.open()
             rabbit.declare_topology()
             rabbit.publish_many(messages)
-            return [f"{m.market} {m.start.isoformat()} .. {m.end.isoformat()}" for m in messages]
+            return [_range_text(m) for m in messages]
         except TransientError as exc:
             if attempt == PUBLISH_ATTEMPTS:
                 ranges = "; ".join(
@@ -109,11 +113,7 @@ def _publish(context: OpExecutionContext, rabbitmq: RabbitMQResource, messages: 
                 raise Failure(
                     description=f"candles stored, but quotes.updated could not be published ({exc}); "
                     f"the days will not rerun until it is: {ranges}",
-                    metadata={
-                        "unpublished": [
-                            f"{m.market} {m.start.isoformat()} .. {m.end.isoformat()}" for m in messages
-                        ]
-                    },
+                    metadata={"unpublished": [_range_text(m) for m in messages]},
                     allow_retries=False,
                 ) from exc
             context.log.warning(
