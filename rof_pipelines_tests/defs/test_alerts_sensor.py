@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -247,16 +248,23 @@ def test_throttled_receiver_is_not_retried_before_retry_after(
         assert row.attempts == 1 and "HTTP 429" in (row.last_error or "")
         assert (row.next_attempt_at - throttled.requests[0].at).total_seconds() >= 3.0
 
-        early = time.monotonic() + 2.5  # the backoff alone (1 s) would have retried twice by now
-        while time.monotonic() < early:
+        # Ticks until 2.5 s after the 429, by when the backoff alone (1 s, then 2 s) would have retried
+        # twice. Every retry, whenever a slow machine lets it happen, waits the full Retry-After.
+        first = throttled.requests[0].at
+        ticks = 0
+        while datetime.now(UTC) < first + timedelta(seconds=2.5):
             harness.tick()
+            ticks += 1
             time.sleep(0.2)
-        assert len(throttled.requests) == 1
+        assert ticks >= 2
 
         throttled.mode = "ok"
-        wait_ticks(harness, lambda: bool(throttled.delivered), timeout_s=5)
-        assert (throttled.requests[1].at - throttled.requests[0].at).total_seconds() >= 3.0
-        assert len(throttled.requests) == 2
+        wait_ticks(harness, lambda: bool(throttled.delivered), timeout_s=8)
+        times = [request.at for request in throttled.requests]
+        gaps = [(later - earlier).total_seconds() for earlier, later in pairwise(times)]
+        assert gaps and min(gaps) >= 3.0, gaps
+        assert [request.status for request in throttled.requests][-1] == 200
+        assert len(throttled.delivered) == 1
 
 
 # --- 3. giving up -------------------------------------------------------------------------------------
