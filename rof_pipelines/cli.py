@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -203,7 +204,8 @@ def quotes_download(
     store: StoreOption = None,
 ) -> None:
     """Closed candles from the exchange's public API (ccxt) into the configured store, page by page:
-    resumes after the newest stored candle; gaps in the exchange's data are reported, not invented."""
+    resumes after the newest stored candle; gaps in the exchange's data are recorded in the state
+    store (`rof quotes gaps`), not invented."""
     from rof_pipelines.adapters.exchanges import ExchangeClient, download_candles
     from rof_pipelines.adapters.quote_stores import open_quote_store
     from rof_pipelines.core.market import Market
@@ -221,6 +223,7 @@ def quotes_download(
     failed = 0
     with open_quote_store(settings) as quote_store, contextlib.ExitStack() as opened:
         quote_store.ensure_schema()
+        state_store = opened.enter_context(_migrated_state_store(settings))
         for item in markets:
             try:
                 if item.exchange not in clients:
@@ -228,7 +231,7 @@ def quotes_download(
                     clients[item.exchange] = opened.enter_context(client)
                 result = download_candles(
                     quote_store, clients[item.exchange], item, candle_interval,
-                    since=since_at, until=until_at, prepend=prepend,
+                    since=since_at, until=until_at, prepend=prepend, gap_ledger=state_store.quote_gaps,
                 )  # fmt: skip
             except RofError as exc:
                 failed += 1
@@ -237,6 +240,65 @@ def quotes_download(
             typer.echo(f"{result.summary()} -> {quote_store.describe()}")
     if failed:
         raise typer.Exit(2)
+
+
+@quotes_app.command("gaps")
+def quotes_gaps(
+    market: Annotated[
+        list[str] | None, typer.Option("--market", "-m", help="only this exchange:PAIR; repeatable")
+    ] = None,
+    interval: Annotated[str | None, typer.Option(help="only this candle interval (1m, 1h, ...)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Ranges the exchange served no candles for, as downloads recorded them (UTC, [from, to))."""
+    from rof_pipelines.core.quotes import interval_text, parse_candle_interval
+
+    try:
+        wanted = interval_text(parse_candle_interval(interval)) if interval else None
+    except (ValueError, RofError) as exc:
+        _fail(str(exc))
+    with _migrated_state_store(load_settings()) as store:
+        records = [gap for m in market or [None] for gap in store.quote_gaps.find(m, wanted)]
+    if not records:
+        typer.echo("no gaps recorded" + (f" for {', '.join(market)}" if market else ""), err=True)
+    for gap in records:
+        minutes = (gap.gap_to - gap.gap_from).total_seconds() / 60
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "market": gap.market,
+                        "interval": gap.interval,
+                        "from": gap.gap_from.isoformat(),
+                        "to": gap.gap_to.isoformat(),
+                        "minutes": minutes,
+                        "source": gap.source,
+                        "recorded_at": gap.recorded_at.isoformat(),
+                    }
+                )
+            )
+        else:
+            typer.echo(
+                f"{gap.market} {gap.interval}: {gap.gap_from:%Y-%m-%d %H:%M} .. {gap.gap_to:%Y-%m-%d %H:%M} "
+                f"({minutes:g} min), recorded by {gap.source} at {gap.recorded_at:%Y-%m-%d %H:%M}"
+            )
+
+
+@contextlib.contextmanager
+def _migrated_state_store(settings: Settings) -> Iterator[Any]:
+    """The configured state store (started when embedded, migrated when auto_migrate is on), disposed
+    on exit."""
+    from rof_pipelines.adapters.embedded_pg import ensure_state_store
+    from rof_pipelines.adapters.state_store import StateStore
+    from rof_pipelines.adapters.state_store.store import ensure_migrated
+
+    ensure_state_store(settings.state_storage)
+    store = StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
+    try:
+        ensure_migrated(store, settings)
+        yield store
+    finally:
+        store.dispose()
 
 
 def _report_partitions(settings: Settings, profile: Any, first: date, last: date) -> None:

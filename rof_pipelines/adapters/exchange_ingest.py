@@ -16,6 +16,7 @@ import pandas as pd
 from rof_pipelines.adapters.exchanges import (
     DownloadResult,
     ExchangeClient,
+    GapLedger,
     download_candles,
     fetch_top_of_book,
 )
@@ -64,16 +65,30 @@ def updated_messages(
 
 
 def ingest_market(
-    settings: Settings, store: QuoteStore, entry: IngestMarketConfig, *, first_day: date, today: date
+    settings: Settings,
+    store: QuoteStore,
+    entry: IngestMarketConfig,
+    *,
+    first_day: date,
+    today: date,
+    gap_ledger: GapLedger | None = None,
 ) -> IngestOutcome:
     """Fetch ``entry``'s market once; see the module docstring. Writes are idempotent, so a fetch
-    that fails half-way is repeated by the next one from the newest stored candle."""
+    that fails half-way is repeated by the next one from the newest stored candle. Gaps in the
+    exchange's answer go to ``gap_ledger`` (``store.quote_gaps``) as ``ingest``."""
     market = Market.parse(entry.market)
     since = datetime.combine(entry.since, time.min, tzinfo=UTC) if entry.since else None
     rabbit = settings.storage.rabbitmq
     with ExchangeClient.from_settings(settings, market.exchange) as client:
         result = download_candles(
-            store, client, market, entry.interval, since=since, keep_book=entry.top_of_book
+            store,
+            client,
+            market,
+            entry.interval,
+            since=since,
+            keep_book=entry.top_of_book,
+            gap_ledger=gap_ledger,
+            source="ingest",
         )
         book = False
         if entry.top_of_book:

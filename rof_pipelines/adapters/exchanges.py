@@ -21,10 +21,10 @@ import difflib
 import email.utils
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import ccxt
 import numpy as np
@@ -403,6 +403,20 @@ class Page:
     last: datetime | None
 
 
+class GapLedger(Protocol):
+    """Where a download records the exchange's answer about gaps (``store.quote_gaps``)."""
+
+    def record(
+        self,
+        market: str,
+        interval: str,
+        start: datetime,
+        end: datetime,
+        gaps: Sequence[tuple[datetime, datetime]],
+        source: str,
+    ) -> int: ...
+
+
 @dataclass
 class DownloadResult:
     market: str
@@ -469,6 +483,8 @@ def download_candles(
     prepend: bool = False,
     keep_book: bool = False,
     progress: Callable[[Page], None] | None = None,
+    gap_ledger: GapLedger | None = None,
+    source: str = "download",
 ) -> DownloadResult:
     """Fetch ``market``'s closed candles page by page into ``store``, each page written as it arrives.
 
@@ -477,6 +493,10 @@ def download_candles(
     with ``prepend`` it fills ``[since, oldest stored candle)``. Candles already written in this run
     are dropped, candles still forming are not stored, and a range the exchange has no candles for
     is reported in ``gaps`` and not asked again.
+
+    ``gap_ledger``: each page's answer (its range and the gaps in it) is recorded there, as ``source``,
+    before its candles are written, so a download killed in between re-asks the page and records it
+    again; nothing the exchange said is lost.
 
     ``keep_book``: the market also stores top-of-book snapshots (bid and ask) between candles. A page
     then keeps the snapshots already stored inside its candles' minutes (a candle write would
@@ -527,17 +547,25 @@ def download_candles(
         result.forming_dropped += int(np.count_nonzero(in_range & first_seen & ~closed))
         keep = in_range & first_seen & closed
         kept = [row for row, ok in zip(rows, keep.tolist(), strict=True) if ok]
-        source = f"{market} {timeframe} page from {_utc(asked):%Y-%m-%d %H:%M}"
-        candles = _page_candles(kept, source, interval) if kept else pd.DataFrame(columns=["ts_us"])
+        page_label = f"{market} {timeframe} page from {_utc(asked):%Y-%m-%d %H:%M}"
+        candles = _page_candles(kept, page_label, interval) if kept else pd.DataFrame(columns=["ts_us"])
         if candles.empty:
             # Nothing from the cursor on up to end: the exchange has no candles there. Recorded, not invented.
             result.gaps.append((_utc(cursor), _utc(end_ms)))
+            if gap_ledger is not None:
+                gap_ledger.record(market.key, timeframe, _utc(cursor), _utc(end_ms), result.gaps[-1:], source)
             _report(progress, result.pages, asked, len(rows), None)
             break
         open_ms = candles["ts_us"].to_numpy() // 1000
         expected = np.r_[cursor, open_ms[:-1] + step_ms]
-        for gap_from, gap_to in zip(expected[open_ms > expected], open_ms[open_ms > expected], strict=True):
-            result.gaps.append((_utc(int(gap_from)), _utc(int(gap_to))))
+        missing = open_ms > expected
+        page_gaps = [
+            (_utc(int(a)), _utc(int(b))) for a, b in zip(expected[missing], open_ms[missing], strict=True)
+        ]
+        result.gaps.extend(page_gaps)
+        if gap_ledger is not None:
+            page_end = _utc(int(open_ms[-1]) + step_ms)
+            gap_ledger.record(market.key, timeframe, _utc(cursor), page_end, page_gaps, source)
         snapshots = candles_to_snapshots(candles, interval)
         if keep_book:
             snapshots = _with_book_snapshots(store, market, snapshots)

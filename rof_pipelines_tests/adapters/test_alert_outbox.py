@@ -92,14 +92,14 @@ def _outbox(store: StateStore, count: int) -> list[Delivery]:
 
 
 def test_migration_0008_upgrades_and_downgrades_cleanly(store, pg_database):
-    assert store.current_revision() == "0009" == store.head_revision()
+    assert store.current_revision() == "0010" == store.head_revision()
     assert _tables(pg_database) >= ALERT_TABLES
     _outbox(store, 2)
 
     assert store.downgrade("0007") == "0007"
     assert not _tables(pg_database) & ALERT_TABLES, "0008's tables are gone"
     assert "message_inbox" in _tables(pg_database), "and nothing else"
-    assert store.upgrade() == "0009"
+    assert store.upgrade() == "0010"
     assert store.alerts.states() == [] and store.alerts.deliveries() == [], "re-created empty"
 
     with store.engine.connect() as conn:

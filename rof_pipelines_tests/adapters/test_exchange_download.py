@@ -2,6 +2,7 @@
 download process is SIGKILLed), --prepend, gaps, duplicates, forming candles, and the stored candles
 resampled at their own interval equal to what the exchange served."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ import yaml
 
 from rof_pipelines.adapters.exchanges import ExchangeClient, download_candles
 from rof_pipelines.adapters.quote_stores.parquet import ParquetQuoteStore
+from rof_pipelines.adapters.state_store import InMemoryStateStore
 from rof_pipelines.bench.exchange_standin import Candles, StandinExchange, synthetic_candles
 from rof_pipelines.core.market import Market
 from rof_pipelines.core.quotes import resample_bars
@@ -137,15 +140,29 @@ def test_a_gap_in_the_exchanges_data_is_recorded_not_invented(
     exchange: StandinExchange, store: ParquetQuoteStore, served: Candles
 ) -> None:
     exchange.faults.hidden = [(ms(1200), ms(1450)), (ms(3400), ms(N))]  # an outage, and a silent tail
-    result = download_candles(store, make_client(exchange), BTC, MINUTE, since=START)
+    ledger = InMemoryStateStore().quote_gaps
+    result = download_candles(store, make_client(exchange), BTC, MINUTE, since=START, gap_ledger=ledger)
     assert result.gaps == [(at(1200), at(1450)), (at(3400), at(N))]
     assert result.candles_written == N - 250 - 100
     keep = np.r_[0:1200, 1450:3400]
     assert_stored_equals_served(store, served, keep)
+    recorded = [(g.market, g.interval, g.gap_from, g.gap_to, g.source) for g in ledger.find()]
+    assert recorded == [
+        (BTC.key, "1m", at(1200), at(1450), "download"),
+        (BTC.key, "1m", at(3400), at(N), "download"),
+    ]
     # Resuming asks only after the newest stored candle: the outage is not asked for again.
     calls = len(exchange.klines_calls)
-    download_candles(store, make_client(exchange), BTC, MINUTE, since=START)
+    download_candles(store, make_client(exchange), BTC, MINUTE, since=START, gap_ledger=ledger)
     assert [call["startTime"] for call in exchange.klines_calls[calls:]] == [ms(3400)]
+    assert len(ledger.find()) == 2, "the tail is still silent"
+    # The exchange serves its tail after all (it had lagged): that stretch is no gap any more, the
+    # outage stays recorded.
+    exchange.faults.hidden = [(ms(1200), ms(1450))]
+    tail = download_candles(store, make_client(exchange), BTC, MINUTE, since=START, gap_ledger=ledger)
+    assert (tail.candles_written, tail.gaps) == (100, [])
+    assert [(g.gap_from, g.gap_to) for g in ledger.find(BTC.key, "1m")] == [(at(1200), at(1450))]
+    assert_stored_equals_served(store, served, np.r_[0:1200, 1450:N])
 
 
 def test_duplicates_across_pages_and_forming_candles_are_dropped(
@@ -188,9 +205,12 @@ def test_an_unknown_market_fails_before_any_request(
 # --- the CLI, as a process -----------------------------------------------------------------------------
 
 
-def cli_env(tmp_path: Path, server: StandinExchange) -> dict[str, str]:
+def cli_env(tmp_path: Path, server: StandinExchange, state_storage: dict[str, Any]) -> dict[str, str]:
+    """The CLI's environment: a Parquet store in ``tmp_path``, the stand-in exchange, and this test's
+    own state store (where the download records gaps)."""
     config = {
         "storage": {"quote_store": "parquet", "data_dir": str(tmp_path / "data")},
+        "state_storage": state_storage,
         "ingest": {"exchanges": {"binance": {"urls": {"api": {"public": server.api_url}}}}},
     }
     path = tmp_path / "config.yaml"
@@ -207,10 +227,11 @@ def rof(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "rof"), *args]
 
 
+@pytest.mark.postgres
 def test_cli_download_resumes_after_sigkill_without_duplicate_or_hole(
-    tmp_path: Path, exchange: StandinExchange, served: Candles
+    tmp_path: Path, exchange: StandinExchange, served: Candles, state_storage: dict[str, Any]
 ) -> None:
-    env = cli_env(tmp_path, exchange)
+    env = cli_env(tmp_path, exchange, state_storage)
     command = rof("quotes", "download", "-m", "binance:BTCUSDT", "--interval", "1m", "--since", "2024-01-01")
     exchange.faults.klines_delay = 0.4
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -235,10 +256,11 @@ def test_cli_download_resumes_after_sigkill_without_duplicate_or_hole(
     assert_stored_equals_served(store, served)  # no duplicate (checked on read), no hole, same values
 
 
+@pytest.mark.postgres
 def test_cli_download_one_line_per_market_and_a_clear_error(
-    tmp_path: Path, exchange: StandinExchange
+    tmp_path: Path, exchange: StandinExchange, state_storage: dict[str, Any]
 ) -> None:
-    env = cli_env(tmp_path, exchange)
+    env = cli_env(tmp_path, exchange, state_storage)
     done = subprocess.run(
         rof("quotes", "download", "-m", "binance:BTCUSDT", "-m", "binance:NOPEUSDT", "-m", "binance:ETHBTC",
             "--since", "2024-01-02", "--until", "2024-01-02T10:00"),
@@ -249,3 +271,43 @@ def test_cli_download_one_line_per_market_and_a_clear_error(
     assert [line.split(" ")[0] for line in lines] == ["binance:BTCUSDT", "binance:ETHBTC"]
     assert "600 candles written in 1 page(s), 2024-01-02 00:00 .. 2024-01-02 09:59" in lines[0]
     assert "binance:NOPEUSDT: error: binance:NOPEUSDT: binance lists no market NOPEUSDT" in done.stderr
+
+
+@pytest.mark.postgres
+def test_cli_gaps_lists_what_downloads_recorded(
+    tmp_path: Path, exchange: StandinExchange, state_storage: dict[str, Any]
+) -> None:
+    env = cli_env(tmp_path, exchange, state_storage)
+    exchange.faults.hidden = [(ms(1200), ms(1450))]
+    done = subprocess.run(
+        rof("quotes", "download", "-m", "binance:BTCUSDT", "--since", "2024-01-01", "--until", "2024-01-02"),
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "gaps: 1 [2024-01-01 20:00 .. 2024-01-02 00:00]" in done.stdout  # cut at --until
+    listed = subprocess.run(
+        rof("quotes", "gaps", "-m", "binance:BTCUSDT"), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip().startswith(
+        "binance:BTCUSDT 1m: 2024-01-01 20:00 .. 2024-01-02 00:00 (240 min), recorded by download at "
+    )
+    as_json = subprocess.run(
+        rof("quotes", "gaps", "--json", "--interval", "1m"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    (row,) = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert (row["market"], row["from"], row["to"], row["minutes"]) == (
+        "binance:BTCUSDT", "2024-01-01T20:00:00+00:00", "2024-01-02T00:00:00+00:00", 240.0
+    )  # fmt: skip
+    none = subprocess.run(
+        rof("quotes", "gaps", "-m", "binance:ETHBTC"), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert none.returncode == 0 and none.stdout == "" and "no gaps recorded for binance:ETHBTC" in none.stderr
+    bad = subprocess.run(
+        rof("quotes", "gaps", "--interval", "7q"), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode != 0 and "7q" in bad.stderr

@@ -41,7 +41,7 @@ from rof_pipelines.settings import (
 )
 
 PASSWORD = "s3cr3t-pw"
-HEAD = "0009"
+HEAD = "0010"
 TABLES = {
     "alembic_version",
     "worker_progress",
@@ -56,6 +56,7 @@ TABLES = {
     "knowledge_tasks",
     "experiment_trials",
     "ga_island_epochs",
+    "quote_gaps",
 }
 MARKET = "binance:TONUSDT"
 

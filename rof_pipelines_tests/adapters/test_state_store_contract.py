@@ -27,6 +27,7 @@ from rof_pipelines.adapters.state_store.experiments import SqlExperiments
 from rof_pipelines.adapters.state_store.islands import SqlIslands
 from rof_pipelines.adapters.state_store.knowledge import SqlKnowledge
 from rof_pipelines.adapters.state_store.progress import SqlProgress
+from rof_pipelines.adapters.state_store.quote_gaps import SqlQuoteGaps
 from rof_pipelines.adapters.state_store.trials import SqlTrials
 from rof_pipelines.core.alerts.model import AlertState, Delivery, Notice, delivery_id, fingerprint, notice_id
 from rof_pipelines.core.knowledge import TaskRecord
@@ -44,6 +45,7 @@ REPOSITORIES = (
     "knowledge",
     "alerts",
     "islands",
+    "quote_gaps",
 )
 
 
@@ -121,6 +123,7 @@ def test_repositories_have_the_same_methods_and_signatures():
         "knowledge": SqlKnowledge,
         "alerts": SqlAlerts,
         "islands": SqlIslands,
+        "quote_gaps": SqlQuoteGaps,
     }
     assert set(sql_classes) == set(REPOSITORIES)
     for name, sql_class in sql_classes.items():
@@ -324,6 +327,81 @@ def test_checkpoint_input_is_refused_the_same_way(store):
         store.checkpoints.prune(0)
     with pytest.raises(PermanentError, match="ck_ga_checkpoints_window"):
         store.checkpoints.save(task_key(window_end=NOW - timedelta(days=2)), 0, b"x")
+
+
+# --- quote gaps ------------------------------------------------------------------------------------
+
+
+def _minutes(n: int) -> datetime:
+    return NOW + timedelta(minutes=n)
+
+
+def test_quote_gaps_are_what_the_last_answer_for_a_range_said(store):
+    """A download's answer for a range replaces what was recorded for it: a trailing stretch not served
+    yet stops being a gap when candles come, a gap that narrows is recorded narrower, other markets'
+    and intervals' rows stay."""
+    assert store.quote_gaps.find() == []
+    trailing = [(_minutes(50), _minutes(60))]
+    assert (
+        store.quote_gaps.record(
+            MARKET, "1m", _minutes(0), _minutes(60), [(_minutes(10), _minutes(20)), *trailing], "download"
+        )
+        == 0
+    )
+    store.quote_gaps.record(OTHER, "1m", _minutes(0), _minutes(60), [(_minutes(10), _minutes(20))], "ingest")
+    store.quote_gaps.record(
+        MARKET, "1h", _minutes(0), _minutes(120), [(_minutes(0), _minutes(60))], "download"
+    )
+    found = store.quote_gaps.find(MARKET, "1m")
+    assert [(g.gap_from, g.gap_to, g.source) for g in found] == [
+        (_minutes(10), _minutes(20), "download"),
+        (_minutes(50), _minutes(60), "download"),
+    ]
+    assert all(g.market == MARKET and g.interval == "1m" and g.recorded_at.tzinfo for g in found)
+
+    # The next fetch, from the newest stored candle on: candles from 55 on, so [50, 55) is what is left.
+    assert (
+        store.quote_gaps.record(
+            MARKET, "1m", _minutes(50), _minutes(90), [(_minutes(50), _minutes(55))], "ingest"
+        )
+        == 1
+    )
+    assert [(g.gap_from, g.gap_to, g.source) for g in store.quote_gaps.find(MARKET, "1m")] == [
+        (_minutes(10), _minutes(20), "download"),
+        (_minutes(50), _minutes(55), "ingest"),
+    ]
+    # Candles found where a gap was recorded (the exchange had lagged): the gap goes.
+    assert store.quote_gaps.record(MARKET, "1m", _minutes(0), _minutes(30), [], "download") == 1
+    assert [g.gap_from for g in store.quote_gaps.find(MARKET, "1m")] == [_minutes(50)]
+    # A range only touching a gap's ends leaves it alone (half-open ranges).
+    assert store.quote_gaps.record(MARKET, "1m", _minutes(55), _minutes(70), [], "download") == 0
+    assert store.quote_gaps.record(MARKET, "1m", _minutes(40), _minutes(50), [], "download") == 0
+    assert len(store.quote_gaps.find(MARKET, "1m")) == 1
+
+    # find: by overlap with a range, by market in any spelling, everything in order.
+    assert [g.gap_from for g in store.quote_gaps.find(MARKET, start=_minutes(54), end=_minutes(200))] == [
+        _minutes(0),
+        _minutes(50),
+    ]
+    assert store.quote_gaps.find(MARKET, "1m", start=_minutes(55)) == []
+    assert [g.market for g in store.quote_gaps.find("BINANCE:tonusdt", "1m")] == [MARKET]
+    assert [(g.market, g.interval) for g in store.quote_gaps.find()] == [
+        (MARKET, "1h"),
+        (MARKET, "1m"),
+        (OTHER, "1m"),
+    ]
+
+
+def test_quote_gaps_refuse_a_gap_outside_its_range_and_an_empty_range(store):
+    with pytest.raises(DataValidationError, match="not inside the range asked"):
+        store.quote_gaps.record(
+            MARKET, "1m", _minutes(0), _minutes(10), [(_minutes(5), _minutes(15))], "download"
+        )
+    with pytest.raises(DataValidationError, match="is empty"):
+        store.quote_gaps.record(MARKET, "1m", _minutes(10), _minutes(10), [], "download")
+    with pytest.raises(DataValidationError, match="market"):
+        store.quote_gaps.record("not a market", "1m", _minutes(0), _minutes(10), [], "download")
+    assert store.quote_gaps.find() == [], "nothing half written"
 
 
 # --- island GA epochs -----------------------------------------------------------------------------
@@ -717,6 +795,7 @@ def test_the_fake_can_be_down():
         lambda: store.knowledge.tasks(),
         lambda: store.alerts.claim_due(NOW, 30),
         lambda: store.islands.epoch("ga:task", 1),
+        lambda: store.quote_gaps.find(MARKET),
     ]
     for call in calls:
         with pytest.raises(StoreUnavailableError, match="connection refused") as info:
@@ -727,7 +806,7 @@ def test_the_fake_can_be_down():
 
 
 @pytest.mark.postgres
-def test_migration_0009_matches_the_tables_and_goes_down_alone(pg_settings):
+def test_migrations_0009_and_0010_match_the_tables_and_go_down_alone(pg_settings):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -747,6 +826,12 @@ def test_migration_0009_matches_the_tables_and_goes_down_alone(pg_settings):
             )
             assert compare_metadata(context, build_metadata(real.schema)) == []
         real.islands.save("ga:task", 0, 0, b"x")
+        real.quote_gaps.record(
+            MARKET, "1m", NOW, NOW + timedelta(hours=1), [(NOW, NOW + timedelta(minutes=5))], "download"
+        )
+        assert real.downgrade("0009") == "0009"
+        assert real.islands.get("ga:task", 0, 0) is not None, "0010 goes down alone"
         assert real.downgrade("0008") == "0008"
         assert real.alerts.states() == [], "the tables before 0009 stay"
-        assert real.upgrade() == "0009" and real.islands.epoch("ga:task", 0) == []
+        assert real.upgrade() == "0010" and real.islands.epoch("ga:task", 0) == []
+        assert real.quote_gaps.find() == [], "re-created empty"

@@ -18,7 +18,7 @@ from dagster import DagsterInstance
 from rof_pipelines.adapters import metrics
 from rof_pipelines.adapters.quote_stores import open_quote_store
 from rof_pipelines.adapters.rabbitmq import RabbitMQ
-from rof_pipelines.adapters.resources import RabbitMQResource
+from rof_pipelines.adapters.resources import InMemoryStateStoreResource, RabbitMQResource
 from rof_pipelines.bench.exchange_standin import StandinExchange, synthetic_candles
 from rof_pipelines.core.market import Market
 from rof_pipelines.core.quotes import resample_bars
@@ -92,12 +92,16 @@ def write_config(
 def fetch(config_path: Path, *, raise_on_error: bool = True) -> Any:
     settings = load_settings(config_path, environ={})
     job = build_exchange_ingest_job(settings)
-    resources = resources_for(config_path)
+    resources = resources_for(config_path, InMemoryStateStoreResource(space=str(config_path)))
     resources["rabbitmq"] = RabbitMQResource(settings=resources["settings"])
     with DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
             instance=instance,
-            resources={k: v for k, v in resources.items() if k in ("settings", "quote_store", "rabbitmq")},
+            resources={
+                k: v
+                for k, v in resources.items()
+                if k in ("settings", "quote_store", "state_store", "rabbitmq")
+            },
             run_config={"ops": {"fetch_exchange_quotes": {"config": {"market": BTC.key}}}},
             raise_on_error=raise_on_error,
         )
@@ -142,6 +146,27 @@ def test_a_fetch_stores_closed_candles_and_announces_only_finished_days(
     frame = stored(config_path)
     assert not frame["ts"].duplicated().any()
     assert len(frame) == 4 * (closed + 3)  # four snapshots per candle, none twice, no hole
+
+
+def recorded_gaps(config_path: Path) -> list[tuple[datetime, datetime, str]]:
+    store = InMemoryStateStoreResource(space=str(config_path)).open()
+    return [(g.gap_from, g.gap_to, g.source) for g in store.quote_gaps.find(BTC.key, "1m")]
+
+
+def test_a_gap_in_the_exchanges_data_is_recorded_and_shown(tmp_path, exchange, rabbitmq_url, prefix):
+    outage = (START_MS + 600 * MINUTE_MS, START_MS + 700 * MINUTE_MS)
+    exchange.faults.hidden = [outage]
+    config_path = write_config(tmp_path, exchange, rabbitmq_url, prefix)
+    try:
+        first = fetch(config_path)
+        gap = tuple(datetime.fromtimestamp(t / 1000, UTC) for t in outage)
+        assert first["gaps"] == [f"{gap[0].isoformat()} .. {gap[1].isoformat()}"]
+        assert recorded_gaps(config_path) == [(*gap, "ingest")]
+        exchange.now_ms += 2 * MINUTE_MS
+        assert fetch(config_path)["gaps"] == []
+        assert recorded_gaps(config_path) == [(*gap, "ingest")], "a later fetch leaves it recorded"
+    finally:
+        InMemoryStateStoreResource.drop(str(config_path))
 
 
 def test_top_of_book_snapshots_survive_the_candle_writes_around_them(

@@ -11,6 +11,7 @@ One engine, one circuit breaker, and a small repository per concern, each an att
 ``store.knowledge``         ``add``, ``tasks``, ``prune`` - meta/transfer learning          knowledge.py
 ``store.alerts``            ``states``, ``apply``, ``claim_due``, ``mark_*`` - outbox       alerts.py
 ``store.islands``           ``save``, ``get``, ``epoch``, ``prune`` - island GA epochs      islands.py
+``store.quote_gaps``        ``record``, ``find`` - ranges an exchange had no candles for    quote_gaps.py
 ==========================  ===========================================================  ==============
 
 SQLAlchemy Core, no ORM; tables in :mod:`.tables` mirror the Alembic migrations at head. Driver
@@ -27,6 +28,7 @@ from rof_pipelines.adapters.state_store.records import (
     ExperimentRecord,
     GACheckpoint,
     IslandEpochRecord,
+    QuoteGapRecord,
     WorkerProgress,
 )
 from rof_pipelines.adapters.state_store.store import (
@@ -62,6 +64,7 @@ __all__ = [
     "GACheckpoint",
     "InMemoryStateStore",
     "IslandEpochRecord",
+    "QuoteGapRecord",
     "StateRepositories",
     "StateStore",
     "WorkerProgress",

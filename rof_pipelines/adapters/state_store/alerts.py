@@ -12,14 +12,14 @@ passes), then :meth:`~SqlAlerts.mark_sent` or :meth:`~SqlAlerts.mark_failed` the
 """
 
 from collections.abc import Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from rof_pipelines.adapters.state_store.repository import SqlRepository
-from rof_pipelines.adapters.state_store.values import SERVICE, as_object, check_choice, json_safe
+from rof_pipelines.adapters.state_store.values import SERVICE, as_object, check_choice, json_safe, utc
 from rof_pipelines.adapters.state_store.versioned import check_expected, conflict_error
 from rof_pipelines.core.alerts.model import (
     ALERT_STATUSES,
@@ -39,15 +39,6 @@ FINISHED_DELIVERY_STATUSES: tuple[str, ...] = ("sent", "dead")
 
 STATE_TIMES = ("active_since", "fired_at", "resolved_at", "last_notified_at")
 DELIVERY_TIMES = ("notice_at", "next_attempt_at", "created_at", "lease_until", "sent_at")
-
-
-def utc(moment: datetime | None) -> datetime | None:
-    """A timestamptz as the store keeps and returns it: aware UTC (naive means UTC)."""
-    if moment is None:
-        return None
-    if not isinstance(moment, datetime):
-        raise DataValidationError(f"{SERVICE}: expected a datetime, got {type(moment).__name__}")
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def clip(text: str | None) -> str | None:

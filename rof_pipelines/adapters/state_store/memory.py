@@ -26,7 +26,6 @@ from rof_pipelines.adapters.state_store.alerts import (
     delivery_row,
     state_from_row,
     state_rows,
-    utc,
 )
 from rof_pipelines.adapters.state_store.checkpoints import TASK_COLUMNS, checkpoint_values
 from rof_pipelines.adapters.state_store.configs import config_values
@@ -34,12 +33,14 @@ from rof_pipelines.adapters.state_store.experiments import experiment_rows
 from rof_pipelines.adapters.state_store.islands import island_epoch_values
 from rof_pipelines.adapters.state_store.knowledge import knowledge_row, task_from_row
 from rof_pipelines.adapters.state_store.progress import progress_values
+from rof_pipelines.adapters.state_store.quote_gaps import quote_gap_rows
 from rof_pipelines.adapters.state_store.records import (
     ActiveConfig,
     ArmRecord,
     ExperimentRecord,
     GACheckpoint,
     IslandEpochRecord,
+    QuoteGapRecord,
     WorkerProgress,
 )
 from rof_pipelines.adapters.state_store.tables import PROGRESS_STATUSES
@@ -50,6 +51,7 @@ from rof_pipelines.adapters.state_store.values import (
     check_choice,
     json_dumps,
     market_key,
+    utc,
 )
 from rof_pipelines.adapters.state_store.versioned import check_expected, conflict_error, planned_write
 from rof_pipelines.core.alerts.model import DELIVERY_STATUSES, AlertState, Delivery
@@ -87,7 +89,7 @@ def _check_window(table: str, start: datetime | None, end: datetime | None) -> N
 
 class InMemoryStateStore:
     """The state store in a process's memory: ``progress``, ``configs``, ``checkpoints``,
-    ``experiments``, ``trials``, ``knowledge``, ``alerts`` and ``islands`` like :class:`StateStore`, no SQL. Thread-safe; every
+    ``experiments``, ``trials``, ``knowledge``, ``alerts``, ``islands`` and ``quote_gaps`` like :class:`StateStore`, no SQL. Thread-safe; every
     call is atomic (one lock), as a transaction would be."""
 
     def __init__(self, schema: str = "rof_state") -> None:
@@ -103,6 +105,7 @@ class InMemoryStateStore:
         self.knowledge = MemoryKnowledge(self)
         self.alerts = MemoryAlerts(self)
         self.islands = MemoryIslands(self)
+        self.quote_gaps = MemoryQuoteGaps(self)
 
     def describe(self) -> str:
         return f"in-memory state store (schema {self.schema})"
@@ -434,6 +437,63 @@ class MemoryIslands(_MemoryRepository):
 
     def prune(self, retention_days: int, now: datetime | None = None) -> int:
         return self._store.prune_older_than(self._rows, "created_at", retention_days, now)
+
+
+class MemoryQuoteGaps(_MemoryRepository):
+    """``store.quote_gaps`` without SQL."""
+
+    def __init__(self, store: InMemoryStateStore) -> None:
+        super().__init__(store)
+        self._rows: dict[tuple[str, str, datetime], dict[str, Any]] = {}  # (market, interval, from) -> row
+
+    def record(
+        self,
+        market: str,
+        interval: str,
+        start: datetime,
+        end: datetime,
+        gaps: Sequence[tuple[datetime, datetime]],
+        source: str,
+    ) -> int:
+        """See :meth:`SqlQuoteGaps.record`."""
+        market, start, end, rows = quote_gap_rows(market, interval, start, end, gaps, source)
+
+        def run() -> int:
+            overlapping = [
+                key
+                for key, row in self._rows.items()
+                if key[:2] == (market, interval) and row["gap_from"] < end and row["gap_to"] > start
+            ]
+            for key in overlapping:
+                del self._rows[key]
+            for row in rows:
+                self._rows[(market, interval, row["gap_from"])] = {**row, "recorded_at": self._store.now()}
+            return len(overlapping)
+
+        return self._write(run)
+
+    def find(
+        self,
+        market: str | None = None,
+        interval: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[QuoteGapRecord]:
+        """See :meth:`SqlQuoteGaps.find`."""
+        start, end = utc(start), utc(end)
+        market = None if market is None else market_key(market)
+
+        def run() -> list[QuoteGapRecord]:
+            return [
+                QuoteGapRecord(**row)
+                for key, row in sorted(self._rows.items())
+                if market in (None, key[0])
+                and interval in (None, key[1])
+                and (end is None or row["gap_from"] < end)
+                and (start is None or row["gap_to"] > start)
+            ]
+
+        return self._read(run)
 
 
 class MemoryExperiments(_MemoryRepository):

@@ -49,6 +49,18 @@ class IslandEpochRecord:
 
 
 @dataclass(frozen=True)
+class QuoteGapRecord:
+    """A range ``[gap_from, gap_to)`` of candle open times the exchange served no candles for."""
+
+    market: str
+    interval: str
+    gap_from: datetime
+    gap_to: datetime
+    source: str  # what recorded it: ``download`` (rof quotes download) or ``ingest`` (the schedule)
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
 class WorkerProgress:
     """The last progress report of one optimisation task."""
 

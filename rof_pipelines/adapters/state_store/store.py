@@ -1,6 +1,6 @@
 """The PostgreSQL state store: one engine, one circuit breaker, one error table, and a repository per
 concern on top (``store.progress``, ``store.configs``, ``store.checkpoints``, ``store.experiments``,
-``store.trials``, ``store.knowledge``, ``store.alerts``, ``store.islands``).
+``store.trials``, ``store.knowledge``, ``store.alerts``, ``store.islands``, ``store.quote_gaps``).
 
 Every database call goes through the ``state_store`` circuit breaker (:meth:`StateStore.guarded_call`,
 which the inbox, the config log and the backup share); driver errors become the project's errors
@@ -25,6 +25,7 @@ from rof_pipelines.adapters.state_store.experiments import SqlExperiments
 from rof_pipelines.adapters.state_store.islands import SqlIslands
 from rof_pipelines.adapters.state_store.knowledge import SqlKnowledge
 from rof_pipelines.adapters.state_store.progress import SqlProgress
+from rof_pipelines.adapters.state_store.quote_gaps import SqlQuoteGaps
 from rof_pipelines.adapters.state_store.tables import build_metadata
 from rof_pipelines.adapters.state_store.trials import SqlTrials
 from rof_pipelines.adapters.state_store.values import SERVICE, json_dumps
@@ -122,6 +123,7 @@ class StateStore:
         self.knowledge = SqlKnowledge(self)
         self.alerts = SqlAlerts(self)
         self.islands = SqlIslands(self)
+        self.quote_gaps = SqlQuoteGaps(self)
 
     # -- plumbing ----------------------------------------------------------------------------------
 

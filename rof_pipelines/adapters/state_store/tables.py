@@ -129,6 +129,19 @@ def build_metadata(schema: str) -> sa.MetaData:
         sa.CheckConstraint("island >= 0 AND epoch >= 0", name="ck_ga_island_epochs_numbers"),
         sa.Index("ix_ga_island_epochs_created_at", "created_at"),
     )
+    sa.Table(  # 0010: ranges an exchange served no candles for, see quote_gaps.py
+        "quote_gaps",
+        metadata,
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), primary_key=True),
+        sa.Column("market", sa.Text(), nullable=False),
+        sa.Column("interval", sa.Text(), nullable=False),
+        sa.Column("gap_from", tstz, nullable=False),
+        sa.Column("gap_to", tstz, nullable=False),
+        sa.Column("source", sa.Text(), nullable=False),
+        sa.Column("recorded_at", tstz, nullable=False, server_default=sa.func.now()),
+        sa.UniqueConstraint("market", "interval", "gap_from", name="uq_quote_gaps_market_interval_from"),
+        sa.CheckConstraint("gap_to > gap_from", name="ck_quote_gaps_range"),
+    )
     sa.Table(  # 0004: see rof_pipelines/adapters/config_versions.py
         "config_versions",
         metadata,

@@ -4,7 +4,7 @@ PostgreSQL store and the in-memory one refuse the same input with the same messa
 import json
 import math
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from rof_pipelines.errors import DataValidationError
@@ -43,6 +43,15 @@ def json_dumps(value: Any) -> str:
     """The text a jsonb column receives."""
     # allow_nan=False: PostgreSQL jsonb refuses NaN/Infinity; fail here with a clear message instead.
     return json.dumps(value, allow_nan=False, default=_json_default)
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """A timestamptz as the store keeps and returns it: aware UTC (naive means UTC)."""
+    if moment is None:
+        return None
+    if not isinstance(moment, datetime):
+        raise DataValidationError(f"{SERVICE}: expected a datetime, got {type(moment).__name__}")
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def market_key(market: Any) -> str:

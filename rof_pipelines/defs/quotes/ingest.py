@@ -22,7 +22,12 @@ from dagster import (
 
 from rof_pipelines.adapters.exchange_ingest import ingest_entry, ingest_market
 from rof_pipelines.adapters.pushgateway import pusher_for
-from rof_pipelines.adapters.resources import QuoteStoreResource, RabbitMQResource, RofSettings
+from rof_pipelines.adapters.resources import (
+    QuoteStoreResource,
+    RabbitMQResource,
+    RofSettings,
+    StateStoreResource,
+)
 from rof_pipelines.config_types import parse_duration
 from rof_pipelines.core.market import Market, duration_text
 from rof_pipelines.defs.load_time import pool_tags, step_tags
@@ -54,16 +59,22 @@ def fetch_exchange_quotes(
     config: ExchangeIngestConfig,
     settings: RofSettings,
     quote_store: QuoteStoreResource,
+    state_store: StateStoreResource,
     rabbitmq: RabbitMQResource,
 ):
     loaded = settings.load()
     interval = parse_duration(config.interval) if config.interval else None
     entry = ingest_entry(loaded, config.market, interval)
     market = Market.parse(entry.market)
-    with quote_store.open() as store:
+    with quote_store.open() as store, state_store.open() as state:
         store.ensure_schema()
         outcome = ingest_market(
-            loaded, store, entry, first_day=HISTORY_START, today=last_partition_day() + timedelta(days=1)
+            loaded,
+            store,
+            entry,
+            first_day=HISTORY_START,
+            today=last_partition_day() + timedelta(days=1),
+            gap_ledger=state.quote_gaps,
         )
     published = _publish(context, rabbitmq, outcome.messages) if outcome.messages else []
     pusher = pusher_for(loaded.system_setup, pool="task_worker", market=market.key, asset="exchange_ingest")
