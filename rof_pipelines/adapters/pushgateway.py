@@ -174,10 +174,11 @@ def pusher_for(system_setup: Any, *, pool: str, market: str, asset: str) -> Step
         return found
 
 
-def step_pusher(context: Any, settings: Any) -> StepPusher | None:
+def step_pusher(context: Any, settings: Any, asset: str | None = None) -> StepPusher | None:
     """The pusher of a market-day asset's step: pool from the run's ``rof/pool`` tag, market from
-    the partition, asset from the step's asset key. None when pushing is off (``settings`` a
-    ``Settings`` or the settings resource) or the step has no run or market-day partition. Never raises."""
+    the partition, asset from the step's asset key (or ``asset``: an op inside a graph-backed asset
+    has no key of its own). None when pushing is off (``settings`` a ``Settings`` or the settings
+    resource) or the step has no run or market-day partition. Never raises."""
     try:
         if hasattr(settings, "load"):
             settings = settings.load()
@@ -187,7 +188,7 @@ def step_pusher(context: Any, settings: Any) -> StepPusher | None:
 
         market, _day = market_and_day(context.partition_key)
         pool = context.run.tags.get(POOL_TAG, NO_POOL)
-        asset = context.asset_key.path[-1]
+        asset = asset or context.asset_key.path[-1]
         return pusher_for(settings.system_setup, pool=pool, market=market.key, asset=asset)
     except Exception as exc:  # metrics never fail a run
         log.warning("metrics push off for this step (%s: %s)", type(exc).__name__, scrub(str(exc)))
@@ -209,10 +210,10 @@ def push_step(context: Any, settings: Any) -> bool:
     return pusher.push(force=True) if pusher is not None else False
 
 
-def _begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> StepPusher | None:
+def _begin(args: tuple[Any, ...], kwargs: dict[str, Any], asset: str | None) -> StepPusher | None:
     global _active
     context = args[0] if args else kwargs.get("context")
-    _active = step_pusher(context, kwargs.get("settings"))
+    _active = step_pusher(context, kwargs.get("settings"), asset)
     return _active
 
 
@@ -223,16 +224,16 @@ def _end(pusher: StepPusher | None) -> None:
     _active = None
 
 
-def pushed_step(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` (a market-day asset body) pushing its step's figures when it ends, whether it succeeds
-    or fails, and allowing throttled pushes while it runs (:func:`push_active`). Signature, name,
-    docstring and generator-ness kept, so Dagster sees the same parameters. Applied once, in
-    ``defs/market_day.py: market_day_asset``."""
+def pushed_step(fn: Callable[..., Any], asset: str | None = None) -> Callable[..., Any]:
+    """``fn`` (a market-day asset body, or an op of one, pushing as ``asset``) pushing its step's
+    figures when it ends, whether it succeeds or fails, and allowing throttled pushes while it runs
+    (:func:`push_active`). Signature, name, docstring and generator-ness kept, so Dagster sees the
+    same parameters. Applied in ``defs/market_day.py: market_day_asset`` and to the island GA's ops."""
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def step_generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
-            pusher = _begin(args, kwargs)
+            pusher = _begin(args, kwargs, asset)
             try:
                 return (yield from fn(*args, **kwargs))
             finally:
@@ -242,7 +243,7 @@ def pushed_step(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def step(*args: Any, **kwargs: Any) -> Any:
-        pusher = _begin(args, kwargs)
+        pusher = _begin(args, kwargs, asset)
         try:
             return fn(*args, **kwargs)
         finally:

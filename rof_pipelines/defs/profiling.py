@@ -1,7 +1,8 @@
 """Per-run profiling of market-day asset steps: the run tag ``rof/profile: cpu|memory`` makes each
 market-day step run its body under pyinstrument (``cpu``) or tracemalloc (``memory``).
 
-:func:`profiled_step` wraps every asset body once, in ``market_day_asset`` (defs/market_day.py).
+:func:`profiled_step` wraps every asset body once, in ``market_day_asset`` (defs/market_day.py), and
+each op of the island GA (one artifact per step: ``ga_population.ga_island_epoch_2.island_1.html``).
 Without the tag the wrapper costs one tag lookup and calls the body unchanged. With it, the profile
 covers the body from its start until it yields its ``Output`` (the IO manager's write comes after);
 the artifact goes to ``storage.data_dir/profiles/{run_id}/{asset}.html`` (cpu: pyinstrument's HTML)
@@ -61,9 +62,26 @@ def requested_profile(context: Any) -> str | None:
     return mode
 
 
-def profiled_step(fn: Callable[..., Any]) -> Callable[..., Any]:
+def step_name(context: Any, fallback: str) -> str:
+    """A name for the step's artifact: its node's path in the job plus its mapping key
+    (``ga_population.ga_island_epoch_2.island_1``), so the steps of one op do not share a file."""
+    try:
+        handle = str(context.node_handle)
+        mapping = context.get_mapping_key()
+    except Exception:  # a directly invoked op has no step
+        return fallback
+    return f"{handle}.{mapping}" if mapping else handle
+
+
+def profiled_step(fn: Callable[..., Any], per_step: bool = False) -> Callable[..., Any]:
     """``fn`` with per-run profiling; signature, name, docstring and generator-ness kept, so Dagster
-    sees the same context, config and resource parameters."""
+    sees the same context, config and resource parameters. ``per_step``: the artifact is named after
+    the step (:func:`step_name`), for an op that runs as many steps (the island GA's), instead of
+    after the asset body."""
+
+    def name(context: Any) -> str:
+        return step_name(context, fn.__name__) if per_step else fn.__name__
+
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
@@ -72,7 +90,7 @@ def profiled_step(fn: Callable[..., Any]) -> Callable[..., Any]:
             mode = requested_profile(context)
             if mode is None:
                 return (yield from fn(*args, **kwargs))
-            return (yield from _profiled_events(mode, context, fn, args, kwargs))
+            return (yield from _profiled_events(mode, context, fn, name(context), args, kwargs))
 
         return step_generator
 
@@ -80,7 +98,7 @@ def profiled_step(fn: Callable[..., Any]) -> Callable[..., Any]:
     def step(*args: Any, **kwargs: Any) -> Any:
         context = _context(args, kwargs)
         mode = requested_profile(context)
-        probe = None if mode is None else _Probe.start(mode, context, fn.__name__, kwargs)
+        probe = None if mode is None else _Probe.start(mode, context, name(context), kwargs)
         if probe is None:
             return fn(*args, **kwargs)
         try:
@@ -97,9 +115,14 @@ def profiled_step(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _profiled_events(
-    mode: str, context: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    mode: str,
+    context: Any,
+    fn: Callable[..., Any],
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> Iterator[Any]:
-    probe = _Probe.start(mode, context, fn.__name__, kwargs)
+    probe = _Probe.start(mode, context, name, kwargs)
     if probe is None:
         return (yield from fn(*args, **kwargs))
     events = fn(*args, **kwargs)

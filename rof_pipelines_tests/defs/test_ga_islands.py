@@ -148,6 +148,59 @@ def test_island_ga_population_is_the_same_frame_again_and_reuses_stored_epochs(t
             InMemoryStateStoreResource.drop(fresh.space)
 
 
+def test_island_steps_push_their_figures_and_are_profiled_one_artifact_each(tmp_path, memory_state_store):
+    """What every market-day step has, the island ops have too: the GA's figures pushed as
+    ga_population, and with ``rof/profile`` one artifact per step (not one for all islands)."""
+    from rof_pipelines.defs.profiling import PROFILE_TAG
+    from rof_pipelines_tests.adapters.test_pushgateway import series
+    from rof_pipelines_tests.ops.servers import Pushgateway, temp_root
+
+    config_path = write_config(tmp_path)
+    with temp_root("rof-pushgateway-") as root:
+        gateway = Pushgateway(root)
+        try:
+            config = yaml.safe_load(config_path.read_text())
+            config["system_setup"] = {"pushgateway_url": gateway.url, "pushgateway_interval": 0}
+            config_path.write_text(yaml.safe_dump(config))
+            assets = [quote_snapshots, indicator_frame, island_population(config_path)]
+            fill_quotes(config_path, TON, DAY)
+            with instance_for_test() as instance:
+                instance.add_dynamic_partitions(markets_partitions.name, [TON.key])
+                result = materialize(
+                    assets,
+                    partition_key=market_day_key(TON, DAY),
+                    instance=instance,
+                    run_config=RUN_CONFIG,
+                    resources=resources_for(config_path, memory_state_store),
+                    tags={"rof/pool": "ab_optimizer", PROFILE_TAG: "cpu"},
+                )
+                assert result.success
+            group = {"job": "rof", "process": "run", "pool": "ab_optimizer", "market": TON.key}
+            [(_, evaluations)] = series(gateway, "ga_evaluations_total", asset="ga_population", **group)
+        finally:
+            gateway.stop()
+    meta = asset_metadata(result, "ga_population")
+    assert (
+        evaluations >= meta["evaluations"] > 0
+    )  # pushed by the island steps: no other step is ga_population
+    profiles = tmp_path / "data" / "profiles" / result.run_id
+    island_steps = {
+        f"ga_population.{step}.html"
+        for step in (
+            "ga_islands_start",
+            *(f"ga_island_epoch_{e}.island_{i}" for e in (1, 2) for i in (0, 1)),
+            "ga_islands_merge",
+        )
+    }
+    assert {p.name for p in profiles.iterdir()} == {
+        "quote_snapshots.html",
+        "indicator_frame.html",
+    } | island_steps
+    assert meta["profile/mode"] == "cpu" and meta["profile/path"].endswith(
+        "ga_population.ga_islands_merge.html"
+    )
+
+
 def test_a_closed_day_materialises_nothing(tmp_path, memory_state_store):
     config_path = write_config(tmp_path)
     with instance_for_test() as instance:

@@ -39,6 +39,7 @@ from rof_pipelines.adapters.optimisation import (
     run_island_step,
     start_islands,
 )
+from rof_pipelines.adapters.pushgateway import pushed_step
 from rof_pipelines.adapters.resources import QuoteStoreResource, RofSettings, StateStoreResource
 from rof_pipelines.core.ga.islands import IslandPlan
 from rof_pipelines.defs.load_time import step_tags
@@ -54,6 +55,7 @@ from rof_pipelines.defs.optimisation.assets import (
     seeding_plan,
     window_optimisation,
 )
+from rof_pipelines.defs.profiling import profiled_step
 from rof_pipelines.defs.resilience import TRANSIENT_RETRY, state_store_required
 from rof_pipelines.errors import DataValidationError
 from rof_pipelines.partitions import market_day_partitions
@@ -97,6 +99,12 @@ def _open(
     return mw
 
 
+def _observed(fn: Any) -> Any:
+    """An island op's body with what every market-day step has: its figures pushed as
+    ``ga_population`` (the GA's generations included), and per-run profiling, one artifact per step."""
+    return profiled_step(pushed_step(fn, asset="ga_population"), per_step=True)
+
+
 def build_island_ga_population(at_load: Settings):  # type: ignore[no-untyped-def]
     """The island graph asset for the settings at load (the number of islands and epochs)."""
     plan = island_plan(at_load.ab_tests.experiment.ga)
@@ -109,6 +117,7 @@ def build_island_ga_population(at_load: Settings):  # type: ignore[no-untyped-de
         tags=tags,
         retry_policy=TRANSIENT_RETRY,
     )
+    @_observed
     def ga_islands_start(
         context: OpExecutionContext,
         config: GAPopulationConfig,
@@ -145,13 +154,14 @@ def build_island_ga_population(at_load: Settings):  # type: ignore[no-untyped-de
             )
 
     @op(name="ga_island_epoch", out=Out(dict), tags=tags, retry_policy=TRANSIENT_RETRY)
+    @_observed
     def ga_island_epoch(
         context: OpExecutionContext,
         ticket: dict,
         settings: RofSettings,
         quote_store: QuoteStoreResource,
         state_store: StateStoreResource,
-    ) -> dict:
+    ):  # no return annotation: under a profile the body's dict comes back as an Output
         """One island for one epoch: its immigrants and state from the store, the epoch's generations,
         the result stored (or reused when stored already)."""
         mw = _open(context, settings, quote_store)
@@ -178,6 +188,7 @@ def build_island_ga_population(at_load: Settings):  # type: ignore[no-untyped-de
         tags=tags,
         retry_policy=TRANSIENT_RETRY,
     )
+    @_observed
     def ga_islands_merge(
         context: OpExecutionContext,
         tickets: list,
