@@ -223,7 +223,10 @@ def quotes_download(
     failed = 0
     with open_quote_store(settings) as quote_store, contextlib.ExitStack() as opened:
         quote_store.ensure_schema()
-        state_store = opened.enter_context(_migrated_state_store(settings))
+        try:
+            state_store = opened.enter_context(_migrated_state_store(settings))
+        except RofError as exc:
+            _fail(f"the state store records the exchange's gaps, and it cannot be opened: {exc}")
         for item in markets:
             try:
                 if item.exchange not in clients:
@@ -257,8 +260,11 @@ def quotes_gaps(
         wanted = interval_text(parse_candle_interval(interval)) if interval else None
     except (ValueError, RofError) as exc:
         _fail(str(exc))
-    with _migrated_state_store(load_settings()) as store:
-        records = [gap for m in market or [None] for gap in store.quote_gaps.find(m, wanted)]
+    try:
+        with _migrated_state_store(load_settings()) as store:
+            records = [gap for m in market or [None] for gap in store.quote_gaps.find(m, wanted)]
+    except RofError as exc:
+        _fail(str(exc))
     if not records:
         typer.echo("no gaps recorded" + (f" for {', '.join(market)}" if market else ""), err=True)
     for gap in records:

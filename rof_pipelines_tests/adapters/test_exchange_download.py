@@ -311,3 +311,9 @@ def test_cli_gaps_lists_what_downloads_recorded(
         rof("quotes", "gaps", "--interval", "7q"), env=env, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode != 0 and "7q" in bad.stderr
+    odd = subprocess.run(
+        rof("quotes", "gaps", "-m", "no market"), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (
+        odd.returncode == 2 and "error: state_store: market:" in odd.stderr and "Traceback" not in odd.stderr
+    )

@@ -51,7 +51,7 @@ def quote_gap_rows(
 
 
 class SqlQuoteGaps(SqlRepository):
-    """``store.quote_gaps``: what downloads found missing at the exchange, for checks and operators."""
+    """``store.quote_gaps``: what downloads found missing at the exchange, for operators (rof quotes gaps)."""
 
     def record(
         self,
