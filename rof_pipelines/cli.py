@@ -292,14 +292,10 @@ def quotes_gaps(
 
 @contextlib.contextmanager
 def _migrated_state_store(settings: Settings) -> Iterator[Any]:
-    """The configured state store (started when embedded, migrated when auto_migrate is on), disposed
-    on exit."""
-    from rof_pipelines.adapters.embedded_pg import ensure_state_store
-    from rof_pipelines.adapters.state_store import StateStore
+    """:func:`_state_store`, migrated when auto_migrate is on, disposed on exit."""
     from rof_pipelines.adapters.state_store.store import ensure_migrated
 
-    ensure_state_store(settings.state_storage)
-    store = StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
+    store = _state_store(settings)
     try:
         ensure_migrated(store, settings)
         yield store
@@ -359,11 +355,13 @@ def _report_partitions(settings: Settings, profile: Any, first: date, last: date
 # --- db -------------------------------------------------------------------------------------------
 
 
-def _state_store():  # type: ignore[no-untyped-def]
+def _state_store(settings: Settings | None = None):  # type: ignore[no-untyped-def]
+    """The configured state store (the embedded server started when that is the one); the caller
+    disposes it."""
     from rof_pipelines.adapters.embedded_pg import ensure_state_store
     from rof_pipelines.adapters.state_store import StateStore
 
-    settings = load_settings()
+    settings = settings or load_settings()
     ensure_state_store(settings.state_storage)  # db_host: embedded -> the project's server runs
     return StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
 
@@ -491,13 +489,9 @@ def state_restore(
 ) -> None:
     """Restore a backup into an empty schema (migrated to the backup's revision first)."""
     from rof_pipelines.adapters.backup import restore_backup
-    from rof_pipelines.adapters.embedded_pg import ensure_state_store
-    from rof_pipelines.adapters.state_store import StateStore
 
     overrides = {"state_storage": {"schema": schema}} if schema else {}
-    settings = load_settings(overrides=overrides)
-    ensure_state_store(settings.state_storage)  # db_host: embedded -> the project's server runs
-    store = StateStore(settings.state_storage, settings.system_setup.circuit_breaker)
+    store = _state_store(load_settings(overrides=overrides))
     try:
         rows = restore_backup(store, file)
     finally:
